@@ -1,0 +1,40 @@
+//! Command-line flags, shaped after nginx's.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::lifecycle::Command;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "graygate",
+    version,
+    disable_version_flag = true,
+    about = "HTTP gateway for gray releases (ip_hash, weights, zero-downtime reload and upgrade)"
+)]
+pub struct Cli {
+    /// Configuration file (YAML). Without it, the embedded default (conf/graygate.yaml) runs.
+    #[arg(short = 'c', long = "conf", value_name = "FILE")]
+    pub conf: Option<PathBuf>,
+
+    /// Test the configuration and exit.
+    #[arg(short = 't', long = "test")]
+    pub test: bool,
+
+    /// Run in the background.
+    #[arg(short = 'd', long = "daemon")]
+    pub daemon: bool,
+
+    /// Send a signal to the running graygate: reload, reopen, quit, stop.
+    #[arg(short = 's', long = "signal", value_name = "SIGNAL")]
+    pub signal: Option<Command>,
+
+    /// Take over the listening sockets of the running generation (used by upgrades).
+    #[arg(short = 'u', long = "upgrade")]
+    pub upgrade: bool,
+
+    /// Print the version and exit.
+    #[arg(short = 'v', short_alias = 'V', long = "version")]
+    pub version: bool,
+}

@@ -1,0 +1,232 @@
+//! The YAML configuration as the user wrote it.
+//!
+//! This module only parses: the types mirror the file one to one (unknown keys are errors), and
+//! [`load`] keeps the source positions so that later checks in [`crate::plan`] can point at the
+//! offending line and column. Nothing here opens sockets or files other than the config itself.
+
+mod duration;
+mod problem;
+mod spans;
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+pub use duration::Secs;
+pub use problem::{Problem, Problems};
+pub use spans::{Pos, Spans};
+
+/// The default configuration, built into the binary: the seed's layout with two demo backends.
+pub const EMBEDDED: &str = include_str!("../../conf/graygate.yaml");
+/// How the embedded configuration is named in messages.
+pub const EMBEDDED_NAME: &str = "conf/graygate.yaml (embedded)";
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the serving process writes its pid; `-s` finds it there.
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+    /// Unix socket over which listening sockets pass to a new binary on upgrade.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+    /// Process-wide log (start-up, signals, internal errors).
+    #[serde(default)]
+    pub error_log: Option<String>,
+    /// Worker threads per server block.
+    #[serde(default = "default_threads")]
+    pub threads: i64,
+    /// Run in the background (also `-d`).
+    #[serde(default)]
+    pub daemon: bool,
+    /// How long an old generation keeps idle keep-alive connections open while draining.
+    #[serde(default = "default_grace")]
+    pub grace_period: Secs,
+    /// How long in-flight requests may take after the grace period before a forced exit.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Secs,
+    /// Built-in demo backends ("old" and "new" in the default config).
+    #[serde(default)]
+    pub demo_backends: Vec<DemoBackend>,
+    /// Named pools of app servers, the `upstream` blocks of nginx.
+    #[serde(default)]
+    pub upstreams: IndexMap<String, Upstream>,
+    /// Named virtual servers, the `server` blocks of nginx.
+    #[serde(default)]
+    pub servers: IndexMap<String, Server>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoBackend {
+    pub listen: String,
+    pub name: String,
+}
+
+/// How a pool picks a server for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// nginx's `ip_hash`, bit for bit.
+    IpHash,
+    /// nginx's smooth weighted round robin (its default).
+    RoundRobin,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    #[serde(default = "default_policy")]
+    pub policy: Policy,
+    pub servers: Vec<UpstreamServer>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Secs,
+    #[serde(default = "default_io_timeout")]
+    pub read_timeout: Secs,
+    #[serde(default = "default_io_timeout")]
+    pub send_timeout: Secs,
+    /// How long an idle pooled upstream connection is kept.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Secs,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamServer {
+    pub addr: String,
+    #[serde(default = "default_weight")]
+    pub weight: i64,
+    #[serde(default = "default_max_fails")]
+    pub max_fails: i64,
+    #[serde(default = "default_fail_timeout")]
+    pub fail_timeout: Secs,
+    #[serde(default)]
+    pub down: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub listen: Vec<String>,
+    /// A path, or `off`.
+    #[serde(default)]
+    pub access_log: Option<String>,
+    #[serde(default)]
+    pub error_log: Option<String>,
+    #[serde(default)]
+    pub locations: Vec<Location>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    /// `/prefix` or `= /exact`, as nginx's `location`.
+    #[serde(rename = "match")]
+    pub matcher: String,
+    pub proxy_pass: String,
+    #[serde(default)]
+    pub proxy_set_header: IndexMap<String, String>,
+}
+
+fn default_pid_file() -> String {
+    "/tmp/graygate.pid".into()
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/graygate_upgrade.sock".into()
+}
+fn default_threads() -> i64 {
+    1
+}
+fn default_grace() -> Secs {
+    Secs::from_secs(30)
+}
+fn default_shutdown_timeout() -> Secs {
+    Secs::from_secs(10)
+}
+fn default_policy() -> Policy {
+    Policy::RoundRobin
+}
+fn default_connect_timeout() -> Secs {
+    Secs::from_secs(60)
+}
+fn default_io_timeout() -> Secs {
+    Secs::from_secs(60)
+}
+fn default_idle_timeout() -> Secs {
+    Secs::from_secs(60)
+}
+fn default_weight() -> i64 {
+    1
+}
+fn default_max_fails() -> i64 {
+    1
+}
+fn default_fail_timeout() -> Secs {
+    Secs::from_secs(10)
+}
+
+/// A parsed file with what is needed to report problems in it.
+pub struct Loaded {
+    /// The name used in messages: the path as given, or [`EMBEDDED_NAME`].
+    pub name: String,
+    pub config: Config,
+    pub spans: Spans,
+    /// True for the built-in default (its log directories are created on start).
+    pub embedded: bool,
+}
+
+impl Loaded {
+    /// A problem at the value found at the dotted `path`.
+    pub fn problem_at(&self, path: &str, msg: impl Into<String>) -> Problem {
+        Problem::new(&self.name, self.spans.value(path), msg)
+    }
+
+    /// A problem at the key naming `path`.
+    pub fn problem_at_key(&self, path: &str, msg: impl Into<String>) -> Problem {
+        Problem::new(&self.name, self.spans.key(path), msg)
+    }
+}
+
+/// Reads and parses `path`; errors are one [`Problem`] with the position serde found.
+pub fn load(path: &Path) -> Result<Loaded, Problems> {
+    let name = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        Problems::one(Problem::new(&name, Pos { line: 0, col: 0 }, format!("cannot read: {e}")))
+    })?;
+    parse(name, &src, false)
+}
+
+/// Parses the embedded default configuration.
+pub fn load_embedded() -> Result<Loaded, Problems> {
+    parse(EMBEDDED_NAME.to_string(), EMBEDDED, true)
+}
+
+/// Parses `src`, naming it `name` in messages.
+pub fn parse(name: String, src: &str, embedded: bool) -> Result<Loaded, Problems> {
+    let config: Config = serde_yaml::from_str(src).map_err(|e| {
+        let pos = e
+            .location()
+            .map(|l| Pos { line: l.line(), col: l.column() })
+            .unwrap_or(Pos { line: 1, col: 1 });
+        Problems::one(Problem::new(&name, pos, tidy_serde_message(&e.to_string())))
+    })?;
+    Ok(Loaded { name, config, spans: Spans::index(src), embedded })
+}
+
+/// serde_yaml appends " at line X column Y" to its messages; we print the position up front.
+fn tidy_serde_message(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// The directory a log path lives in, for the "missing log directory" check.
+pub fn log_dir(path: &str) -> PathBuf {
+    match Path::new(path).parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}

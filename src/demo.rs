@@ -1,0 +1,60 @@
+//! Built-in demo backends: a stand-in for the seed's uwsgi apps, so the default config answers
+//! on a fresh machine, and the backend that tests and benchmarks run as real processes.
+//!
+//! A demo backend answers every request with its name and the request headers it received,
+//! adds the seed's CORS header, and takes two query parameters for tests: `delay_ms=N` waits
+//! before answering and `status=N` answers with that status.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::services::listening::Service;
+
+/// One demo backend.
+pub struct Demo {
+    pub name: String,
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
+}
+
+#[async_trait]
+impl ServeHttp for Demo {
+    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        // Drain the request body so the connection can be reused.
+        while let Ok(Some(_)) = s.read_request_body().await {}
+        let req = s.req_header();
+        let query = req.uri.query().unwrap_or("");
+        if let Some(ms) = query_param(query, "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
+        }
+        let status = query_param(query, "status").and_then(|v| v.parse::<u16>().ok()).unwrap_or(200);
+        let mut body = format!("backend: {}\n", self.name).into_bytes();
+        body.extend_from_slice(format!("request: {} {}\n", req.method, req.uri).as_bytes());
+        for (k, v) in req.headers.iter() {
+            body.extend_from_slice(k.as_str().as_bytes());
+            body.extend_from_slice(b": ");
+            body.extend_from_slice(v.as_bytes());
+            body.push(b'\n');
+        }
+        Response::builder()
+            .status(status)
+            .header("Content-Type", "text/plain")
+            .header("Content-Length", body.len())
+            .header("Access-Control-Allow-Origin", "*")
+            .header("X-Backend", self.name.as_str())
+            .body(body)
+            .unwrap_or_else(|_| Response::new(Vec::new()))
+    }
+}
+
+/// A Pingora service serving the demo backend `name` on `addr`.
+pub fn service(name: &str, addr: &str) -> Service<Demo> {
+    let mut s = Service::new(format!("demo {name}"), Demo { name: name.to_string() });
+    s.add_tcp(addr);
+    s
+}

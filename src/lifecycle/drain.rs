@@ -1,0 +1,87 @@
+//! Draining a generation without failing a request.
+//!
+//! Pingora, on shutdown, stops its listeners and at once drops every HTTP/1 keep-alive
+//! connection that sits idle between requests. A client that is just then sending its next
+//! request on such a connection gets a reset: that is where stock upgrades lose requests. So
+//! each service is wrapped in [`Drained`], which counts its connections and delays Pingora's
+//! cleanup: after the listeners stop, every connection gets its next response with
+//! `Connection: close` (see [`crate::proxy::Gateway`]) and closes on its own; only connections
+//! idle for the whole grace period are dropped at its end. When every service has drained,
+//! the process flushes its logs and exits at once instead of sleeping out Pingora's fixed
+//! grace period.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+
+/// Shared by every service of the process.
+pub struct Coordinator {
+    services_left: AtomicUsize,
+    pub grace: Duration,
+    pub shutdown_timeout: Duration,
+    pid_file: String,
+}
+
+impl Coordinator {
+    pub fn new(services: usize, grace: Duration, shutdown_timeout: Duration, pid_file: String) -> Arc<Self> {
+        Arc::new(Coordinator { services_left: AtomicUsize::new(services), grace, shutdown_timeout, pid_file })
+    }
+
+    fn service_done(&self) {
+        if self.services_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            log::info!("all connections drained, exiting");
+            super::exit_cleanly(&self.pid_file, 0);
+        }
+    }
+}
+
+/// A Pingora app that drains instead of dropping idle keep-alive connections.
+pub struct Drained<A> {
+    inner: Arc<A>,
+    conns: Arc<AtomicUsize>,
+    coord: Arc<Coordinator>,
+}
+
+impl<A> Drained<A> {
+    pub fn new(inner: A, coord: Arc<Coordinator>) -> Self {
+        Drained { inner: Arc::new(inner), conns: Arc::default(), coord }
+    }
+
+    async fn wait_idle(&self, limit: Duration) {
+        let end = Instant::now() + limit;
+        while self.conns.load(Ordering::Acquire) > 0 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+struct ConnGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        self.conns.fetch_add(1, Ordering::AcqRel);
+        let _guard = ConnGuard(self.conns.clone());
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        // Listeners are closed: connections close after their next response.
+        self.wait_idle(self.coord.grace).await;
+        // What is left has been idle for the whole grace period, or is still in flight.
+        self.inner.cleanup().await;
+        self.wait_idle(self.coord.shutdown_timeout).await;
+        self.coord.service_done();
+    }
+}

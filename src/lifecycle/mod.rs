@@ -1,0 +1,105 @@
+//! Running a generation: building the Pingora server from a plan, signals, pid file, exit.
+
+mod control;
+mod drain;
+mod reload;
+mod signals;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+
+use crate::plan::Plan;
+use crate::proxy::Gateway;
+use crate::snapshot::Snapshot;
+pub use control::{send, Command};
+use drain::{Coordinator, Drained};
+
+/// How this generation was asked to start.
+pub struct Start {
+    /// The config file, `None` for the embedded default.
+    pub path: Option<PathBuf>,
+    pub daemon: bool,
+    /// Take the listening sockets from the running generation (binary upgrade).
+    pub upgrade: bool,
+}
+
+/// Writes our pid to `path` (nginx writes it once running; `-s` reads it).
+pub(crate) fn write_pid(path: &str) {
+    if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+        log::error!("cannot write pid file {path}: {e}");
+    }
+}
+
+/// Flushes logs, removes the pid file if it is still ours, and exits.
+pub(crate) fn exit_cleanly(pid_file: &str, code: i32) -> ! {
+    let ours = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    if ours {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    crate::logs::flush_all();
+    std::process::exit(code)
+}
+
+/// Runs `plan` until a signal ends it. Returns only on a start-up error.
+pub fn serve(plan: Plan, start: Start) -> Result<(), String> {
+    let settings = plan.settings.clone();
+    let snapshot = Snapshot::activate(plan).map_err(|e| format!("cannot open log file {e}"))?;
+    if let Some(f) = &snapshot.process_log {
+        crate::logs::error::set_process_file(f.clone());
+    }
+    let live = Arc::new(ArcSwap::from_pointee(snapshot));
+    let snap = live.load_full();
+
+    let conf = ServerConf {
+        pid_file: settings.pid_file.clone(),
+        upgrade_sock: settings.upgrade_sock.clone(),
+        error_log: settings.error_log.clone(),
+        threads: settings.threads,
+        daemon: start.daemon || settings.daemon,
+        // Our drain decides when to exit (see `drain`); Pingora's sleep is only a backstop.
+        grace_period_seconds: Some(settings.grace_period.as_secs() + settings.shutdown_timeout.as_secs() + 1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let opt = Opt { upgrade: start.upgrade, daemon: conf.daemon, ..Opt::default() };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    let services = snap.plan.servers.len() + snap.plan.demos.len();
+    let coord = Coordinator::new(services, settings.grace_period, settings.shutdown_timeout, settings.pid_file.clone());
+    let draining = Arc::new(AtomicBool::new(false));
+
+    for (i, s) in snap.plan.servers.iter().enumerate() {
+        let gw = Gateway { server: i, live: live.clone(), draining: draining.clone() };
+        let proxy = pingora_proxy::http_proxy(&conf, gw);
+        let mut svc = Service::new(format!("server {}", s.name), Drained::new(proxy, coord.clone()));
+        for a in &s.listen {
+            svc.add_tcp(&a.to_string());
+        }
+        server.add_service(svc);
+    }
+    for d in &snap.plan.demos {
+        let mut svc = Service::new(format!("demo {}", d.name), Drained::new(crate::demo::Demo { name: d.name.clone() }, coord.clone()));
+        svc.add_tcp(&d.listen.to_string());
+        server.add_service(svc);
+    }
+    drop(snap);
+
+    let signals = signals::Signals {
+        reloader: reload::Reloader { path: start.path, live },
+        draining,
+        pid_file: settings.pid_file.clone(),
+    };
+    server.run(RunArgs { shutdown_signal: Box::new(signals) });
+    exit_cleanly(&settings.pid_file, 0)
+}

@@ -1,0 +1,47 @@
+//! Reload in place: compile the file again and swap the snapshot.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config;
+use crate::plan::Plan;
+use crate::snapshot::{Live, Snapshot};
+
+/// Where the config came from, and the live snapshot it feeds.
+pub struct Reloader {
+    /// `None` for the embedded default.
+    pub path: Option<PathBuf>,
+    pub live: Live,
+}
+
+impl Reloader {
+    /// Applies the file if it is valid and needs no new sockets; otherwise keeps the running
+    /// config and says why in the process log.
+    pub fn reload(&self) {
+        let loaded = match &self.path {
+            Some(p) => config::load(p),
+            None => config::load_embedded(),
+        };
+        let current = self.live.load_full();
+        let plan = match loaded.and_then(|l| Plan::compile(&l, Some(&current.plan))) {
+            Ok(p) => p,
+            Err(probs) => {
+                log::error!("reload rejected, configuration unchanged:\n{probs}");
+                return;
+            }
+        };
+        if !plan.same_listeners(&current.plan) {
+            log::error!(
+                "reload rejected: listeners or process settings changed; run `graygate -s upgrade` to apply them"
+            );
+            return;
+        }
+        match Snapshot::activate(plan) {
+            Ok(s) => {
+                self.live.store(Arc::new(s));
+                log::info!("configuration reloaded");
+            }
+            Err(e) => log::error!("reload rejected: {e}"),
+        }
+    }
+}

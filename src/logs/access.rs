@@ -1,0 +1,133 @@
+//! Access log lines in nginx's `combined` format.
+//!
+//! `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent
+//! "$http_referer" "$http_user_agent"`, with nginx's default escaping (`"`, `\` and bytes
+//! outside printable ASCII become `\xHH`), written straight into the log buffer.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use super::clock;
+
+/// What one access log line says about a request.
+pub struct Entry<'a> {
+    pub remote_addr: Option<IpAddr>,
+    pub authorization: Option<&'a [u8]>,
+    pub method: &'a str,
+    pub uri: &'a [u8],
+    pub version: &'a str,
+    pub status: u16,
+    pub body_bytes_sent: usize,
+    pub referer: Option<&'a [u8]>,
+    pub user_agent: Option<&'a [u8]>,
+}
+
+/// Appends `b` with nginx's log escaping.
+pub fn escaped(out: &mut Vec<u8>, b: &[u8]) {
+    for &c in b {
+        if c == b'"' || c == b'\\' || !(0x20..0x7f).contains(&c) {
+            let _ = write!(out, "\\x{c:02X}");
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+fn quoted_or_dash(out: &mut Vec<u8>, v: Option<&[u8]>) {
+    out.push(b'"');
+    match v {
+        Some(v) => escaped(out, v),
+        None => out.push(b'-'),
+    }
+    out.push(b'"');
+}
+
+/// Appends one `combined` line for `e`, newline included.
+pub fn combined(out: &mut Vec<u8>, e: &Entry<'_>) {
+    match e.remote_addr {
+        Some(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b" - ");
+    match e.authorization.and_then(basic_user) {
+        Some(u) if !u.is_empty() => escaped(out, &u),
+        _ => out.push(b'-'),
+    }
+    out.extend_from_slice(b" [");
+    clock::time_local(out);
+    out.extend_from_slice(b"] \"");
+    escaped(out, e.method.as_bytes());
+    out.push(b' ');
+    escaped(out, e.uri);
+    out.push(b' ');
+    out.extend_from_slice(e.version.as_bytes());
+    let _ = write!(out, "\" {} {} ", e.status, e.body_bytes_sent);
+    quoted_or_dash(out, e.referer);
+    out.push(b' ');
+    quoted_or_dash(out, e.user_agent);
+    out.push(b'\n');
+}
+
+/// The user name of an `Authorization: Basic` header (nginx's `$remote_user`).
+fn basic_user(h: &[u8]) -> Option<Vec<u8>> {
+    let rest = h.strip_prefix(b"Basic ").or_else(|| h.strip_prefix(b"basic "))?;
+    let decoded = base64_decode(rest.trim_ascii())?;
+    let end = decoded.iter().position(|&c| c == b':').unwrap_or(decoded.len());
+    Some(decoded[..end].to_vec())
+}
+
+fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let s = s.strip_suffix(b"==").or_else(|| s.strip_suffix(b"=")).unwrap_or(s);
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for &c in s {
+        acc = (acc << 6) | val(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combined_line() {
+        let mut out = Vec::new();
+        combined(
+            &mut out,
+            &Entry {
+                remote_addr: "127.0.0.9".parse().ok(),
+                authorization: Some(b"Basic YWxpY2U6c2VjcmV0"),
+                method: "GET",
+                uri: b"/a?q=\"x\"",
+                version: "HTTP/1.1",
+                status: 200,
+                body_bytes_sent: 12,
+                referer: None,
+                user_agent: Some(b"curl/8"),
+            },
+        );
+        let s = String::from_utf8(out).unwrap();
+        let (head, tail) = s.split_once(" [").unwrap();
+        assert_eq!(head, "127.0.0.9 - alice");
+        let (_, rest) = tail.split_once("] ").unwrap();
+        assert_eq!(rest, "\"GET /a?q=\\x22x\\x22 HTTP/1.1\" 200 12 \"-\" \"curl/8\"\n");
+    }
+}

@@ -1,0 +1,40 @@
+//! Time stamps for log lines, formatted at most once per second per thread.
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chrono::{Local, TimeZone};
+
+struct Cache {
+    secs: u64,
+    local: String,
+    error: String,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = const { RefCell::new(Cache { secs: u64::MAX, local: String::new(), error: String::new() }) };
+}
+
+fn with<R>(f: impl FnOnce(&Cache) -> R) -> R {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.secs != secs {
+            let t = Local.timestamp_opt(secs as i64, 0).single().unwrap_or_else(Local::now);
+            c.local = t.format("%d/%b/%Y:%H:%M:%S %z").to_string();
+            c.error = t.format("%Y/%m/%d %H:%M:%S").to_string();
+            c.secs = secs;
+        }
+        f(&c)
+    })
+}
+
+/// nginx's `$time_local`: `25/Nov/2026:04:35:56 +0000`.
+pub fn time_local(out: &mut Vec<u8>) {
+    with(|c| out.extend_from_slice(c.local.as_bytes()));
+}
+
+/// nginx's error log time: `2026/11/25 04:35:56`.
+pub fn error_time(out: &mut Vec<u8>) {
+    with(|c| out.extend_from_slice(c.error.as_bytes()));
+}

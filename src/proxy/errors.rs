@@ -1,0 +1,95 @@
+//! What a failed upstream attempt means: the status the client gets and the error log line.
+
+use std::io::Write;
+
+use pingora::{Error, ErrorSource, ErrorType};
+use pingora_proxy::Session;
+
+use crate::logs::{access, error, LogFile};
+
+/// The status for an error that ends a request: 504 for upstream timeouts, 502 for other
+/// upstream failures (as nginx), 0 when the client is gone and nothing can be sent.
+pub fn status_for(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(c) => *c,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            504
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// nginx's wording for an upstream failure, so existing alerts and greps keep matching.
+fn describe(e: &Error, connecting: bool) -> String {
+    let phase = if connecting {
+        "while connecting to upstream"
+    } else {
+        "while reading response header from upstream"
+    };
+    match e.etype() {
+        ErrorType::ConnectRefused => format!("connect() failed (111: Connection refused) {phase}"),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            format!("upstream timed out (110: Connection timed out) {phase}")
+        }
+        ErrorType::ConnectionClosed => format!("upstream prematurely closed connection {phase}"),
+        ErrorType::ReadError | ErrorType::WriteError => {
+            format!("recv() failed (104: Connection reset by peer) {phase}")
+        }
+        _ => format!("{} ({}) {phase}", e.etype().as_str(), e.root_cause()),
+    }
+}
+
+/// Writes one nginx-style error line for a failed attempt against `upstream`.
+pub fn log_attempt(
+    log: &LogFile,
+    session: &Session,
+    server: &str,
+    upstream: Option<std::net::SocketAddr>,
+    what: &str,
+) {
+    let req = session.req_header();
+    log.append(|out| {
+        error::prefix(out, "error");
+        out.extend_from_slice(what.as_bytes());
+        out.extend_from_slice(b", client: ");
+        match super::vars::client_addr(session) {
+            Some(a) => {
+                let _ = write!(out, "{}", a.ip());
+            }
+            None => out.push(b'-'),
+        }
+        let _ = write!(out, ", server: {server}, request: \"{} ", req.method);
+        access::escaped(out, req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").as_bytes());
+        let _ = write!(out, " {:?}\"", req.version);
+        if let Some(u) = upstream {
+            let _ = write!(out, ", upstream: \"http://{u}/\"");
+        }
+        if let Some(h) = req.headers.get(http::header::HOST) {
+            out.extend_from_slice(b", host: \"");
+            access::escaped(out, h.as_bytes());
+            out.push(b'"');
+        }
+        out.push(b'\n');
+    });
+}
+
+/// Logs a failed attempt with nginx's description of `e`.
+pub fn log_failure(
+    log: &LogFile,
+    session: &Session,
+    server: &str,
+    upstream: Option<std::net::SocketAddr>,
+    e: &Error,
+    connecting: bool,
+) {
+    log_attempt(log, session, server, upstream, &describe(e, connecting));
+}
