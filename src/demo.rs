@@ -19,7 +19,11 @@ pub struct Demo {
 }
 
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
-    query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
+    query.split('&').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    })
 }
 
 #[async_trait]
@@ -32,7 +36,9 @@ impl ServeHttp for Demo {
         if let Some(ms) = query_param(query, "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
             tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
         }
-        let status = query_param(query, "status").and_then(|v| v.parse::<u16>().ok()).unwrap_or(200);
+        let status = query_param(query, "status")
+            .and_then(|v| v.parse::<u16>().ok())
+            .unwrap_or(200);
         let mut body = format!("backend: {}\n", self.name).into_bytes();
         body.extend_from_slice(format!("request: {} {}\n", req.method, req.uri).as_bytes());
         for (k, v) in req.headers.iter() {
@@ -54,7 +60,12 @@ impl ServeHttp for Demo {
 
 /// A Pingora service serving the demo backend `name` on `addr`.
 pub fn service(name: &str, addr: &str) -> Service<Demo> {
-    let mut s = Service::new(format!("demo {name}"), Demo { name: name.to_string() });
+    let mut s = Service::new(
+        format!("demo {name}"),
+        Demo {
+            name: name.to_string(),
+        },
+    );
     s.add_tcp(addr);
     s
 }

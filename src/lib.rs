@@ -40,7 +40,11 @@ pub fn main_with(cli: Cli) -> ExitCode {
         Some(p) => config::load(p),
         None => config::load_embedded(),
     };
-    let name = cli.conf.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| config::EMBEDDED_NAME.into());
+    let name = cli
+        .conf
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| config::EMBEDDED_NAME.into());
     let compiled = loaded.and_then(|l| Plan::compile(&l, None));
     let plan = match compiled {
         Ok(p) => p,
@@ -67,7 +71,11 @@ pub fn main_with(cli: Cli) -> ExitCode {
         };
     }
     logs::error::install(log::LevelFilter::Info);
-    let start = lifecycle::Start { path: cli.conf, daemon: cli.daemon, upgrade: cli.upgrade };
+    let start = lifecycle::Start {
+        path: cli.conf,
+        daemon: cli.daemon,
+        upgrade: cli.upgrade,
+    };
     match lifecycle::serve(plan, start) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -35,6 +35,11 @@ impl Snapshot {
             error_logs.push(open(&s.error_log)?);
         }
         let process_log = open(&plan.settings.error_log)?;
-        Ok(Snapshot { plan, access_logs, error_logs, process_log })
+        Ok(Snapshot {
+            plan,
+            access_logs,
+            error_logs,
+            process_log,
+        })
     }
 }

@@ -29,7 +29,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("invalid time unit in \"{text}\" (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "invalid time unit in \"{text}\" (use ms, s, m or h)"
+            ))
+        }
     };
     Ok(d)
 }

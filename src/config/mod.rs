@@ -193,7 +193,11 @@ impl Loaded {
 pub fn load(path: &Path) -> Result<Loaded, Problems> {
     let name = path.display().to_string();
     let src = std::fs::read_to_string(path).map_err(|e| {
-        Problems::one(Problem::new(&name, Pos { line: 0, col: 0 }, format!("cannot read: {e}")))
+        Problems::one(Problem::new(
+            &name,
+            Pos { line: 0, col: 0 },
+            format!("cannot read: {e}"),
+        ))
     })?;
     parse(name, &src, false)
 }
@@ -208,11 +212,19 @@ pub fn parse(name: String, src: &str, embedded: bool) -> Result<Loaded, Problems
     let config: Config = serde_yaml::from_str(src).map_err(|e| {
         let pos = e
             .location()
-            .map(|l| Pos { line: l.line(), col: l.column() })
+            .map(|l| Pos {
+                line: l.line(),
+                col: l.column(),
+            })
             .unwrap_or(Pos { line: 1, col: 1 });
         Problems::one(Problem::new(&name, pos, tidy_serde_message(&e.to_string())))
     })?;
-    Ok(Loaded { name, config, spans: Spans::index(src), embedded })
+    Ok(Loaded {
+        name,
+        config,
+        spans: Spans::index(src),
+        embedded,
+    })
 }
 
 /// serde_yaml appends " at line X column Y" to its messages; we print the position up front.

@@ -13,7 +13,11 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(file: &str, pos: Pos, msg: impl Into<String>) -> Problem {
-        Problem { file: file.to_string(), pos, msg: msg.into() }
+        Problem {
+            file: file.to_string(),
+            pos,
+            msg: msg.into(),
+        }
     }
 }
 
@@ -23,7 +27,11 @@ impl fmt::Display for Problem {
             // Not about a place in the file (it could not be read at all).
             return write!(f, "{}: {}", self.file, self.msg);
         }
-        write!(f, "{}:{}:{}: {}", self.file, self.pos.line, self.pos.col, self.msg)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.pos.line, self.pos.col, self.msg
+        )
     }
 }
 

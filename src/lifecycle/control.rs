@@ -56,7 +56,9 @@ pub fn send(cmd: Command, pid_file: &str) -> Result<(), String> {
     let rc = unsafe { libc::kill(pid, cmd.signal()) };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(format!("kill({pid}, {cmd}) failed: {e} (stale pid file {pid_file}?)"));
+        return Err(format!(
+            "kill({pid}, {cmd}) failed: {e} (stale pid file {pid_file}?)"
+        ));
     }
     Ok(())
 }

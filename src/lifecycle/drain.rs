@@ -28,8 +28,18 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(services: usize, grace: Duration, shutdown_timeout: Duration, pid_file: String) -> Arc<Self> {
-        Arc::new(Coordinator { services_left: AtomicUsize::new(services), grace, shutdown_timeout, pid_file })
+    pub fn new(
+        services: usize,
+        grace: Duration,
+        shutdown_timeout: Duration,
+        pid_file: String,
+    ) -> Arc<Self> {
+        Arc::new(Coordinator {
+            services_left: AtomicUsize::new(services),
+            grace,
+            shutdown_timeout,
+            pid_file,
+        })
     }
 
     fn service_done(&self) {
@@ -49,7 +59,11 @@ pub struct Drained<A> {
 
 impl<A> Drained<A> {
     pub fn new(inner: A, coord: Arc<Coordinator>) -> Self {
-        Drained { inner: Arc::new(inner), conns: Arc::default(), coord }
+        Drained {
+            inner: Arc::new(inner),
+            conns: Arc::default(),
+            coord,
+        }
     }
 
     async fn wait_idle(&self, limit: Duration) {
@@ -70,7 +84,11 @@ impl Drop for ConnGuard {
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         self.conns.fetch_add(1, Ordering::AcqRel);
         let _guard = ConnGuard(self.conns.clone());
         self.inner.process_new(stream, shutdown).await

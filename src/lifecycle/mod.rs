@@ -66,40 +66,71 @@ pub fn serve(plan: Plan, start: Start) -> Result<(), String> {
         threads: settings.threads,
         daemon: start.daemon || settings.daemon,
         // Our drain decides when to exit (see `drain`); Pingora's sleep is only a backstop.
-        grace_period_seconds: Some(settings.grace_period.as_secs() + settings.shutdown_timeout.as_secs() + 1),
+        grace_period_seconds: Some(
+            settings.grace_period.as_secs() + settings.shutdown_timeout.as_secs() + 1,
+        ),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
-    let opt = Opt { upgrade: start.upgrade, daemon: conf.daemon, ..Opt::default() };
+    let opt = Opt {
+        upgrade: start.upgrade,
+        daemon: conf.daemon,
+        ..Opt::default()
+    };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     let conf = server.configuration.clone();
 
     let services = snap.plan.servers.len() + snap.plan.demos.len();
-    let coord = Coordinator::new(services, settings.grace_period, settings.shutdown_timeout, settings.pid_file.clone());
+    let coord = Coordinator::new(
+        services,
+        settings.grace_period,
+        settings.shutdown_timeout,
+        settings.pid_file.clone(),
+    );
     let draining = Arc::new(AtomicBool::new(false));
 
     for (i, s) in snap.plan.servers.iter().enumerate() {
-        let gw = Gateway { server: i, live: live.clone(), draining: draining.clone() };
+        let gw = Gateway {
+            server: i,
+            live: live.clone(),
+            draining: draining.clone(),
+        };
         let proxy = pingora_proxy::http_proxy(&conf, gw);
-        let mut svc = Service::new(format!("server {}", s.name), Drained::new(proxy, coord.clone()));
+        let mut svc = Service::new(
+            format!("server {}", s.name),
+            Drained::new(proxy, coord.clone()),
+        );
         for a in &s.listen {
             svc.add_tcp(&a.to_string());
         }
         server.add_service(svc);
     }
     for d in &snap.plan.demos {
-        let mut svc = Service::new(format!("demo {}", d.name), Drained::new(crate::demo::Demo { name: d.name.clone() }, coord.clone()));
+        let mut svc = Service::new(
+            format!("demo {}", d.name),
+            Drained::new(
+                crate::demo::Demo {
+                    name: d.name.clone(),
+                },
+                coord.clone(),
+            ),
+        );
         svc.add_tcp(&d.listen.to_string());
         server.add_service(svc);
     }
     drop(snap);
 
     let signals = signals::Signals {
-        reloader: reload::Reloader { path: start.path, live },
+        reloader: reload::Reloader {
+            path: start.path,
+            live,
+        },
         draining,
         pid_file: settings.pid_file.clone(),
     };
-    server.run(RunArgs { shutdown_signal: Box::new(signals) });
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
     exit_cleanly(&settings.pid_file, 0)
 }

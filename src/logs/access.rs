@@ -72,9 +72,14 @@ pub fn combined(out: &mut Vec<u8>, e: &Entry<'_>) {
 
 /// The user name of an `Authorization: Basic` header (nginx's `$remote_user`).
 fn basic_user(h: &[u8]) -> Option<Vec<u8>> {
-    let rest = h.strip_prefix(b"Basic ").or_else(|| h.strip_prefix(b"basic "))?;
+    let rest = h
+        .strip_prefix(b"Basic ")
+        .or_else(|| h.strip_prefix(b"basic "))?;
     let decoded = base64_decode(rest.trim_ascii())?;
-    let end = decoded.iter().position(|&c| c == b':').unwrap_or(decoded.len());
+    let end = decoded
+        .iter()
+        .position(|&c| c == b':')
+        .unwrap_or(decoded.len());
     Some(decoded[..end].to_vec())
 }
 
@@ -89,7 +94,10 @@ fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
             _ => return None,
         } as u32)
     }
-    let s = s.strip_suffix(b"==").or_else(|| s.strip_suffix(b"=")).unwrap_or(s);
+    let s = s
+        .strip_suffix(b"==")
+        .or_else(|| s.strip_suffix(b"="))
+        .unwrap_or(s);
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0);
     for &c in s {
@@ -128,6 +136,9 @@ mod tests {
         let (head, tail) = s.split_once(" [").unwrap();
         assert_eq!(head, "127.0.0.9 - alice");
         let (_, rest) = tail.split_once("] ").unwrap();
-        assert_eq!(rest, "\"GET /a?q=\\x22x\\x22 HTTP/1.1\" 200 12 \"-\" \"curl/8\"\n");
+        assert_eq!(
+            rest,
+            "\"GET /a?q=\\x22x\\x22 HTTP/1.1\" 200 12 \"-\" \"curl/8\"\n"
+        );
     }
 }

@@ -16,11 +16,17 @@ thread_local! {
 }
 
 fn with<R>(f: impl FnOnce(&Cache) -> R) -> R {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.secs != secs {
-            let t = Local.timestamp_opt(secs as i64, 0).single().unwrap_or_else(Local::now);
+            let t = Local
+                .timestamp_opt(secs as i64, 0)
+                .single()
+                .unwrap_or_else(Local::now);
             c.local = t.format("%d/%b/%Y:%H:%M:%S %z").to_string();
             c.error = t.format("%Y/%m/%d %H:%M:%S").to_string();
             c.secs = secs;

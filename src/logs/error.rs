@@ -56,7 +56,10 @@ impl log::Log for ProcessLog {
 
 /// Installs the process logger; lines go to stderr until [`set_process_file`] is called.
 pub fn install(level: log::LevelFilter) {
-    let logger = PROCESS.get_or_init(|| ProcessLog { file: OnceLock::new(), level });
+    let logger = PROCESS.get_or_init(|| ProcessLog {
+        file: OnceLock::new(),
+        level,
+    });
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }

@@ -111,23 +111,25 @@ pub fn start_writer() {
     if registry().started.swap(true, Ordering::AcqRel) {
         return;
     }
-    let spawned = std::thread::Builder::new().name("graygate-log".into()).spawn(|| {
-        let mut spare = Vec::with_capacity(64 * 1024);
-        loop {
-            {
-                let r = registry();
-                let kick = r.kick.lock().unwrap_or_else(|e| e.into_inner());
-                let (mut kick, _) = r
-                    .wake
-                    .wait_timeout_while(kick, FLUSH_EVERY, |k| !*k)
-                    .unwrap_or_else(|e| e.into_inner());
-                *kick = false;
+    let spawned = std::thread::Builder::new()
+        .name("graygate-log".into())
+        .spawn(|| {
+            let mut spare = Vec::with_capacity(64 * 1024);
+            loop {
+                {
+                    let r = registry();
+                    let kick = r.kick.lock().unwrap_or_else(|e| e.into_inner());
+                    let (mut kick, _) = r
+                        .wake
+                        .wait_timeout_while(kick, FLUSH_EVERY, |k| !*k)
+                        .unwrap_or_else(|e| e.into_inner());
+                    *kick = false;
+                }
+                for f in live() {
+                    f.flush(&mut spare);
+                }
             }
-            for f in live() {
-                f.flush(&mut spare);
-            }
-        }
-    });
+        });
     if let Err(e) = spawned {
         eprintln!("graygate: cannot start the log writer: {e}");
     }
@@ -169,7 +171,10 @@ mod tests {
         flush_all();
         f.append(|b| b.extend_from_slice(b"three\n"));
         flush_all();
-        assert_eq!(std::fs::read_to_string(dir.join("a.log.1")).unwrap(), "one\ntwo\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("a.log.1")).unwrap(),
+            "one\ntwo\n"
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }

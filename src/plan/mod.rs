@@ -98,18 +98,24 @@ pub fn parse_addr(text: &str, default_ip: &str) -> Result<SocketAddr, String> {
         return Ok(a);
     }
     if let Ok(port) = t.parse::<u16>() {
-        return format!("{default_ip}:{port}").parse().map_err(|e| format!("{e}"));
+        return format!("{default_ip}:{port}")
+            .parse()
+            .map_err(|e| format!("{e}"));
     }
     if let Some(port) = t.strip_prefix("*:") {
         if let Ok(port) = port.parse::<u16>() {
-            return format!("0.0.0.0:{port}").parse().map_err(|e| format!("{e}"));
+            return format!("0.0.0.0:{port}")
+                .parse()
+                .map_err(|e| format!("{e}"));
         }
     }
     let bad = || format!("invalid address \"{text}\" (expected IP:PORT, e.g. 127.0.0.1:11001)");
     match t.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-            t.to_socket_addrs().map_err(|_| bad())?.next().ok_or_else(bad)
-        }
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => t
+            .to_socket_addrs()
+            .map_err(|_| bad())?
+            .next()
+            .ok_or_else(bad),
         _ => Err(bad()),
     }
 }
@@ -122,7 +128,10 @@ impl Plan {
         let mut probs = Problems::default();
 
         if c.threads < 1 || c.threads > 1024 {
-            probs.push(l.problem_at("threads", format!("threads must be 1..1024, not {}", c.threads)));
+            probs.push(l.problem_at(
+                "threads",
+                format!("threads must be 1..1024, not {}", c.threads),
+            ));
         }
         let check_log = |path: &str, at: &str, probs: &mut Problems| {
             if path == "off" || l.embedded {
@@ -130,7 +139,10 @@ impl Plan {
             }
             let dir = config::log_dir(path);
             if !dir.is_dir() {
-                probs.push(l.problem_at(at, format!("log directory {} does not exist", dir.display())));
+                probs.push(l.problem_at(
+                    at,
+                    format!("log directory {} does not exist", dir.display()),
+                ));
             }
         };
         if let Some(p) = &c.error_log {
@@ -140,7 +152,10 @@ impl Plan {
         let mut demos = Vec::new();
         for (i, d) in c.demo_backends.iter().enumerate() {
             match parse_addr(&d.listen, "127.0.0.1") {
-                Ok(listen) => demos.push(Demo { listen, name: d.name.clone() }),
+                Ok(listen) => demos.push(Demo {
+                    listen,
+                    name: d.name.clone(),
+                }),
                 Err(e) => probs.push(l.problem_at(&format!("demo_backends.{i}.listen"), e)),
             }
         }
@@ -149,7 +164,11 @@ impl Plan {
             .map(|p| {
                 p.pools
                     .iter()
-                    .flat_map(|pool| pool.peers.iter().map(|peer| ((pool.name.as_str(), peer.addr), &peer.state)))
+                    .flat_map(|pool| {
+                        pool.peers
+                            .iter()
+                            .map(|peer| ((pool.name.as_str(), peer.addr), &peer.state))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -224,7 +243,9 @@ impl Plan {
         for (name, s) in &c.servers {
             let base = format!("servers.{name}");
             if s.listen.is_empty() {
-                probs.push(l.problem_at_key(&base, format!("server \"{name}\" has no listen address")));
+                probs.push(
+                    l.problem_at_key(&base, format!("server \"{name}\" has no listen address")),
+                );
             }
             let mut listen = Vec::new();
             for (i, a) in s.listen.iter().enumerate() {
@@ -246,7 +267,13 @@ impl Plan {
             }
             for d in &demos {
                 if listen.contains(&d.listen) {
-                    probs.push(l.problem_at(&base, format!("demo backend {} listens on {}, like this server", d.name, d.listen)));
+                    probs.push(l.problem_at(
+                        &base,
+                        format!(
+                            "demo backend {} listens on {}, like this server",
+                            d.name, d.listen
+                        ),
+                    ));
                 }
             }
             if let Some(p) = &s.access_log {
@@ -267,7 +294,10 @@ impl Plan {
                     }
                 };
                 if !seen_match.insert(matcher.clone()) {
-                    probs.push(l.problem_at(&format!("{at}.match"), format!("duplicate location \"{}\"", loc.matcher)));
+                    probs.push(l.problem_at(
+                        &format!("{at}.match"),
+                        format!("duplicate location \"{}\"", loc.matcher),
+                    ));
                 }
                 let pool = match pool_index.get(loc.proxy_pass.as_str()) {
                     Some(&p) => p,
@@ -285,7 +315,9 @@ impl Plan {
                     let hname = match http::HeaderName::from_bytes(h.as_bytes()) {
                         Ok(n) => n,
                         Err(_) => {
-                            probs.push(l.problem_at_key(&hat, format!("invalid header name \"{h}\"")));
+                            probs.push(
+                                l.problem_at_key(&hat, format!("invalid header name \"{h}\"")),
+                            );
                             continue;
                         }
                     };
@@ -294,7 +326,11 @@ impl Plan {
                         Err(e) => probs.push(l.problem_at(&hat, e)),
                     }
                 }
-                locations.push(LocationPlan { matcher, pool, set_headers });
+                locations.push(LocationPlan {
+                    matcher,
+                    pool,
+                    set_headers,
+                });
             }
             locations.sort_by_key(|l| match &l.matcher {
                 Match::Exact(_) => (0, 0),
@@ -337,7 +373,11 @@ impl Plan {
         self.settings
             .error_log
             .iter()
-            .chain(self.servers.iter().flat_map(|s| s.access_log.iter().chain(s.error_log.iter())))
+            .chain(
+                self.servers
+                    .iter()
+                    .flat_map(|s| s.access_log.iter().chain(s.error_log.iter())),
+            )
             .map(String::as_str)
     }
 
@@ -365,5 +405,7 @@ fn parse_match(text: &str) -> Result<Match, String> {
     } else if t.starts_with('/') {
         return Ok(Match::Prefix(t.to_string()));
     }
-    Err(format!("invalid location \"{text}\" (expected \"/prefix\" or \"= /exact/path\")"))
+    Err(format!(
+        "invalid location \"{text}\" (expected \"/prefix\" or \"= /exact/path\")"
+    ))
 }

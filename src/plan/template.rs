@@ -55,7 +55,9 @@ impl Template {
             }
             let after = &rest[i + 1..];
             let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
-                let end = braced.find('}').ok_or_else(|| format!("unclosed \"${{\" in \"{text}\""))?;
+                let end = braced
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed \"${{\" in \"{text}\""))?;
                 (&braced[..end], &braced[end + 1..])
             } else {
                 let end = after
@@ -186,8 +188,14 @@ mod tests {
     fn variables() {
         assert_eq!(render("$remote_addr"), "10.1.2.3");
         assert_eq!(render("$proxy_add_x_forwarded_for"), "1.1.1.1, 10.1.2.3");
-        assert_eq!(render("${scheme}://$host$request_uri"), "http://example.com/a/b?x=1");
-        assert_eq!(render("ua=$http_user_agent;u=$uri;a=$args"), "ua=curl;u=/a/b;a=x=1");
+        assert_eq!(
+            render("${scheme}://$host$request_uri"),
+            "http://example.com/a/b?x=1"
+        );
+        assert_eq!(
+            render("ua=$http_user_agent;u=$uri;a=$args"),
+            "ua=curl;u=/a/b;a=x=1"
+        );
         assert_eq!(render("plain"), "plain");
         assert!(Template::compile("$nope").is_err());
         assert!(Template::compile("${host").is_err());

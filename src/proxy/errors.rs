@@ -68,7 +68,14 @@ pub fn log_attempt(
             None => out.push(b'-'),
         }
         let _ = write!(out, ", server: {server}, request: \"{} ", req.method);
-        access::escaped(out, req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").as_bytes());
+        access::escaped(
+            out,
+            req.uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .as_bytes(),
+        );
         let _ = write!(out, " {:?}\"", req.version);
         if let Some(u) = upstream {
             let _ = write!(out, ", upstream: \"http://{u}/\"");

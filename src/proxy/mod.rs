@@ -55,11 +55,15 @@ pub struct Ctx {
 
 impl Ctx {
     fn pool(&self) -> Option<&Pool> {
-        self.snap.as_ref().and_then(|s| s.plan.pools.get(self.pool)).map(|p| &**p)
+        self.snap
+            .as_ref()
+            .and_then(|s| s.plan.pools.get(self.pool))
+            .map(|p| &**p)
     }
 
     fn peer(&self) -> Option<&Peer> {
-        self.pool().and_then(|p| self.peer.and_then(|i| p.peers.get(i)))
+        self.pool()
+            .and_then(|p| self.peer.and_then(|i| p.peers.get(i)))
     }
 
     fn peer_addr(&self) -> Option<SocketAddr> {
@@ -69,7 +73,11 @@ impl Ctx {
 
 impl Gateway {
     fn server_name<'a>(&self, snap: &'a Snapshot) -> &'a str {
-        snap.plan.servers.get(self.server).map(|s| s.name.as_str()).unwrap_or("-")
+        snap.plan
+            .servers
+            .get(self.server)
+            .map(|s| s.name.as_str())
+            .unwrap_or("-")
     }
 
     /// Logs a failed attempt in this server block's error log and marks the server.
@@ -77,9 +85,18 @@ impl Gateway {
         if let Some(p) = ctx.peer() {
             p.record_failure();
         }
-        let Some(snap) = ctx.snap.as_ref() else { return };
+        let Some(snap) = ctx.snap.as_ref() else {
+            return;
+        };
         if let Some(Some(log)) = snap.error_logs.get(self.server) {
-            errors::log_failure(log, session, self.server_name(snap), ctx.peer_addr(), e, connecting);
+            errors::log_failure(
+                log,
+                session,
+                self.server_name(snap),
+                ctx.peer_addr(),
+                e,
+                connecting,
+            );
         }
     }
 }
@@ -115,8 +132,15 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let client = client_addr(session).map(|a| a.ip());
-        let snap = ctx.snap.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot"))?;
-        let pool = snap.plan.pools.get(ctx.pool).ok_or_else(|| Error::explain(ErrorType::InternalError, "no pool"))?;
+        let snap = ctx
+            .snap
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot"))?;
+        let pool = snap
+            .plan
+            .pools
+            .get(ctx.pool)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no pool"))?;
         match pool.select(client, &mut ctx.attempt) {
             Some(i) => {
                 let peer = Box::new(pool.peers[i].http.clone());
@@ -126,10 +150,16 @@ impl ProxyHttp for Gateway {
             None => {
                 if let Some(Some(log)) = snap.error_logs.get(self.server) {
                     let name = self.server_name(&snap);
-                    let what = format!("no live upstreams while connecting to upstream \"{}\"", pool.name);
+                    let what = format!(
+                        "no live upstreams while connecting to upstream \"{}\"",
+                        pool.name
+                    );
                     errors::log_attempt(log, session, name, None, &what);
                 }
-                Err(Error::explain(ErrorType::HTTPStatus(502), "no live upstreams"))
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(502),
+                    "no live upstreams",
+                ))
             }
         }
     }
@@ -146,7 +176,9 @@ impl ProxyHttp for Gateway {
         if !upgrade {
             req.remove_header(&http::header::CONNECTION);
         }
-        let Some(snap) = ctx.snap.as_ref() else { return Ok(()) };
+        let Some(snap) = ctx.snap.as_ref() else {
+            return Ok(());
+        };
         let loc = &snap.plan.servers[self.server].locations[ctx.location];
         for (name, tpl) in &loc.set_headers {
             ctx.scratch.clear();
@@ -155,8 +187,9 @@ impl ProxyHttp for Gateway {
                 // nginx: an empty value removes the header.
                 req.remove_header(name);
             } else {
-                let v = http::HeaderValue::from_bytes(&ctx.scratch)
-                    .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad header value"))?;
+                let v = http::HeaderValue::from_bytes(&ctx.scratch).map_err(|_| {
+                    Error::explain(ErrorType::InvalidHTTPHeader, "bad header value")
+                })?;
                 req.insert_header(name.clone(), v)?;
             }
         }
@@ -202,7 +235,8 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         self.attempt_failed(session, ctx, &e, false);
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
@@ -220,7 +254,10 @@ impl ProxyHttp for Gateway {
         if code > 0 {
             let _ = session.respond_error(code).await;
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
@@ -235,8 +272,12 @@ impl ProxyHttp for Gateway {
                 p.record_success();
             }
         }
-        let Some(snap) = ctx.snap.as_ref() else { return };
-        let Some(Some(log)) = snap.access_logs.get(self.server) else { return };
+        let Some(snap) = ctx.snap.as_ref() else {
+            return;
+        };
+        let Some(Some(log)) = snap.access_logs.get(self.server) else {
+            return;
+        };
         let req = session.req_header();
         let h = |n: http::header::HeaderName| req.headers.get(n).map(|v| v.as_bytes());
         let entry = access::Entry {

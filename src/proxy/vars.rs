@@ -32,7 +32,12 @@ impl Vars for SessionVars<'_> {
     }
 
     fn path_and_query(&self) -> &str {
-        self.0.req_header().uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        self.0
+            .req_header()
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
     }
 
     fn method(&self) -> &str {
@@ -40,6 +45,9 @@ impl Vars for SessionVars<'_> {
     }
 
     fn server_port(&self) -> Option<u16> {
-        self.0.server_addr().and_then(|a| a.as_inet()).map(|a| a.port())
+        self.0
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port())
     }
 }

@@ -85,7 +85,9 @@ impl Tried {
             self.small & (1 << i) != 0
         } else {
             let j = i - 128;
-            self.big.get(j / 64).is_some_and(|w| w & (1 << (j % 64)) != 0)
+            self.big
+                .get(j / 64)
+                .is_some_and(|w| w & (1 << (j % 64)) != 0)
         }
     }
 
@@ -114,7 +116,12 @@ pub struct Attempt {
 
 impl Default for Attempt {
     fn default() -> Self {
-        Attempt { hash: ip_hash::SEED, rehashes: 0, tried: Tried::default(), count: 0 }
+        Attempt {
+            hash: ip_hash::SEED,
+            rehashes: 0,
+            tried: Tried::default(),
+            count: 0,
+        }
     }
 }
 
@@ -140,7 +147,14 @@ impl Pool {
             })
             .collect();
         let rr = Mutex::new(vec![0; peers.len()]);
-        Pool { name, policy, peers, weights, cumulative, rr }
+        Pool {
+            name,
+            policy,
+            peers,
+            weights,
+            cumulative,
+            rr,
+        }
     }
 
     fn usable(&self, i: usize, a: &Attempt, now: u64) -> bool {
@@ -237,7 +251,10 @@ mod tests {
             assert_eq!(p.select(Some(ip), &mut Attempt::default()), Some(first));
         }
         // The same /24 lands on the same server.
-        assert_eq!(p.select(Some("10.0.7.200".parse().unwrap()), &mut Attempt::default()), Some(first));
+        assert_eq!(
+            p.select(Some("10.0.7.200".parse().unwrap()), &mut Attempt::default()),
+            Some(first)
+        );
         p.peers[first].record_failure();
         let mut a = Attempt::default();
         let second = p.select(Some(ip), &mut a).unwrap();

@@ -6,7 +6,11 @@
 //! see, hence this small copy of the algorithm.
 
 /// Picks among servers for which `eligible(i)` holds; `current` is the per-pool state.
-pub fn pick(current: &mut [i64], weights: &[u32], eligible: impl Fn(usize) -> bool) -> Option<usize> {
+pub fn pick(
+    current: &mut [i64],
+    weights: &[u32],
+    eligible: impl Fn(usize) -> bool,
+) -> Option<usize> {
     let mut best: Option<usize> = None;
     let mut total: i64 = 0;
     for (i, &w) in weights.iter().enumerate() {
@@ -33,7 +37,9 @@ mod tests {
     fn smooth_sequence_like_nginx() {
         let weights = [5, 1, 1];
         let mut cur = [0i64; 3];
-        let seq: Vec<usize> = (0..7).map(|_| pick(&mut cur, &weights, |_| true).unwrap()).collect();
+        let seq: Vec<usize> = (0..7)
+            .map(|_| pick(&mut cur, &weights, |_| true).unwrap())
+            .collect();
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
     }
 

@@ -1,0 +1,21 @@
+# The two commands a fresh machine needs: `make run` and `make test`.
+.PHONY: run test bench deps
+
+deps:
+	@scripts/deps.sh
+
+# Build and start graygate on its embedded default config (conf/graygate.yaml): the seed's
+# balancer on :10001 in front of two built-in demo backends on :11001 (old) and :12001 (new).
+run: deps
+	cargo run --release --
+
+# Everything CI checks: formatting, lints, unit and integration tests.
+test: deps
+	cargo fmt --all -- --check
+	cargo clippy --release --all-targets -- -D warnings
+	cargo test --release
+
+# Side-by-side benchmarks against nginx (installs nginx and wrk).
+bench:
+	@scripts/deps.sh --bench
+	bench/run.sh

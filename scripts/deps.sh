@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing graygate needs on a fresh Debian machine:
+# cmake (Pingora's zlib-ng), and with --bench also nginx and wrk for the side-by-side benchmarks.
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+if [[ "${1:-}" == "--bench" ]]; then
+  command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+fi
+if ((${#need[@]})); then
+  echo "deps: installing ${need[*]}" >&2
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "deps: cargo not found; install Rust (https://rustup.rs) and run again" >&2
+  exit 1
+fi

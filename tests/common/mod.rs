@@ -1,0 +1,331 @@
+//! Test harness: the real graygate binary, real backend processes, real sockets on loopback.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
+
+pub fn graygate() -> &'static str {
+    env!("CARGO_BIN_EXE_graygate")
+}
+
+/// A fresh directory for one test's files.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "graygate-test-{}-{}-{}",
+            tag,
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+
+    pub fn s(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `cond` until it holds; panics with `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() > end {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub conf: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc_kill(self.pid(), sig) };
+    }
+
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub const SIGKILL: i32 = 9;
+pub const SIGTERM: i32 = 15;
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `graygate ARGS` to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(graygate())
+        .args(args)
+        .output()
+        .expect("run graygate")
+}
+
+/// Starts `graygate -c conf` and waits until every port in `ports` accepts.
+pub fn start(conf: &Path, ports: &[u16]) -> Proc {
+    let child = Command::new(graygate())
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn graygate");
+    let mut p = Proc {
+        child,
+        conf: conf.to_path_buf(),
+    };
+    for &port in ports {
+        wait_for(&format!("port {port}"), Duration::from_secs(20), || {
+            assert!(
+                !p.exited(),
+                "graygate exited during start-up ({})",
+                conf.display()
+            );
+            port_open(port)
+        });
+    }
+    p
+}
+
+/// A real backend process: graygate serving one built-in demo backend named `name`.
+pub fn backend(dir: &TempDir, name: &str, port: u16) -> Proc {
+    let conf = dir.write(
+        &format!("backend-{name}-{port}.yaml"),
+        &format!(
+            "pid_file: {}\nupgrade_sock: {}\ndemo_backends:\n  - {{ listen: \"127.0.0.1:{port}\", name: {name} }}\n",
+            dir.s(&format!("backend-{port}.pid")),
+            dir.s(&format!("backend-{port}.sock")),
+        ),
+    );
+    start(&conf, &[port])
+}
+
+/// One HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The backend's name, from the demo backend's body.
+    pub fn backend(&self) -> &str {
+        self.body
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("backend: "))
+            .unwrap_or("")
+    }
+
+    /// A request header as the backend saw it.
+    pub fn seen(&self, name: &str) -> Option<&str> {
+        let prefix = format!("{}: ", name.to_ascii_lowercase());
+        self.body
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+    }
+}
+
+/// Connects to 127.0.0.1:`port`, from `src` if given.
+pub fn connect(port: u16, src: Option<Ipv4Addr>) -> std::io::Result<TcpStream> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    if let Some(ip) = src {
+        s.bind(&SocketAddr::from((ip, 0)).into())?;
+    }
+    s.connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)).into(),
+        Duration::from_secs(5),
+    )?;
+    let t: TcpStream = s.into();
+    t.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(t)
+}
+
+/// Reads one response from a keep-alive connection.
+pub fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
+    }
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let mut resp = Resp {
+        status,
+        headers,
+        body: String::new(),
+    };
+    if let Some(len) = resp
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let mut buf = vec![0; len];
+        r.read_exact(&mut buf)?;
+        resp.body = String::from_utf8_lossy(&buf).into_owned();
+    } else if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        loop {
+            let mut sz = String::new();
+            r.read_line(&mut sz)?;
+            let n = usize::from_str_radix(sz.trim(), 16).map_err(std::io::Error::other)?;
+            let mut buf = vec![0; n + 2];
+            r.read_exact(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            resp.body.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    } else if resp
+        .header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    {
+        let mut rest = String::new();
+        r.read_to_string(&mut rest)?;
+        resp.body = rest;
+    }
+    Ok(resp)
+}
+
+/// One request on a new connection, with extra header lines (`"Name: value"`).
+pub fn get_from(
+    port: u16,
+    path: &str,
+    src: Option<Ipv4Addr>,
+    extra: &[&str],
+) -> std::io::Result<Resp> {
+    let mut s = connect(port, src)?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\n");
+    for h in extra {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    read_response(&mut BufReader::new(s))
+}
+
+pub fn get(port: u16, path: &str) -> Resp {
+    get_from(port, path, None, &[]).expect("request")
+}
+
+/// Reads a file, empty if missing.
+pub fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// A gateway config for tests: one server block on `listen` in front of one pool.
+pub fn gateway_yaml(
+    dir: &TempDir,
+    listen: u16,
+    policy: &str,
+    servers: &[(u16, u32)],
+    extra_pool: &str,
+) -> String {
+    let mut s = format!(
+        "pid_file: {}\nupgrade_sock: {}\nerror_log: {}\nthreads: 2\nupstreams:\n  pool:\n    policy: {policy}\n{extra_pool}    servers:\n",
+        dir.s("gw.pid"),
+        dir.s("gw.sock"),
+        dir.s("error.log"),
+    );
+    for (port, w) in servers {
+        s.push_str(&format!(
+            "      - {{ addr: \"127.0.0.1:{port}\", weight: {w} }}\n"
+        ));
+    }
+    s.push_str(&format!(
+        "servers:\n  front:\n    listen: [\"127.0.0.1:{listen}\"]\n    access_log: {}\n    error_log: {}\n    locations:\n      - match: /\n        proxy_pass: pool\n        proxy_set_header:\n          X-Real-IP: $remote_addr\n          X-Forwarded-For: $proxy_add_x_forwarded_for\n",
+        dir.s("access.log"),
+        dir.s("front.error.log"),
+    ));
+    s
+}
