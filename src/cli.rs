@@ -26,13 +26,17 @@ pub struct Cli {
     #[arg(short = 'd', long = "daemon")]
     pub daemon: bool,
 
-    /// Send a signal to the running graygate: reload, reopen, quit, stop.
+    /// Send a signal to the running graygate: reload, upgrade, reopen, quit, stop.
     #[arg(short = 's', long = "signal", value_name = "SIGNAL")]
     pub signal: Option<Command>,
 
-    /// Take over the listening sockets of the running generation (used by upgrades).
-    #[arg(short = 'u', long = "upgrade")]
+    /// Take over the listening sockets of the running generation (set by the master).
+    #[arg(short = 'u', long = "upgrade", hide = true)]
     pub upgrade: bool,
+
+    /// Serve as a worker generation of a master (set by the master).
+    #[arg(long = "worker", hide = true)]
+    pub worker: bool,
 
     /// Print the version and exit.
     #[arg(short = 'v', short_alias = 'V', long = "version")]

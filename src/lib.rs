@@ -63,7 +63,10 @@ pub fn main_with(cli: Cli) -> ExitCode {
     }
     if let Some(cmd) = cli.signal {
         return match lifecycle::send(cmd, &plan.settings.pid_file) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(msg) => {
+                println!("graygate: {cmd}: {msg}");
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 eprintln!("graygate: {e}");
                 ExitCode::FAILURE
@@ -71,12 +74,12 @@ pub fn main_with(cli: Cli) -> ExitCode {
         };
     }
     logs::error::install(log::LevelFilter::Info);
-    let start = lifecycle::Start {
-        path: cli.conf,
-        daemon: cli.daemon,
-        upgrade: cli.upgrade,
+    let result = if cli.worker {
+        lifecycle::serve(plan, lifecycle::Start { path: cli.conf, upgrade: cli.upgrade })
+    } else {
+        lifecycle::run_master(plan, cli.conf, cli.daemon)
     };
-    match lifecycle::serve(plan, start) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("graygate: {e}");

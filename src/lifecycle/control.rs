@@ -5,8 +5,10 @@ use std::fmt;
 /// What `-s` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Command {
-    /// Re-read the config and apply it atomically.
+    /// Re-read the config and apply it atomically (new listeners: through an upgrade).
     Reload,
+    /// Start the binary now on disk and hand the listening sockets over to it.
+    Upgrade,
     /// Reopen log files (after logrotate renamed them).
     Reopen,
     /// Stop accepting, drain, exit.
@@ -19,6 +21,7 @@ impl Command {
     fn signal(self) -> libc::c_int {
         match self {
             Command::Reload => libc::SIGHUP,
+            Command::Upgrade => libc::SIGUSR2,
             Command::Reopen => libc::SIGUSR1,
             Command::Quit => libc::SIGQUIT,
             Command::Stop => libc::SIGTERM,
@@ -30,6 +33,7 @@ impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
             Command::Reload => "reload",
+            Command::Upgrade => "upgrade",
             Command::Reopen => "reopen",
             Command::Quit => "quit",
             Command::Stop => "stop",
@@ -49,8 +53,16 @@ pub fn read_pid(pid_file: &str) -> Result<libc::pid_t, String> {
         .ok_or_else(|| format!("invalid pid \"{}\" in {pid_file}", text.trim()))
 }
 
-/// Sends `cmd`'s signal to the generation named in `pid_file`.
-pub fn send(cmd: Command, pid_file: &str) -> Result<(), String> {
+/// Carries out `cmd` on the master named in `pid_file`. Reload and upgrade go through the
+/// master's control socket so that their outcome comes back; the others are plain signals.
+pub fn send(cmd: Command, pid_file: &str) -> Result<String, String> {
+    if matches!(cmd, Command::Reload | Command::Upgrade) {
+        let answer = super::master::request(pid_file, &cmd.to_string())?;
+        return match answer.strip_prefix("error: ") {
+            Some(e) => Err(e.to_string()),
+            None => Ok(answer.trim_start_matches("ok ").to_string()),
+        };
+    }
     let pid = read_pid(pid_file)?;
     // SAFETY: kill(2) has no memory-safety preconditions.
     let rc = unsafe { libc::kill(pid, cmd.signal()) };
@@ -60,5 +72,5 @@ pub fn send(cmd: Command, pid_file: &str) -> Result<(), String> {
             "kill({pid}, {cmd}) failed: {e} (stale pid file {pid_file}?)"
         ));
     }
-    Ok(())
+    Ok(format!("signal sent to {pid}"))
 }

@@ -2,6 +2,7 @@
 
 mod control;
 mod drain;
+pub mod master;
 mod reload;
 mod signals;
 
@@ -18,13 +19,13 @@ use crate::plan::Plan;
 use crate::proxy::Gateway;
 use crate::snapshot::Snapshot;
 pub use control::{send, Command};
+pub use master::run as run_master;
 use drain::{Coordinator, Drained};
 
-/// How this generation was asked to start.
+/// How this worker generation was asked to start.
 pub struct Start {
     /// The config file, `None` for the embedded default.
     pub path: Option<PathBuf>,
-    pub daemon: bool,
     /// Take the listening sockets from the running generation (binary upgrade).
     pub upgrade: bool,
 }
@@ -36,7 +37,7 @@ pub(crate) fn write_pid(path: &str) {
     }
 }
 
-/// Flushes logs, removes the pid file if it is still ours, and exits.
+/// Flushes logs, removes the pid file (and control socket) if still ours, and exits.
 pub(crate) fn exit_cleanly(pid_file: &str, code: i32) -> ! {
     let ours = std::fs::read_to_string(pid_file)
         .ok()
@@ -44,13 +45,19 @@ pub(crate) fn exit_cleanly(pid_file: &str, code: i32) -> ! {
         .is_some_and(|p| p == std::process::id());
     if ours {
         let _ = std::fs::remove_file(pid_file);
+        let _ = std::fs::remove_file(master::ctl_path(pid_file));
     }
     crate::logs::flush_all();
     std::process::exit(code)
 }
 
-/// Runs `plan` until a signal ends it. Returns only on a start-up error.
+/// Runs one worker generation serving `plan` until a signal ends it. Returns only on a
+/// start-up error.
 pub fn serve(plan: Plan, start: Start) -> Result<(), String> {
+    // A worker must not outlive its master (a SIGKILLed master would leave it holding the
+    // ports): it then drains and exits.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a process attribute.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) };
     let settings = plan.settings.clone();
     let snapshot = Snapshot::activate(plan).map_err(|e| format!("cannot open log file {e}"))?;
     if let Some(f) = &snapshot.process_log {
@@ -64,7 +71,8 @@ pub fn serve(plan: Plan, start: Start) -> Result<(), String> {
         upgrade_sock: settings.upgrade_sock.clone(),
         error_log: settings.error_log.clone(),
         threads: settings.threads,
-        daemon: start.daemon || settings.daemon,
+        // The master daemonizes; workers stay its children.
+        daemon: false,
         // Our drain decides when to exit (see `drain`); Pingora's sleep is only a backstop.
         grace_period_seconds: Some(
             settings.grace_period.as_secs() + settings.shutdown_timeout.as_secs() + 1,

@@ -31,7 +31,7 @@ impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         // Runs once the services have started, after daemonizing: the final process.
         crate::logs::start_writer();
-        super::write_pid(&self.pid_file);
+        super::master::report_ready();
         let kinds = [
             SignalKind::hangup(),
             SignalKind::user_defined1(),
