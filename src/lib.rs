@@ -75,7 +75,13 @@ pub fn main_with(cli: Cli) -> ExitCode {
     }
     logs::error::install(log::LevelFilter::Info);
     let result = if cli.worker {
-        lifecycle::serve(plan, lifecycle::Start { path: cli.conf, upgrade: cli.upgrade })
+        lifecycle::serve(
+            plan,
+            lifecycle::Start {
+                path: cli.conf,
+                upgrade: cli.upgrade,
+            },
+        )
     } else {
         lifecycle::run_master(plan, cli.conf, cli.daemon)
     };

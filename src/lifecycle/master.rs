@@ -75,7 +75,10 @@ pub fn run(plan: Plan, conf: Option<PathBuf>, daemon: bool) -> Result<(), String
     if daemon || plan.settings.daemon {
         // SAFETY: no threads exist yet; daemon(3) forks and detaches.
         if unsafe { libc::daemon(1, 0) } != 0 {
-            return Err(format!("daemon() failed: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "daemon() failed: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     let settings = plan.settings.clone();
@@ -90,7 +93,15 @@ pub fn run(plan: Plan, conf: Option<PathBuf>, daemon: bool) -> Result<(), String
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
-    let mut m = Master { exe, conf, settings, plan: Arc::new(plan), current: None, old: Vec::new(), ready: HashSet::new() };
+    let mut m = Master {
+        exe,
+        conf,
+        settings,
+        plan: Arc::new(plan),
+        current: None,
+        old: Vec::new(),
+        ready: HashSet::new(),
+    };
     let code = rt.block_on(m.main());
     super::exit_cleanly(&m.settings.pid_file, code)
 }
@@ -103,19 +114,29 @@ pub fn request(pid_file: &str, line: &str) -> Result<String, String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let mut s = UnixStream::connect(&path)
+        let mut s = UnixStream::connect(&path).await.map_err(|e| {
+            format!(
+                "cannot reach graygate at {}: {e} (is it running?)",
+                path.display()
+            )
+        })?;
+        s.write_all(format!("{line}\n").as_bytes())
             .await
-            .map_err(|e| format!("cannot reach graygate at {}: {e} (is it running?)", path.display()))?;
-        s.write_all(format!("{line}\n").as_bytes()).await.map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?;
         let mut answer = String::new();
-        BufReader::new(s).read_line(&mut answer).await.map_err(|e| e.to_string())?;
+        BufReader::new(s)
+            .read_line(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(answer.trim().to_string())
     })
 }
 
 /// Tells the master that this worker serves (called by a worker once its services run).
 pub fn report_ready() {
-    let Ok(path) = std::env::var(CTL_ENV) else { return };
+    let Ok(path) = std::env::var(CTL_ENV) else {
+        return;
+    };
     if let Ok(mut s) = std::os::unix::net::UnixStream::connect(path) {
         use std::io::Write;
         let _ = s.write_all(format!("ready {}\n", std::process::id()).as_bytes());
@@ -150,7 +171,9 @@ impl Master {
                 }
             }
         }
-        let [hup, usr1, usr2, quit, term, int] = &mut sigs[..] else { return 1 };
+        let [hup, usr1, usr2, quit, term, int] = &mut sigs[..] else {
+            return 1;
+        };
 
         match self.start_worker(false, &listener).await {
             Ok(pid) => log::info!("master {} started worker {pid}", std::process::id()),
@@ -223,19 +246,30 @@ impl Master {
         if upgrade {
             c.arg("-u");
         }
-        c.env(CTL_ENV, ctl_path(&self.settings.pid_file)).stdin(Stdio::null());
+        c.env(CTL_ENV, ctl_path(&self.settings.pid_file))
+            .stdin(Stdio::null());
         c
     }
 
     /// Starts a worker and waits until it reports ready.
-    async fn start_worker(&mut self, upgrade: bool, listener: &UnixListener) -> Result<u32, String> {
-        let child = self.worker_command(upgrade).spawn().map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
+    async fn start_worker(
+        &mut self,
+        upgrade: bool,
+        listener: &UnixListener,
+    ) -> Result<u32, String> {
+        let child = self
+            .worker_command(upgrade)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
         let mut w = Worker { child };
         let pid = w.child.id();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.ready.contains(&pid) {
             if w.exited() {
-                return Err(format!("new worker {pid} exited during start-up (see {})", self.log_hint()));
+                return Err(format!(
+                    "new worker {pid} exited during start-up (see {})",
+                    self.log_hint()
+                ));
             }
             if Instant::now() > deadline {
                 w.signal(libc::SIGKILL);
@@ -250,10 +284,15 @@ impl Master {
 
     /// Waits briefly for a control connection, handling only readiness reports.
     async fn accept_ready(&mut self, listener: &UnixListener) {
-        if let Ok(Ok((s, _))) = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await {
+        if let Ok(Ok((s, _))) =
+            tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
+        {
             let mut line = String::new();
             let mut r = BufReader::new(s);
-            if tokio::time::timeout(Duration::from_secs(1), r.read_line(&mut line)).await.is_ok() {
+            if tokio::time::timeout(Duration::from_secs(1), r.read_line(&mut line))
+                .await
+                .is_ok()
+            {
                 let words: Vec<&str> = line.split_whitespace().collect();
                 match words.as_slice() {
                     ["ready", pid] => {
@@ -270,7 +309,10 @@ impl Master {
     }
 
     fn log_hint(&self) -> String {
-        self.settings.error_log.clone().unwrap_or_else(|| "stderr".into())
+        self.settings
+            .error_log
+            .clone()
+            .unwrap_or_else(|| "stderr".into())
     }
 
     /// Reload: apply in place when possible, else upgrade with the same binary.
@@ -281,7 +323,12 @@ impl Master {
         };
         let plan = match loaded.and_then(|l| Plan::compile(&l, None)) {
             Ok(p) => p,
-            Err(probs) => return format!("error: configuration unchanged: {}", probs.to_string().replace('\n', "; ")),
+            Err(probs) => {
+                return format!(
+                    "error: configuration unchanged: {}",
+                    probs.to_string().replace('\n', "; ")
+                )
+            }
         };
         if plan.same_listeners(&self.plan) {
             if let Some(w) = &self.current {
@@ -305,7 +352,11 @@ impl Master {
         }
     }
 
-    async fn try_upgrade(&mut self, plan: Option<Plan>, listener: &UnixListener) -> Result<u32, String> {
+    async fn try_upgrade(
+        &mut self,
+        plan: Option<Plan>,
+        listener: &UnixListener,
+    ) -> Result<u32, String> {
         let plan = match plan {
             Some(p) => p,
             None => {
@@ -313,7 +364,9 @@ impl Master {
                     Some(p) => config::load(p),
                     None => config::load_embedded(),
                 };
-                loaded.and_then(|l| Plan::compile(&l, None)).map_err(|p| p.to_string().replace('\n', "; "))?
+                loaded
+                    .and_then(|l| Plan::compile(&l, None))
+                    .map_err(|p| p.to_string().replace('\n', "; "))?
             }
         };
         // The new binary must run and accept the config before the old one is touched.
@@ -322,9 +375,13 @@ impl Master {
         if let Some(p) = &self.conf {
             check.arg("-c").arg(p);
         }
-        let out = check.output().map_err(|e| format!("cannot run {}: {e}", self.exe.display()))?;
+        let out = check
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.exe.display()))?;
         if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ");
+            let err = String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', "; ");
             return Err(format!("new binary rejected the configuration: {err}"));
         }
         let Some(mut old) = self.current.take() else {
@@ -347,14 +404,20 @@ impl Master {
         let pid = new.child.id();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if std::fs::metadata(&sock).map(|m| m.file_type().is_socket()).unwrap_or(false) {
+            if std::fs::metadata(&sock)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false)
+            {
                 break;
             }
             if new.exited() || Instant::now() > deadline {
                 new.signal(libc::SIGKILL);
                 let _ = new.child.wait();
                 self.current = Some(old);
-                return Err(format!("new worker {pid} did not open the upgrade socket {}", sock.display()));
+                return Err(format!(
+                    "new worker {pid} did not open the upgrade socket {}",
+                    sock.display()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -364,7 +427,10 @@ impl Master {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.ready.contains(&pid) {
             if new.exited() || Instant::now() > deadline {
-                return Err(format!("new worker {pid} failed after the hand-over (see {})", self.log_hint()));
+                return Err(format!(
+                    "new worker {pid} failed after the hand-over (see {})",
+                    self.log_hint()
+                ));
             }
             self.accept_ready(listener).await;
         }
@@ -394,9 +460,17 @@ impl Master {
 
     /// Stops every worker with `sig` and waits for them.
     async fn stop(&mut self, sig: libc::c_int) -> i32 {
-        log::info!("master stopping ({})", if sig == libc::SIGQUIT { "graceful" } else { "fast" });
+        log::info!(
+            "master stopping ({})",
+            if sig == libc::SIGQUIT {
+                "graceful"
+            } else {
+                "fast"
+            }
+        );
         self.forward_all(sig);
-        let limit = self.settings.grace_period + self.settings.shutdown_timeout + Duration::from_secs(5);
+        let limit =
+            self.settings.grace_period + self.settings.shutdown_timeout + Duration::from_secs(5);
         let deadline = Instant::now() + limit;
         loop {
             self.old.retain_mut(|w| !w.exited());

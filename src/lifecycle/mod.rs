@@ -19,8 +19,8 @@ use crate::plan::Plan;
 use crate::proxy::Gateway;
 use crate::snapshot::Snapshot;
 pub use control::{send, Command};
-pub use master::run as run_master;
 use drain::{Coordinator, Drained};
+pub use master::run as run_master;
 
 /// How this worker generation was asked to start.
 pub struct Start {

@@ -155,9 +155,10 @@ pub fn backend(dir: &TempDir, name: &str, port: u16) -> Proc {
     let conf = dir.write(
         &format!("backend-{name}-{port}.yaml"),
         &format!(
-            "pid_file: {}\nupgrade_sock: {}\ndemo_backends:\n  - {{ listen: \"127.0.0.1:{port}\", name: {name} }}\n",
+            "pid_file: {}\nupgrade_sock: {}\nerror_log: {}\ndemo_backends:\n  - {{ listen: \"127.0.0.1:{port}\", name: {name} }}\n",
             dir.s(&format!("backend-{port}.pid")),
             dir.s(&format!("backend-{port}.sock")),
+            dir.s(&format!("backend-{port}.log")),
         ),
     );
     start(&conf, &[port])
@@ -328,4 +329,160 @@ pub fn gateway_yaml(
         dir.s("front.error.log"),
     ));
     s
+}
+
+/// Pids of the direct children of `pid` (the master's workers).
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // The command name is in parentheses and may hold spaces: fields follow the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.first() == Some(&"Z") {
+            continue;
+        }
+        if f.get(1).and_then(|pp| pp.parse::<i32>().ok()) == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Whether process `pid` exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| !r.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}
+
+/// Outcome of a client load.
+#[derive(Debug, Default)]
+pub struct LoadResult {
+    pub ok: u64,
+    /// Requests that were sent on an open connection and got no (or a non-200) response.
+    pub failed: Vec<String>,
+    /// New connections refused (only expected once the gateway has stopped).
+    pub refused: u64,
+}
+
+/// Keep-alive clients hammering `port` until stopped: each sends a request, reads the answer,
+/// and reconnects when told `Connection: close`.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<LoadResult>>,
+}
+
+impl Load {
+    pub fn start(port: u16, clients: usize, stop_on_refused: bool) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let threads = (0..clients)
+            .map(|i| {
+                let stop = stop.clone();
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let src = Ipv4Addr::new(127, 77, (i / 250) as u8, (i % 250) as u8 + 1);
+                    let mut res = LoadResult::default();
+                    let mut conn: Option<BufReader<TcpStream>> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = match conn.as_mut() {
+                            Some(c) => c,
+                            None => match connect(port, Some(src)) {
+                                Ok(s) => conn.insert(BufReader::new(s)),
+                                Err(_) => {
+                                    res.refused += 1;
+                                    if stop_on_refused {
+                                        break;
+                                    }
+                                    std::thread::sleep(Duration::from_millis(5));
+                                    continue;
+                                }
+                            },
+                        };
+                        let req = format!("GET /load/{i} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+                        let outcome = c
+                            .get_mut()
+                            .write_all(req.as_bytes())
+                            .and_then(|_| read_response(c));
+                        match outcome {
+                            Ok(r) if r.status == 200 => {
+                                res.ok += 1;
+                                count.fetch_add(1, Ordering::Relaxed);
+                                if r.header("connection")
+                                    .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                                {
+                                    conn = None;
+                                }
+                            }
+                            Ok(r) => {
+                                res.failed.push(format!("status {}", r.status));
+                                conn = None;
+                            }
+                            Err(e) => {
+                                res.failed.push(format!("client {i}: {e}"));
+                                conn = None;
+                            }
+                        }
+                    }
+                    res
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            count,
+            threads,
+        }
+    }
+
+    /// Successful requests so far.
+    pub fn done(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests have succeeded.
+    pub fn wait_more(&self, n: u64) {
+        let target = self.done() + n;
+        wait_for("client load progress", Duration::from_secs(60), || {
+            self.done() >= target
+        });
+    }
+
+    pub fn finish(self) -> LoadResult {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = LoadResult::default();
+        for t in self.threads {
+            let r = t.join().expect("load thread");
+            total.ok += r.ok;
+            total.refused += r.refused;
+            total.failed.extend(r.failed);
+        }
+        total
+    }
+}
+
+/// Runs `graygate ARGS` and returns (success, stdout + stderr).
+pub fn ctl(args: &[&str]) -> (bool, String) {
+    let out = run(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
