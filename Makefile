@@ -1,5 +1,5 @@
 # The two commands a fresh machine needs: `make run` and `make test`.
-.PHONY: run test bench deps
+.PHONY: run test bench bench-lifecycle deps
 
 deps:
 	@scripts/deps.sh
@@ -19,3 +19,8 @@ test: deps
 bench:
 	@scripts/deps.sh --bench
 	bench/run.sh
+
+# Failed requests during 20 upgrades + 20 reloads (graygate) vs 20 reloads (nginx).
+bench-lifecycle:
+	@scripts/deps.sh --bench
+	bench/lifecycle.sh

@@ -109,6 +109,11 @@ impl ProxyHttp for Gateway {
         Ctx::default()
     }
 
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // Pingora adds a (disabled) compression module by default, which still costs a box and
+        // a filter call per request; graygate does not compress, like nginx without `gzip`.
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.live.load_full();
         let route = snap.plan.servers.get(self.server).and_then(|s| {
