@@ -2,28 +2,18 @@
 //! made by tests/data/gen_ip_hash_vectors.py): same client, same server, for every line.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
 
 use graygate::config::Policy;
 use graygate::upstream::{Attempt, Peer, Pool};
-use pingora::upstreams::peer::HttpPeer;
 
 fn pool(weights: &[u32], down: &[usize]) -> Pool {
     let peers = weights
         .iter()
         .enumerate()
         .map(|(i, &weight)| {
-            let addr: SocketAddr = format!("127.0.0.1:{}", 30000 + i).parse().unwrap();
-            Peer {
-                addr,
-                weight,
-                max_fails: 1,
-                fail_timeout: Duration::from_secs(10),
-                down: down.contains(&i),
-                http: HttpPeer::new(addr, false, String::new()),
-                state: Arc::default(),
-            }
+            let mut p = Peer::new(SocketAddr::from(([127, 0, 0, 1], 30000 + i as u16)), weight);
+            p.down = down.contains(&i);
+            p
         })
         .collect();
     Pool::new("v".into(), Policy::IpHash, peers)

@@ -11,8 +11,6 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::upstreams::peer::HttpPeer;
-
 use crate::config::{self, Loaded, Problems};
 use crate::upstream::{Peer, PeerState, Pool};
 pub use template::Template;
@@ -208,25 +206,20 @@ impl Plan {
                 if !s.down {
                     total += s.weight;
                 }
-                let mut http = HttpPeer::new(addr, false, String::new());
-                http.options.connection_timeout = Some(u.connect_timeout.0);
-                http.options.total_connection_timeout = Some(u.connect_timeout.0);
-                http.options.read_timeout = Some(u.read_timeout.0);
-                http.options.write_timeout = Some(u.send_timeout.0);
-                http.options.idle_timeout = Some(u.idle_timeout.0);
-                let state = prev_state
-                    .get(&(name.as_str(), addr))
-                    .map(|s| Arc::clone(s))
-                    .unwrap_or_default();
-                peers.push(Peer {
-                    addr,
-                    weight: s.weight as u32,
-                    max_fails: s.max_fails as u32,
-                    fail_timeout: s.fail_timeout.0,
-                    down: s.down,
-                    http,
-                    state,
-                });
+                let mut peer = Peer::new(addr, s.weight as u32);
+                let o = &mut peer.http.options;
+                o.connection_timeout = Some(u.connect_timeout.0);
+                o.total_connection_timeout = Some(u.connect_timeout.0);
+                o.read_timeout = Some(u.read_timeout.0);
+                o.write_timeout = Some(u.send_timeout.0);
+                o.idle_timeout = Some(u.idle_timeout.0);
+                peer.max_fails = s.max_fails as u32;
+                peer.fail_timeout = s.fail_timeout.0;
+                peer.down = s.down;
+                if let Some(state) = prev_state.get(&(name.as_str(), addr)) {
+                    peer.state = Arc::clone(state);
+                }
+                peers.push(peer);
             }
             if !u.servers.is_empty() && total == 0 && peers.len() == u.servers.len() {
                 probs.push(l.problem_at(

@@ -44,6 +44,21 @@ pub struct Peer {
     pub state: Arc<PeerState>,
 }
 
+impl Peer {
+    /// A server with nginx's defaults (`max_fails=1 fail_timeout=10s`), up, with fresh state.
+    pub fn new(addr: SocketAddr, weight: u32) -> Peer {
+        Peer {
+            addr,
+            weight,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            down: false,
+            http: HttpPeer::new(addr, false, String::new()),
+            state: Arc::default(),
+        }
+    }
+}
+
 fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
@@ -226,18 +241,7 @@ mod tests {
         let peers = weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| {
-                let addr: SocketAddr = format!("127.0.0.1:{}", 20000 + i).parse().unwrap();
-                Peer {
-                    addr,
-                    weight: w,
-                    max_fails: 1,
-                    fail_timeout: Duration::from_secs(10),
-                    down: false,
-                    http: HttpPeer::new(addr, false, String::new()),
-                    state: Arc::default(),
-                }
-            })
+            .map(|(i, &w)| Peer::new(SocketAddr::from(([127, 0, 0, 1], 20000 + i as u16)), w))
             .collect();
         Pool::new("p".into(), policy, peers)
     }
