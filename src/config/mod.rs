@@ -73,6 +73,39 @@ pub enum Policy {
     IpHash,
     /// nginx's smooth weighted round robin (its default).
     RoundRobin,
+    /// Weighted consistent hashing (Maglev) on `hash_key`: minimal movement on changes.
+    Consistent,
+}
+
+/// Active health check of a pool's servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(rename = "type", default = "default_hc_type")]
+    pub kind: HealthCheckType,
+    /// Request path for `http` checks.
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+    #[serde(default = "default_hc_interval")]
+    pub interval: Secs,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Secs,
+    /// Status an `http` check must get (default: any 2xx or 3xx).
+    #[serde(default)]
+    pub expect_status: Option<i64>,
+    /// Consecutive successes that bring a server back.
+    #[serde(default = "default_rise")]
+    pub rise: i64,
+    /// Consecutive failures that take a server out.
+    #[serde(default = "default_fall")]
+    pub fall: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckType {
+    Http,
+    Tcp,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +123,19 @@ pub struct Upstream {
     /// How long an idle pooled upstream connection is kept.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Secs,
+    /// For `consistent`: what a request is placed by (default `$remote_addr`).
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    /// Most servers one request may try (0 = every server once), nginx's
+    /// `proxy_next_upstream_tries`.
+    #[serde(default)]
+    pub max_tries: i64,
+    /// Also retry idempotent requests whose upstream timed out (nginx's
+    /// `proxy_next_upstream timeout`); connection errors are always retried.
+    #[serde(default = "default_true")]
+    pub retry_on_timeout: bool,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +150,10 @@ pub struct UpstreamServer {
     pub fail_timeout: Secs,
     #[serde(default)]
     pub down: bool,
+    #[serde(default)]
+    pub backup: bool,
+    #[serde(default)]
+    pub max_conns: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +178,13 @@ pub struct Location {
     pub proxy_pass: String,
     #[serde(default)]
     pub proxy_set_header: IndexMap<String, String>,
+    /// Overrides of the pool's timeouts for this location.
+    #[serde(default)]
+    pub connect_timeout: Option<Secs>,
+    #[serde(default)]
+    pub read_timeout: Option<Secs>,
+    #[serde(default)]
+    pub send_timeout: Option<Secs>,
 }
 
 fn default_pid_file() -> String {
@@ -156,6 +213,27 @@ fn default_io_timeout() -> Secs {
 }
 fn default_idle_timeout() -> Secs {
     Secs::from_secs(60)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_hc_type() -> HealthCheckType {
+    HealthCheckType::Http
+}
+fn default_hc_path() -> String {
+    "/".into()
+}
+fn default_hc_interval() -> Secs {
+    Secs::from_secs(5)
+}
+fn default_hc_timeout() -> Secs {
+    Secs::from_secs(2)
+}
+fn default_rise() -> i64 {
+    2
+}
+fn default_fall() -> i64 {
+    3
 }
 fn default_weight() -> i64 {
     1

@@ -127,6 +127,12 @@ pub fn serve(plan: Plan, start: Start) -> Result<(), String> {
         svc.add_tcp(&d.listen.to_string());
         server.add_service(svc);
     }
+    // Always running (idle without checks), so that a reload may add health checks.
+    let checker = crate::upstream::health::Checker { live: live.clone() };
+    server.add_service(pingora::services::background::background_service(
+        "health checks",
+        checker,
+    ));
     drop(snap);
 
     let signals = signals::Signals {

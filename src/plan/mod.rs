@@ -11,7 +11,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{self, Loaded, Problems};
+use crate::config::{self, Loaded, Policy, Problems};
 use crate::upstream::{Peer, PeerState, Pool};
 pub use template::Template;
 
@@ -45,12 +45,37 @@ pub enum Match {
     Prefix(String),
 }
 
+/// Per-location overrides of the pool's timeouts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Option<Duration>,
+    pub read: Option<Duration>,
+    pub send: Option<Duration>,
+}
+
+impl Timeouts {
+    pub fn any(&self) -> bool {
+        self.connect.is_some() || self.read.is_some() || self.send.is_some()
+    }
+}
+
+/// A pool with the rules around it.
+#[derive(Debug)]
+pub struct PoolPlan {
+    pub pool: Arc<Pool>,
+    /// For `consistent`: what a request is placed by (`None` = the client address).
+    pub hash_key: Option<Template>,
+    pub retry_on_timeout: bool,
+    pub health_check: Option<crate::config::HealthCheck>,
+}
+
 #[derive(Debug)]
 pub struct LocationPlan {
     pub matcher: Match,
     /// Index into [`Plan::pools`].
     pub pool: usize,
     pub set_headers: Vec<(http::HeaderName, Template)>,
+    pub timeouts: Timeouts,
 }
 
 #[derive(Debug)]
@@ -83,7 +108,7 @@ impl LocationPlan {
 pub struct Plan {
     pub settings: Settings,
     pub demos: Vec<Demo>,
-    pub pools: Vec<Arc<Pool>>,
+    pub pools: Vec<PoolPlan>,
     pub servers: Vec<ServerPlan>,
     /// Whether log directories may be created (only for the embedded default).
     pub create_log_dirs: bool,
@@ -162,6 +187,7 @@ impl Plan {
             .map(|p| {
                 p.pools
                     .iter()
+                    .map(|pp| &pp.pool)
                     .flat_map(|pool| {
                         pool.peers
                             .iter()
@@ -203,7 +229,14 @@ impl Plan {
                     ));
                     continue;
                 }
-                if !s.down {
+                if !(0..=100_000).contains(&s.max_conns) {
+                    probs.push(l.problem_at(
+                        &format!("{at}.max_conns"),
+                        format!("max_conns must be 0..100000, not {}", s.max_conns),
+                    ));
+                    continue;
+                }
+                if !s.down && !s.backup {
                     total += s.weight;
                 }
                 let mut peer = Peer::new(addr, s.weight as u32);
@@ -216,6 +249,8 @@ impl Plan {
                 peer.max_fails = s.max_fails as u32;
                 peer.fail_timeout = s.fail_timeout.0;
                 peer.down = s.down;
+                peer.backup = s.backup;
+                peer.max_conns = s.max_conns as u32;
                 if let Some(state) = prev_state.get(&(name.as_str(), addr)) {
                     peer.state = Arc::clone(state);
                 }
@@ -227,8 +262,72 @@ impl Plan {
                     format!("upstream \"{name}\": every server has weight 0 or is down, so none can be chosen"),
                 ));
             }
+            if backup_with_ip_hash(u) {
+                probs.push(l.problem_at(
+                    &format!("{base}.policy"),
+                    "backup servers cannot be used with ip_hash (as in nginx)",
+                ));
+            }
+            let hash_key = match (&u.hash_key, u.policy) {
+                (Some(_), p) if p != Policy::Consistent => {
+                    probs.push(l.problem_at(
+                        &format!("{base}.hash_key"),
+                        "hash_key needs policy: consistent",
+                    ));
+                    None
+                }
+                (Some(k), _) => match Template::compile(k) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        probs.push(l.problem_at(&format!("{base}.hash_key"), e));
+                        None
+                    }
+                },
+                (None, _) => None,
+            };
+            if !(0..=1000).contains(&u.max_tries) {
+                probs.push(l.problem_at(
+                    &format!("{base}.max_tries"),
+                    format!("max_tries must be 0..1000, not {}", u.max_tries),
+                ));
+            }
+            if let Some(hc) = &u.health_check {
+                let hat = format!("{base}.health_check");
+                for (k, v) in [("rise", hc.rise), ("fall", hc.fall)] {
+                    if !(1..=100).contains(&v) {
+                        probs.push(l.problem_at(
+                            &format!("{hat}.{k}"),
+                            format!("{k} must be 1..100, not {v}"),
+                        ));
+                    }
+                }
+                if let Some(st) = hc.expect_status {
+                    if !(100..=599).contains(&st) {
+                        probs.push(l.problem_at(
+                            &format!("{hat}.expect_status"),
+                            format!("expect_status must be an HTTP status, not {st}"),
+                        ));
+                    }
+                }
+                if hc.interval.0.is_zero() {
+                    probs
+                        .push(l.problem_at(&format!("{hat}.interval"), "interval must be above 0"));
+                }
+                if !hc.path.starts_with('/') {
+                    probs.push(l.problem_at(&format!("{hat}.path"), "path must start with /"));
+                }
+            }
+            let mut pool = Pool::new(name.clone(), u.policy, peers);
+            if u.max_tries > 0 {
+                pool.max_tries = u.max_tries as usize;
+            }
             pool_index.insert(name.as_str(), pools.len());
-            pools.push(Arc::new(Pool::new(name.clone(), u.policy, peers)));
+            pools.push(PoolPlan {
+                pool: Arc::new(pool),
+                hash_key,
+                retry_on_timeout: u.retry_on_timeout,
+                health_check: u.health_check.clone(),
+            });
         }
 
         let mut seen_listen: HashMap<SocketAddr, String> = HashMap::new();
@@ -319,10 +418,16 @@ impl Plan {
                         Err(e) => probs.push(l.problem_at(&hat, e)),
                     }
                 }
+                let timeouts = Timeouts {
+                    connect: loc.connect_timeout.map(|t| t.0),
+                    read: loc.read_timeout.map(|t| t.0),
+                    send: loc.send_timeout.map(|t| t.0),
+                };
                 locations.push(LocationPlan {
                     matcher,
                     pool,
                     set_headers,
+                    timeouts,
                 });
             }
             locations.sort_by_key(|l| match &l.matcher {
@@ -386,6 +491,10 @@ impl Plan {
                 .zip(&other.servers)
                 .all(|(a, b)| a.name == b.name && a.listen == b.listen)
     }
+}
+
+fn backup_with_ip_hash(u: &crate::config::Upstream) -> bool {
+    u.policy == Policy::IpHash && u.servers.iter().any(|s| s.backup)
 }
 
 fn parse_match(text: &str) -> Result<Match, String> {

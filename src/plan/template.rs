@@ -20,6 +20,10 @@ pub enum Var {
     RequestMethod,
     /// `$http_NAME`: a request header, `_` standing for `-`.
     Http(String),
+    /// `$cookie_NAME`: a cookie of the request.
+    Cookie(String),
+    /// `$arg_NAME`: a query-string argument.
+    Arg(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,10 +127,34 @@ impl Template {
                             out.extend_from_slice(h);
                         }
                     }
+                    Var::Cookie(name) => {
+                        if let Some(c) = v.header("cookie").and_then(|c| cookie(c, name)) {
+                            out.extend_from_slice(c);
+                        }
+                    }
+                    Var::Arg(name) => {
+                        let q = v.path_and_query().split_once('?').map_or("", |(_, q)| q);
+                        let arg = q.split('&').find_map(|kv| {
+                            let (k, val) = kv.split_once('=').unwrap_or((kv, ""));
+                            (k == name).then_some(val)
+                        });
+                        if let Some(a) = arg {
+                            out.extend_from_slice(a.as_bytes());
+                        }
+                    }
                 },
             }
         }
     }
+}
+
+/// The value of cookie `name` in a `Cookie` header.
+fn cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|part| {
+        let part = part.trim_ascii();
+        let eq = part.iter().position(|&b| b == b'=')?;
+        (&part[..eq] == name.as_bytes()).then(|| &part[eq + 1..])
+    })
 }
 
 fn var(name: &str) -> Result<Var, String> {
@@ -141,10 +169,17 @@ fn var(name: &str) -> Result<Var, String> {
         "args" | "query_string" => Var::Args,
         "server_port" => Var::ServerPort,
         "request_method" => Var::RequestMethod,
-        _ => match name.strip_prefix("http_") {
-            Some(h) if !h.is_empty() => Var::Http(h.replace('_', "-").to_ascii_lowercase()),
-            _ => return Err(format!("unknown variable \"${name}\"")),
-        },
+        _ => {
+            if let Some(h) = name.strip_prefix("http_").filter(|h| !h.is_empty()) {
+                Var::Http(h.replace('_', "-").to_ascii_lowercase())
+            } else if let Some(c) = name.strip_prefix("cookie_").filter(|c| !c.is_empty()) {
+                Var::Cookie(c.to_string())
+            } else if let Some(a) = name.strip_prefix("arg_").filter(|a| !a.is_empty()) {
+                Var::Arg(a.to_string())
+            } else {
+                return Err(format!("unknown variable \"${name}\""));
+            }
+        }
     })
 }
 
@@ -161,6 +196,7 @@ mod tests {
             match name {
                 "x-forwarded-for" => Some(b"1.1.1.1"),
                 "user-agent" => Some(b"curl"),
+                "cookie" => Some(b"a=1; uid=u42; z=9"),
                 _ => None,
             }
         }
@@ -197,6 +233,10 @@ mod tests {
             "ua=curl;u=/a/b;a=x=1"
         );
         assert_eq!(render("plain"), "plain");
+        assert_eq!(
+            render("$cookie_uid|$arg_x|$arg_none|$cookie_none"),
+            "u42|1||"
+        );
         assert!(Template::compile("$nope").is_err());
         assert!(Template::compile("${host").is_err());
     }

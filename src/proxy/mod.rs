@@ -26,7 +26,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::logs::access;
 use crate::snapshot::{Live, Snapshot};
-use crate::upstream::{Attempt, Peer, Pool};
+use crate::upstream::{maglev, Attempt, Key, Peer, Pool};
 pub use errors::status_for;
 use vars::{client_addr, SessionVars};
 
@@ -51,6 +51,27 @@ pub struct Ctx {
     peer: Option<usize>,
     /// Reused buffer for rendering header values.
     scratch: Vec<u8>,
+    /// The server whose `active` count this request holds (for `max_conns`).
+    held: Option<Arc<crate::upstream::PeerState>>,
+}
+
+impl Ctx {
+    /// Moves this request's `active` slot to `state` (or releases it).
+    fn hold(&mut self, state: Option<Arc<crate::upstream::PeerState>>) {
+        if let Some(old) = self.held.take() {
+            old.active.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(new) = state {
+            new.active.fetch_add(1, Ordering::Relaxed);
+            self.held = Some(new);
+        }
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        self.hold(None);
+    }
 }
 
 impl Ctx {
@@ -58,7 +79,7 @@ impl Ctx {
         self.snap
             .as_ref()
             .and_then(|s| s.plan.pools.get(self.pool))
-            .map(|p| &**p)
+            .map(|p| &*p.pool)
     }
 
     fn peer(&self) -> Option<&Peer> {
@@ -136,20 +157,42 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let client = client_addr(session).map(|a| a.ip());
         let snap = ctx
             .snap
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot"))?;
-        let pool = snap
+        let pp = snap
             .plan
             .pools
             .get(ctx.pool)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no pool"))?;
-        match pool.select(client, &mut ctx.attempt) {
+        let pool = &pp.pool;
+        let key = match &pp.hash_key {
+            Some(tpl) => {
+                ctx.scratch.clear();
+                tpl.render(&SessionVars(session), &mut ctx.scratch);
+                Key::Hash(maglev::hash(&ctx.scratch, 0))
+            }
+            None => Key::from(client_addr(session).map(|a| a.ip())),
+        };
+        match pool.select(key, &mut ctx.attempt) {
             Some(i) => {
-                let peer = Box::new(pool.peers[i].http.clone());
+                let p = &pool.peers[i];
+                let mut peer = Box::new(p.http.clone());
+                let t = snap.plan.servers[self.server].locations[ctx.location].timeouts;
+                if t.any() {
+                    let o = &mut peer.options;
+                    if let Some(c) = t.connect {
+                        o.connection_timeout = Some(c);
+                        o.total_connection_timeout = Some(c);
+                    }
+                    o.read_timeout = t.read.or(o.read_timeout);
+                    o.write_timeout = t.send.or(o.write_timeout);
+                }
                 ctx.peer = Some(i);
+                if p.max_conns > 0 {
+                    ctx.hold(Some(p.state.clone()));
+                }
                 Ok(peer)
             }
             None => {
@@ -240,9 +283,23 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         self.attempt_failed(session, ctx, &e, false);
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        let timed_out = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
+        let can_retry = ctx.pool().is_some_and(|p| p.can_retry(&ctx.attempt));
+        if !replayable || !can_retry {
             e.set_retry(false);
+        } else if timed_out {
+            // nginx's `proxy_next_upstream timeout`, for idempotent requests only.
+            let on = ctx
+                .snap
+                .as_ref()
+                .and_then(|s| s.plan.pools.get(ctx.pool))
+                .is_some_and(|p| p.retry_on_timeout);
+            e.set_retry(on);
         } else {
             e.retry.decide_reuse(client_reused);
         }

@@ -6,11 +6,13 @@
 //! to the same server in the new snapshot so that a reload neither forgets a failing server nor
 //! resets counters.
 
+pub mod health;
 pub mod ip_hash;
+pub mod maglev;
 pub mod round_robin;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -19,16 +21,33 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::config::Policy;
 
 /// What survives a reload for one server of one pool.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PeerState {
     /// Consecutive failures (nginx's `fails`).
     fails: AtomicU32,
     /// When the last failure happened, in ms since process start (nginx's `checked`).
     failed_at_ms: AtomicU64,
+    /// Verdict of the active health check (true until a check says otherwise).
+    pub healthy: AtomicBool,
+    /// Requests being served by this server now (for `max_conns`).
+    pub active: AtomicU32,
     /// Requests sent to this server.
     pub requests: AtomicU64,
     /// Attempts that failed (connect, timeout, reset).
     pub failures: AtomicU64,
+}
+
+impl Default for PeerState {
+    fn default() -> Self {
+        PeerState {
+            fails: AtomicU32::new(0),
+            failed_at_ms: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            active: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
 }
 
 /// One server of a pool.
@@ -39,6 +58,10 @@ pub struct Peer {
     pub max_fails: u32,
     pub fail_timeout: Duration,
     pub down: bool,
+    /// Used only when no primary server is usable.
+    pub backup: bool,
+    /// At most this many requests at once (0 = no limit).
+    pub max_conns: u32,
     /// Built once; cloned per request so that Pingora's connection pool sees the same peer.
     pub http: HttpPeer,
     pub state: Arc<PeerState>,
@@ -53,18 +76,13 @@ impl Peer {
             max_fails: 1,
             fail_timeout: Duration::from_secs(10),
             down: false,
+            backup: false,
+            max_conns: 0,
             http: HttpPeer::new(addr, false, String::new()),
             state: Arc::default(),
         }
     }
-}
 
-fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-impl Peer {
     /// nginx's rule: after `max_fails` failures a server rests for `fail_timeout`.
     fn resting(&self, now: u64) -> bool {
         self.max_fails > 0
@@ -85,6 +103,11 @@ impl Peer {
             self.state.fails.store(0, Ordering::Relaxed);
         }
     }
+}
+
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// Servers tried so far by one request; inline for pools of up to 128 servers.
@@ -140,20 +163,50 @@ impl Default for Attempt {
     }
 }
 
+/// What a request is placed by.
+#[derive(Debug, Clone, Copy)]
+pub enum Key {
+    /// The client address (`ip_hash`).
+    Ip(IpAddr),
+    /// The hash of the rendered `hash_key` (`consistent`).
+    Hash(u64),
+    /// Nothing: round robin.
+    None,
+}
+
+impl From<Option<IpAddr>> for Key {
+    fn from(ip: Option<IpAddr>) -> Key {
+        ip.map_or(Key::None, Key::Ip)
+    }
+}
+
 /// A named pool of servers with its policy.
 #[derive(Debug)]
 pub struct Pool {
     pub name: String,
     pub policy: Policy,
     pub peers: Vec<Peer>,
+    /// Primary weights (backups count 0, as they are not in nginx's primary list).
     weights: Vec<u32>,
+    backup_weights: Vec<u32>,
     cumulative: Vec<u32>,
+    schedule: round_robin::Schedule,
+    maglev: maglev::Table,
     rr: Mutex<Vec<i64>>,
+    /// Most servers one request may try (nginx's `proxy_next_upstream_tries`).
+    pub max_tries: usize,
 }
 
 impl Pool {
     pub fn new(name: String, policy: Policy, peers: Vec<Peer>) -> Pool {
-        let weights: Vec<u32> = peers.iter().map(|p| p.weight).collect();
+        let weights: Vec<u32> = peers
+            .iter()
+            .map(|p| if p.backup { 0 } else { p.weight })
+            .collect();
+        let backup_weights = peers
+            .iter()
+            .map(|p| if p.backup { p.weight.max(1) } else { 0 })
+            .collect();
         let cumulative = weights
             .iter()
             .scan(0u32, |s, w| {
@@ -161,30 +214,52 @@ impl Pool {
                 Some(*s)
             })
             .collect();
+        let schedule = round_robin::Schedule::build(&weights);
+        let maglev = if policy == Policy::Consistent {
+            let names: Vec<String> = peers.iter().map(|p| p.addr.to_string()).collect();
+            maglev::Table::build(&names, &weights)
+        } else {
+            maglev::Table::default()
+        };
         let rr = Mutex::new(vec![0; peers.len()]);
+        let max_tries = peers.len();
         Pool {
             name,
             policy,
             peers,
             weights,
+            backup_weights,
             cumulative,
+            schedule,
+            maglev,
             rr,
+            max_tries,
         }
     }
 
     fn usable(&self, i: usize, a: &Attempt, now: u64) -> bool {
         let p = &self.peers[i];
-        !a.tried.has(i) && !p.down && (self.peers.len() == 1 || !p.resting(now))
+        !a.tried.has(i)
+            && !p.down
+            && p.state.healthy.load(Ordering::Relaxed)
+            && (self.peers.len() == 1 || !p.resting(now))
+            && (p.max_conns == 0 || p.state.active.load(Ordering::Relaxed) < p.max_conns)
     }
 
-    /// Picks the next server for a request from `client`, or `None` when none is left
-    /// (nginx's "no live upstreams").
-    pub fn select(&self, client: Option<IpAddr>, a: &mut Attempt) -> Option<usize> {
+    /// Picks the next server for a request, or `None` when none is left (nginx's "no live
+    /// upstreams"). Backups are tried only when no primary is usable.
+    pub fn select(&self, key: impl Into<Key>, a: &mut Attempt) -> Option<usize> {
         let now = now_ms();
-        let picked = match (self.policy, client) {
-            (Policy::IpHash, Some(ip)) => self.select_ip_hash(ip, a, now),
+        let picked = match (self.policy, key.into()) {
+            (Policy::IpHash, Key::Ip(ip)) => self.select_ip_hash(ip, a, now),
+            (Policy::Consistent, Key::Hash(h)) => self.select_consistent(h, a, now),
+            (Policy::Consistent, Key::Ip(ip)) => {
+                let text = ip.to_string();
+                self.select_consistent(maglev::hash(text.as_bytes(), 0), a, now)
+            }
             _ => self.select_rr(a, now),
-        };
+        }
+        .or_else(|| self.select_backup(a, now));
         match picked {
             Some(i) => {
                 a.tried.add(i);
@@ -222,14 +297,40 @@ impl Pool {
         }
     }
 
+    /// The key's server, or, if it cannot take the request, the next one the same key rehashes
+    /// to: keys of usable servers never move.
+    fn select_consistent(&self, key: u64, a: &mut Attempt, now: u64) -> Option<usize> {
+        let mut h = key;
+        for t in 0..=ip_hash::MAX_TRIES {
+            let i = self.maglev.get(h)?;
+            if self.usable(i, a, now) {
+                return Some(i);
+            }
+            h = maglev::mix(key ^ u64::from(t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        }
+        self.select_rr(a, now)
+    }
+
     fn select_rr(&self, a: &Attempt, now: u64) -> Option<usize> {
+        let eligible = |i: usize| self.weights[i] > 0 && self.usable(i, a, now);
+        if let Some(i) = self.schedule.next(eligible) {
+            return Some(i);
+        }
         let mut cur = self.rr.lock().unwrap_or_else(|e| e.into_inner());
-        round_robin::pick(&mut cur, &self.weights, |i| self.usable(i, a, now))
+        round_robin::pick(&mut cur, &self.weights, eligible)
+    }
+
+    fn select_backup(&self, a: &Attempt, now: u64) -> Option<usize> {
+        if !self.peers.iter().any(|p| p.backup) {
+            return None;
+        }
+        let mut cur = self.rr.lock().unwrap_or_else(|e| e.into_inner());
+        round_robin::pick(&mut cur, &self.backup_weights, |i| self.usable(i, a, now))
     }
 
     /// Whether another server could still be tried after `a`.
     pub fn can_retry(&self, a: &Attempt) -> bool {
-        a.count < self.peers.len()
+        a.count < self.max_tries.min(self.peers.len())
     }
 }
 

@@ -110,6 +110,10 @@ pub const SIGTERM: i32 = 15;
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // A dead server dies whole: its workers too, not only the master.
+        for c in children(self.pid()) {
+            unsafe { libc_kill(c, SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
