@@ -1,11 +1,11 @@
 //! `policy: consistent`: weighted Maglev hashing (Eisenbud et al., NSDI 2016).
 //!
 //! Chosen on the measurements in bench/CONSISTENT.md: Maglev answers in O(1) (one table
-//! lookup), spreads keys within about 1% of the weights with a table of at least 100 slots per
-//! server, and moves close to the theoretical minimum of keys when a server joins, leaves or
+//! lookup), keeps each server within about 2% of its weight with a table of at least 100 slots
+//! per server, and moves 1.02x the theoretical minimum of keys when a server joins, leaves or
 //! changes weight. Pingora's Ketama needs O(log n) per lookup and, with 160 points per weight
-//! unit, leaves servers several percent off their weight; rendezvous hashing is exact but
-//! O(n) per request.
+//! unit, leaves servers about 5% off their weight; rendezvous hashing is exact but O(n) per
+//! request.
 
 /// FNV-1a with a murmur3 finalizer: stable across builds and processes, so the same key maps to
 /// the same server in every generation of the gateway.
