@@ -2,8 +2,8 @@
 //! on a fresh machine, and the backend that tests and benchmarks run as real processes.
 //!
 //! A demo backend answers every request with its name and the request headers it received,
-//! adds the seed's CORS header, and takes two query parameters for tests: `delay_ms=N` waits
-//! before answering and `status=N` answers with that status.
+//! adds the seed's CORS header, and takes query parameters for tests: `delay_ms=N` waits
+//! before answering, `status=N` answers with that status (`only=NAME`: on that backend alone).
 
 use std::time::Duration;
 
@@ -36,8 +36,11 @@ impl ServeHttp for Demo {
         if let Some(ms) = query_param(query, "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
             tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
         }
+        // `only=NAME`: the status applies to that backend alone (to test retries).
+        let applies = query_param(query, "only").is_none_or(|n| n == self.name);
         let status = query_param(query, "status")
             .and_then(|v| v.parse::<u16>().ok())
+            .filter(|_| applies)
             .unwrap_or(200);
         let mut body = format!("backend: {}\n", self.name).into_bytes();
         body.extend_from_slice(format!("request: {} {}\n", req.method, req.uri).as_bytes());

@@ -250,3 +250,106 @@ fn consistent_load_follows_weights_within_a_few_percent() {
         );
     }
 }
+
+fn two_backends(
+    tag: &str,
+    policy: &str,
+    per_server: &str,
+    extra_pool: &str,
+) -> (TempDir, u16, Vec<Proc>, Proc) {
+    let dir = TempDir::new(tag);
+    let ports = [free_port(), free_port()];
+    let procs = vec![backend(&dir, "b0", ports[0]), backend(&dir, "b1", ports[1])];
+    let servers: String = ports
+        .iter()
+        .map(|p| format!("      - {{ addr: \"127.0.0.1:{p}\"{per_server} }}\n"))
+        .collect();
+    let port = free_port();
+    let conf = dir.write(
+        "gw.yaml",
+        &yaml_with(&dir, port, policy, &servers, extra_pool),
+    );
+    let gw = start(&conf, &[port]);
+    (dir, port, procs, gw)
+}
+
+#[test]
+fn retry_on_status_sends_idempotent_requests_to_the_next_server() {
+    let (dir, port, _b, _gw) =
+        two_backends("status", "round_robin", "", "    retry_on_status: [503]\n");
+    // A POST is not retried: b0's 503 reaches the client.
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| {
+            let mut s = connect(port, None).unwrap();
+            std::io::Write::write_all(
+                &mut s,
+                b"POST /?status=503&only=b0 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            )
+            .unwrap();
+            read_response(&mut std::io::BufReader::new(s))
+                .unwrap()
+                .status
+        })
+        .collect();
+    assert!(
+        statuses.contains(&503) && statuses.contains(&200),
+        "{statuses:?}"
+    );
+    // A GET is: every client gets b1's answer.
+    for _ in 0..10 {
+        let r = get(port, "/?status=503&only=b0");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.backend(), "b1");
+    }
+    wait_for("retry logged", Duration::from_secs(10), || {
+        read(&dir.path("front.error.log")).contains("upstream returned status 503")
+    });
+}
+
+#[test]
+fn without_retry_on_status_the_answer_passes_through() {
+    let (_dir, port, _b, _gw) = two_backends("nostatus", "round_robin", "", "");
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| get(port, "/?status=503&only=b0").status)
+        .collect();
+    assert!(statuses.contains(&503), "{statuses:?}");
+}
+
+#[test]
+fn max_conns_sends_the_overflow_elsewhere() {
+    let (_dir, port, _b, _gw) = two_backends("maxconns", "round_robin", ", max_conns: 1", "");
+    // Hold one server with a slow request; round robin would otherwise alternate.
+    let slow = std::thread::spawn(move || get(port, "/?delay_ms=2000"));
+    let mut streak: Vec<String> = Vec::new();
+    wait_for(
+        "five requests in a row on the other server",
+        Duration::from_secs(5),
+        || {
+            let b = get(port, "/").backend().to_string();
+            if streak.last().is_some_and(|l| *l != b) {
+                streak.clear();
+            }
+            streak.push(b);
+            streak.len() >= 5
+        },
+    );
+    let held = slow.join().unwrap().backend().to_string();
+    assert_ne!(
+        held, streak[0],
+        "the server at max_conns got no new request"
+    );
+}
+
+#[test]
+fn a_location_can_shorten_the_pools_read_timeout() {
+    let dir = TempDir::new("loctimeout");
+    let b = free_port();
+    let _b = backend(&dir, "b0", b);
+    let port = free_port();
+    let yaml = yaml_with(&dir, port, "round_robin", &format!("      - {{ addr: \"127.0.0.1:{b}\" }}\n"), "    read_timeout: 60s\n")
+        .replace("        proxy_pass: pool\n", "        proxy_pass: pool\n      - match: /slow/\n        proxy_pass: pool\n        read_timeout: 300ms\n");
+    let conf = dir.write("gw.yaml", &yaml);
+    let _gw = start(&conf, &[port]);
+    assert_eq!(get(port, "/slow/x?delay_ms=2000").status, 504);
+    assert_eq!(get(port, "/x?delay_ms=700").status, 200);
+}

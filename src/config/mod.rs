@@ -136,6 +136,10 @@ pub struct Upstream {
     pub retry_on_timeout: bool,
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    /// Upstream statuses on which an idempotent request is retried on the next server (nginx's
+    /// `proxy_next_upstream http_502 http_503 http_504`).
+    #[serde(default)]
+    pub retry_on_status: Vec<i64>,
 }
 
 #[derive(Debug, Deserialize)]

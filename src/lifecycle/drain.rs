@@ -15,9 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use tokio::sync::watch;
 
 /// Shared by every service of the process.
 pub struct Coordinator {
@@ -55,6 +57,8 @@ pub struct Drained<A> {
     inner: Arc<A>,
     conns: Arc<AtomicUsize>,
     coord: Arc<Coordinator>,
+    /// Flipped at the end of the grace period: idle connections close then.
+    close_idle: watch::Sender<bool>,
 }
 
 impl<A> Drained<A> {
@@ -63,6 +67,7 @@ impl<A> Drained<A> {
             inner: Arc::new(inner),
             conns: Arc::default(),
             coord,
+            close_idle: watch::channel(false).0,
         }
     }
 
@@ -82,23 +87,59 @@ impl Drop for ConnGuard {
     }
 }
 
+/// How long a keep-alive connection may sit idle between requests (Pingora's default).
+const KEEPALIVE: Duration = Duration::from_secs(60);
+
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
+    /// The HTTP/1 keep-alive loop, instead of Pingora's: between two requests only this small
+    /// future lives, waiting for the next byte. Pingora's request future, tens of kilobytes,
+    /// is boxed for the length of one request and freed after it, so an idle connection costs
+    /// a few kilobytes as in nginx, not the size of the whole proxy state machine.
     async fn process_new(
         self: &Arc<Self>,
-        stream: Stream,
+        mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         self.conns.fetch_add(1, Ordering::AcqRel);
         let _guard = ConnGuard(self.conns.clone());
-        self.inner.process_new(stream, shutdown).await
+        let mut close_idle = self.close_idle.subscribe();
+        let mut settings: Option<HttpPersistentSettings> = None;
+        loop {
+            let mut first = [0u8; 1];
+            tokio::select! {
+                r = tokio::time::timeout(KEEPALIVE, stream.try_peek(&mut first)) => {
+                    if !matches!(r, Ok(Ok(true))) {
+                        return None; // idle too long, or the client closed
+                    }
+                }
+                _ = close_idle.wait_for(|c| *c) => return None,
+            }
+            let mut session = ServerSession::new_http1(stream);
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            } else {
+                session.set_keepalive(Some(KEEPALIVE.as_secs()));
+            }
+            session.set_keepalive_reuses_remaining(
+                self.inner
+                    .server_options()
+                    .and_then(|o| o.keepalive_request_limit),
+            );
+            if let Some(s) = settings.take() {
+                s.apply_to_session(&mut session);
+            }
+            let reused = Box::pin(self.inner.process_new_http(session, shutdown)).await?;
+            (stream, settings) = reused.consume();
+        }
     }
 
     async fn cleanup(&self) {
         // Listeners are closed: connections close after their next response.
         self.wait_idle(self.coord.grace).await;
         // What is left has been idle for the whole grace period, or is still in flight.
-        self.inner.cleanup().await;
+        self.close_idle.send_replace(true);
+        self.inner.http_cleanup().await;
         self.wait_idle(self.coord.shutdown_timeout).await;
         self.coord.service_done();
     }

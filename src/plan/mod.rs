@@ -66,6 +66,8 @@ pub struct PoolPlan {
     /// For `consistent`: what a request is placed by (`None` = the client address).
     pub hash_key: Option<Template>,
     pub retry_on_timeout: bool,
+    /// Statuses that send an idempotent request to the next server.
+    pub retry_on_status: Vec<u16>,
     pub health_check: Option<crate::config::HealthCheck>,
 }
 
@@ -317,6 +319,17 @@ impl Plan {
                     probs.push(l.problem_at(&format!("{hat}.path"), "path must start with /"));
                 }
             }
+            let mut retry_on_status = Vec::new();
+            for (i, &st) in u.retry_on_status.iter().enumerate() {
+                if [500, 502, 503, 504, 429].contains(&st) {
+                    retry_on_status.push(st as u16);
+                } else {
+                    probs.push(l.problem_at(
+                        &format!("{base}.retry_on_status.{i}"),
+                        format!("retry_on_status takes 500, 502, 503, 504 or 429, not {st}"),
+                    ));
+                }
+            }
             let mut pool = Pool::new(name.clone(), u.policy, peers);
             if u.max_tries > 0 {
                 pool.max_tries = u.max_tries as usize;
@@ -326,6 +339,7 @@ impl Plan {
                 pool: Arc::new(pool),
                 hash_key,
                 retry_on_timeout: u.retry_on_timeout,
+                retry_on_status,
                 health_check: u.health_check.clone(),
             });
         }

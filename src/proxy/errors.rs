@@ -36,6 +36,7 @@ fn describe(e: &Error, connecting: bool) -> String {
         "while reading response header from upstream"
     };
     match e.etype() {
+        ErrorType::HTTPStatus(c) => format!("upstream returned status {c} {phase}"),
         ErrorType::ConnectRefused => format!("connect() failed (111: Connection refused) {phase}"),
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
             format!("upstream timed out (110: Connection timed out) {phase}")

@@ -244,6 +244,35 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        if status < 429 {
+            return Ok(());
+        }
+        let retry = ctx
+            .snap
+            .as_ref()
+            .and_then(|s| s.plan.pools.get(ctx.pool))
+            .is_some_and(|pp| {
+                pp.retry_on_status.contains(&status)
+                    && session.req_header().method.is_idempotent()
+                    && pp.pool.can_retry(&ctx.attempt)
+            });
+        if retry {
+            // Nothing has reached the client yet: drop this answer and try the next server.
+            // (Pingora then cannot reuse this upstream connection, which is fine for an error.)
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "status set to retry");
+            e.set_retry(true);
+            return Err(e.into_up());
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -285,6 +314,7 @@ impl ProxyHttp for Gateway {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let replayable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated();
+        let bad_status = matches!(e.etype(), ErrorType::HTTPStatus(_));
         let timed_out = matches!(
             e.etype(),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
@@ -292,6 +322,9 @@ impl ProxyHttp for Gateway {
         let can_retry = ctx.pool().is_some_and(|p| p.can_retry(&ctx.attempt));
         if !replayable || !can_retry {
             e.set_retry(false);
+        } else if bad_status {
+            // Raised by `upstream_response_filter` only when this status is to be retried.
+            e.set_retry(true);
         } else if timed_out {
             // nginx's `proxy_next_upstream timeout`, for idempotent requests only.
             let on = ctx

@@ -403,6 +403,7 @@ impl Load {
                     let src = Ipv4Addr::new(127, 77, (i / 250) as u8, (i % 250) as u8 + 1);
                     let mut res = LoadResult::default();
                     let mut conn: Option<BufReader<TcpStream>> = None;
+                    let mut served_on_conn = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         let c = match conn.as_mut() {
                             Some(c) => c,
@@ -425,6 +426,7 @@ impl Load {
                             .and_then(|_| read_response(c));
                         match outcome {
                             Ok(r) if r.status == 200 => {
+                                served_on_conn += 1;
                                 res.ok += 1;
                                 count.fetch_add(1, Ordering::Relaxed);
                                 if r.header("connection")
@@ -437,9 +439,17 @@ impl Load {
                                 res.failed.push(format!("status {}", r.status));
                                 conn = None;
                             }
+                            // A connection the kernel queued just before a stopping gateway closed
+                            // its listener is reset unanswered, as with nginx: for a client that
+                            // is the same as a refused connection. Only with `stop_on_refused`.
+                            Err(_) if fresh && stop_on_refused => {
+                                res.refused += 1;
+                                break;
+                            }
                             Err(e) => {
                                 res.failed.push(format!("client {i}: {e}"));
                                 conn = None;
+                                served_on_conn = 0;
                             }
                         }
                     }
