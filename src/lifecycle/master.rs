@@ -16,7 +16,7 @@
 //! - exits with an error when the serving worker dies unexpectedly, so that the process
 //!   manager sees the crash and restarts the program.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -65,6 +65,8 @@ struct Master {
     current: Option<Worker>,
     old: Vec<Worker>,
     ready: HashSet<u32>,
+    /// Reload outcomes reported by workers, by pid.
+    reloaded: HashMap<u32, String>,
 }
 
 /// Runs the master until a quit or stop, or until the serving worker dies.
@@ -101,6 +103,7 @@ pub fn run(plan: Plan, conf: Option<PathBuf>, daemon: bool) -> Result<(), String
         current: None,
         old: Vec::new(),
         ready: HashSet::new(),
+        reloaded: HashMap::new(),
     };
     let code = rt.block_on(m.main());
     super::exit_cleanly(&m.settings.pid_file, code)
@@ -134,12 +137,22 @@ pub fn request(pid_file: &str, line: &str) -> Result<String, String> {
 
 /// Tells the master that this worker serves (called by a worker once its services run).
 pub fn report_ready() {
+    report(&format!("ready {}", std::process::id()));
+}
+
+/// Tells the master how a reload went in this worker (`ok` or the reason).
+pub fn report_reloaded(outcome: &str) {
+    let outcome = outcome.replace('\n', "; ");
+    report(&format!("reloaded {} {outcome}", std::process::id()));
+}
+
+fn report(line: &str) {
     let Ok(path) = std::env::var(CTL_ENV) else {
         return;
     };
     if let Ok(mut s) = std::os::unix::net::UnixStream::connect(path) {
         use std::io::Write;
-        let _ = s.write_all(format!("ready {}\n", std::process::id()).as_bytes());
+        let _ = s.write_all(format!("{line}\n").as_bytes());
     }
 }
 
@@ -219,10 +232,8 @@ impl Master {
         }
         let words: Vec<&str> = line.split_whitespace().collect();
         let answer = match words.as_slice() {
-            ["ready", pid] => {
-                if let Ok(p) = pid.parse() {
-                    self.ready.insert(p);
-                }
+            ["ready", _] | ["reloaded", ..] => {
+                self.note_report(&words);
                 return None;
             }
             ["reload"] => self.reload(listener).await,
@@ -295,16 +306,29 @@ impl Master {
             {
                 let words: Vec<&str> = line.split_whitespace().collect();
                 match words.as_slice() {
-                    ["ready", pid] => {
-                        if let Ok(p) = pid.parse() {
-                            self.ready.insert(p);
-                        }
-                    }
+                    ["ready", _] | ["reloaded", ..] => self.note_report(&words),
                     _ => {
                         let _ = r.into_inner().write_all(b"error: busy, try again\n").await;
                     }
                 }
             }
+        }
+    }
+
+    /// Records a worker's `ready PID` or `reloaded PID OUTCOME...`.
+    fn note_report(&mut self, words: &[&str]) {
+        match words {
+            ["ready", pid] => {
+                if let Ok(p) = pid.parse() {
+                    self.ready.insert(p);
+                }
+            }
+            ["reloaded", pid, rest @ ..] => {
+                if let Ok(p) = pid.parse() {
+                    self.reloaded.insert(p, rest.join(" "));
+                }
+            }
+            _ => {}
         }
     }
 
@@ -331,11 +355,27 @@ impl Master {
             }
         };
         if plan.same_listeners(&self.plan) {
+            let Some(pid) = self.current.as_ref().map(|w| w.child.id()) else {
+                return "error: no running worker".to_string();
+            };
+            self.reloaded.remove(&pid);
             if let Some(w) = &self.current {
                 w.signal(libc::SIGHUP);
             }
-            self.plan = Arc::new(plan);
-            return "ok reloaded".to_string();
+            // Answer only once the worker has swapped its snapshot, so that the next request
+            // after `graygate -s reload` returns sees the new config.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !self.reloaded.contains_key(&pid) && Instant::now() < deadline {
+                self.accept_ready(listener).await;
+            }
+            return match self.reloaded.remove(&pid) {
+                Some(r) if r == "ok" => {
+                    self.plan = Arc::new(plan);
+                    "ok reloaded".to_string()
+                }
+                Some(r) => format!("error: {r}"),
+                None => "error: the worker did not confirm the reload in 10s".to_string(),
+            };
         }
         log::info!("listeners or process settings changed: reloading through an upgrade");
         self.upgrade(Some(plan), listener).await

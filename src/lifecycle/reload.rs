@@ -27,6 +27,7 @@ impl Reloader {
             Ok(p) => p,
             Err(probs) => {
                 log::error!("reload rejected, configuration unchanged:\n{probs}");
+                super::master::report_reloaded(&format!("configuration unchanged: {probs}"));
                 return;
             }
         };
@@ -34,14 +35,19 @@ impl Reloader {
             log::error!(
                 "reload rejected: listeners or process settings changed; run `graygate -s upgrade` to apply them"
             );
+            super::master::report_reloaded("listeners or process settings changed");
             return;
         }
         match Snapshot::activate(plan) {
             Ok(s) => {
                 self.live.store(Arc::new(s));
                 log::info!("configuration reloaded");
+                super::master::report_reloaded("ok");
             }
-            Err(e) => log::error!("reload rejected: {e}"),
+            Err(e) => {
+                log::error!("reload rejected: {e}");
+                super::master::report_reloaded(&format!("cannot open a log file: {e}"));
+            }
         }
     }
 }

@@ -420,6 +420,7 @@ impl Load {
                             },
                         };
                         let req = format!("GET /load/{i} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+                        let fresh = served_on_conn == 0;
                         let outcome = c
                             .get_mut()
                             .write_all(req.as_bytes())
@@ -433,6 +434,7 @@ impl Load {
                                     .is_some_and(|v| v.eq_ignore_ascii_case("close"))
                                 {
                                     conn = None;
+                                    served_on_conn = 0;
                                 }
                             }
                             Ok(r) => {
