@@ -26,7 +26,7 @@ fn pool(policy: Policy, n: usize) -> Pool {
 
 fn selection(c: &mut Criterion) {
     let mut g = c.benchmark_group("select");
-    for policy in [Policy::IpHash, Policy::RoundRobin] {
+    for policy in [Policy::IpHash, Policy::RoundRobin, Policy::Consistent] {
         for n in [2usize, 16, 256, 4096] {
             let p = pool(policy, n);
             let mut i = 0u32;

@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
@@ -49,6 +50,13 @@ pub(crate) fn exit_cleanly(pid_file: &str, code: i32) -> ! {
     }
     crate::logs::flush_all();
     std::process::exit(code)
+}
+
+/// A TCP listener without Pingora's default 64 KiB read buffer per connection: the HTTP
+/// session reads into its own (per request) buffer anyway, and the fixed buffer would make
+/// every idle keep-alive connection cost 64 KiB (nginx: about 1 KiB).
+fn listener(addr: &std::net::SocketAddr) -> ListenerConfig {
+    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::new(0, 1460))
 }
 
 /// Runs one worker generation serving `plan` until a signal ends it. Returns only on a
@@ -110,7 +118,7 @@ pub fn serve(plan: Plan, start: Start) -> Result<(), String> {
             Drained::new(proxy, coord.clone()),
         );
         for a in &s.listen {
-            svc.add_tcp(&a.to_string());
+            svc.add_listener(listener(a));
         }
         server.add_service(svc);
     }
@@ -124,7 +132,7 @@ pub fn serve(plan: Plan, start: Start) -> Result<(), String> {
                 coord.clone(),
             ),
         );
-        svc.add_tcp(&d.listen.to_string());
+        svc.add_listener(listener(&d.listen));
         server.add_service(svc);
     }
     // Always running (idle without checks), so that a reload may add health checks.
