@@ -13,7 +13,8 @@ run: deps
 test: deps
 	cargo fmt --all -- --check
 	cargo clippy --release --all-targets -- -D warnings
-	cargo test --release
+	@bash -o pipefail -c 'cargo test --release --lib --bins --tests 2>&1 | tee target/test.log'
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
 # Side-by-side benchmarks against nginx (installs nginx and wrk).
 bench:
