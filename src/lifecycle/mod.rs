@@ -141,9 +141,17 @@ pub fn serve(plan: Plan, start: Start) -> Result<(), String> {
         "health checks",
         checker,
     ));
+    let snap_listen: Vec<std::net::SocketAddr> = snap
+        .plan
+        .servers
+        .iter()
+        .flat_map(|s| s.listen.iter().copied())
+        .chain(snap.plan.demos.iter().map(|d| d.listen))
+        .collect();
     drop(snap);
 
     let signals = signals::Signals {
+        listen: snap_listen,
         reloader: reload::Reloader {
             path: start.path,
             live,

@@ -24,6 +24,32 @@ pub struct Signals {
     pub reloader: Reloader,
     pub draining: Arc<AtomicBool>,
     pub pid_file: String,
+    /// Every address this generation listens on: readiness waits until each accepts.
+    pub listen: Vec<std::net::SocketAddr>,
+}
+
+/// Waits (up to 10 s) until every listener accepts connections: Pingora binds new listeners in
+/// its service runtimes, possibly after this watcher starts, and the master must not call an
+/// upgrade done before the new ports answer.
+async fn wait_listening(addrs: &[std::net::SocketAddr]) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    for a in addrs {
+        let mut target = *a;
+        if target.ip().is_unspecified() {
+            target.set_ip(if a.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        while tokio::net::TcpStream::connect(target).await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                log::warn!("{a} does not accept connections yet");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
 }
 
 #[async_trait]
@@ -31,6 +57,7 @@ impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         // Runs once the services have started, after daemonizing: the final process.
         crate::logs::start_writer();
+        wait_listening(&self.listen).await;
         super::master::report_ready();
         let kinds = [
             SignalKind::hangup(),
