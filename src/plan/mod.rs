@@ -90,12 +90,7 @@ pub struct ServerPlan {
     pub locations: Vec<LocationPlan>,
 }
 
-impl ServerPlan {
-    /// The location for `path`, nginx-style.
-    pub fn route(&self, path: &str) -> Option<&LocationPlan> {
-        self.locations.iter().find(|l| l.matches(path))
-    }
-}
+impl ServerPlan {}
 
 impl LocationPlan {
     pub fn matches(&self, path: &str) -> bool {
@@ -478,19 +473,6 @@ impl Plan {
             servers,
             create_log_dirs: l.embedded,
         })
-    }
-
-    /// Every log file the plan writes, for opening and reopening.
-    pub fn log_paths(&self) -> impl Iterator<Item = &str> {
-        self.settings
-            .error_log
-            .iter()
-            .chain(
-                self.servers
-                    .iter()
-                    .flat_map(|s| s.access_log.iter().chain(s.error_log.iter())),
-            )
-            .map(String::as_str)
     }
 
     /// Whether `other` can be applied in place: same listeners and process settings. Anything
