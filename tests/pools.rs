@@ -147,29 +147,13 @@ fn backup_serves_only_when_every_primary_is_down() {
 
 #[test]
 fn consistent_hash_key_can_be_a_cookie() {
-    let dir = TempDir::new("cookie");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let _procs: Vec<Proc> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, &p)| backend(&dir, &format!("b{i}"), p))
-        .collect();
-    let servers: String = ports
-        .iter()
-        .map(|p| format!("      - {{ addr: \"127.0.0.1:{p}\" }}\n"))
-        .collect();
-    let port = free_port();
-    let conf = dir.write(
-        "gw.yaml",
-        &yaml_with(
-            &dir,
-            port,
-            "consistent",
-            &servers,
-            "    hash_key: \"user-$cookie_uid\"\n",
-        ),
+    let (_dir, port, _procs, _gw) = gateway_over(
+        "cookie",
+        3,
+        "consistent",
+        "",
+        "    hash_key: \"user-$cookie_uid\"\n",
     );
-    let _gw = start(&conf, &[port]);
     let mut seen = std::collections::HashSet::new();
     for u in 0..30 {
         let cookie = format!("Cookie: a=1; uid={u}");
@@ -251,15 +235,22 @@ fn consistent_load_follows_weights_within_a_few_percent() {
     }
 }
 
-fn two_backends(
+/// `n` backend processes b0..b{n-1} behind a gateway with `policy`; `per_server` is appended
+/// to each server entry, `extra_pool` to the pool.
+fn gateway_over(
     tag: &str,
+    n: usize,
     policy: &str,
     per_server: &str,
     extra_pool: &str,
 ) -> (TempDir, u16, Vec<Proc>, Proc) {
     let dir = TempDir::new(tag);
-    let ports = [free_port(), free_port()];
-    let procs = vec![backend(&dir, "b0", ports[0]), backend(&dir, "b1", ports[1])];
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let procs = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| backend(&dir, &format!("b{i}"), p))
+        .collect();
     let servers: String = ports
         .iter()
         .map(|p| format!("      - {{ addr: \"127.0.0.1:{p}\"{per_server} }}\n"))
@@ -275,8 +266,13 @@ fn two_backends(
 
 #[test]
 fn retry_on_status_sends_idempotent_requests_to_the_next_server() {
-    let (dir, port, _b, _gw) =
-        two_backends("status", "round_robin", "", "    retry_on_status: [503]\n");
+    let (dir, port, _b, _gw) = gateway_over(
+        "status",
+        2,
+        "round_robin",
+        "",
+        "    retry_on_status: [503]\n",
+    );
     // A POST is not retried: b0's 503 reaches the client.
     let statuses: Vec<u16> = (0..6)
         .map(|_| {
@@ -308,7 +304,7 @@ fn retry_on_status_sends_idempotent_requests_to_the_next_server() {
 
 #[test]
 fn without_retry_on_status_the_answer_passes_through() {
-    let (_dir, port, _b, _gw) = two_backends("nostatus", "round_robin", "", "");
+    let (_dir, port, _b, _gw) = gateway_over("nostatus", 2, "round_robin", "", "");
     let statuses: Vec<u16> = (0..6)
         .map(|_| get(port, "/?status=503&only=b0").status)
         .collect();
@@ -317,7 +313,7 @@ fn without_retry_on_status_the_answer_passes_through() {
 
 #[test]
 fn max_conns_sends_the_overflow_elsewhere() {
-    let (_dir, port, _b, _gw) = two_backends("maxconns", "round_robin", ", max_conns: 1", "");
+    let (_dir, port, _b, _gw) = gateway_over("maxconns", 2, "round_robin", ", max_conns: 1", "");
     // Hold one server with a slow request; round robin would otherwise alternate.
     let slow = std::thread::spawn(move || get(port, "/?delay_ms=2000"));
     let mut streak: Vec<String> = Vec::new();
