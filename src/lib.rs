@@ -36,10 +36,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
         println!("graygate version {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let loaded = match &cli.conf {
-        Some(p) => config::load(p),
-        None => config::load_embedded(),
-    };
+    let loaded = config::load_from(cli.conf.as_deref());
     let name = cli
         .conf
         .as_ref()

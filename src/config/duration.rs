@@ -8,11 +8,11 @@ use serde::Deserialize;
 
 /// A duration written the nginx way; a bare number means seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Secs(pub Duration);
+pub struct TimeValue(pub Duration);
 
-impl Secs {
-    pub const fn from_secs(s: u64) -> Secs {
-        Secs(Duration::from_secs(s))
+impl TimeValue {
+    pub const fn from_secs(s: u64) -> TimeValue {
+        TimeValue(Duration::from_secs(s))
     }
 }
 
@@ -38,24 +38,24 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-impl<'de> Deserialize<'de> for Secs {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Secs, D::Error> {
+impl<'de> Deserialize<'de> for TimeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<TimeValue, D::Error> {
         struct V;
         impl Visitor<'_> for V {
-            type Value = Secs;
+            type Value = TimeValue;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a time value such as 30, 30s, 500ms or 5m")
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Secs, E> {
-                Ok(Secs(Duration::from_secs(v)))
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TimeValue, E> {
+                Ok(TimeValue(Duration::from_secs(v)))
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Secs, E> {
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TimeValue, E> {
                 u64::try_from(v)
-                    .map(|v| Secs(Duration::from_secs(v)))
+                    .map(|v| TimeValue(Duration::from_secs(v)))
                     .map_err(|_| E::custom(format!("time value {v} must not be negative")))
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Secs, E> {
-                parse(v).map(Secs).map_err(E::custom)
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TimeValue, E> {
+                parse(v).map(TimeValue).map_err(E::custom)
             }
         }
         d.deserialize_any(V)

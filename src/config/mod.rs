@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-pub use duration::Secs;
+pub use duration::TimeValue;
 pub use problem::{Problem, Problems};
 pub use spans::{Pos, Spans};
 
@@ -43,10 +43,10 @@ pub struct Config {
     pub daemon: bool,
     /// How long an old generation keeps idle keep-alive connections open while draining.
     #[serde(default = "default_grace")]
-    pub grace_period: Secs,
+    pub grace_period: TimeValue,
     /// How long in-flight requests may take after the grace period before a forced exit.
     #[serde(default = "default_shutdown_timeout")]
-    pub shutdown_timeout: Secs,
+    pub shutdown_timeout: TimeValue,
     /// Built-in demo backends ("old" and "new" in the default config).
     #[serde(default)]
     pub demo_backends: Vec<DemoBackend>,
@@ -87,9 +87,9 @@ pub struct HealthCheck {
     #[serde(default = "default_hc_path")]
     pub path: String,
     #[serde(default = "default_hc_interval")]
-    pub interval: Secs,
+    pub interval: TimeValue,
     #[serde(default = "default_hc_timeout")]
-    pub timeout: Secs,
+    pub timeout: TimeValue,
     /// Status an `http` check must get (default: any 2xx or 3xx).
     #[serde(default)]
     pub expect_status: Option<i64>,
@@ -115,14 +115,14 @@ pub struct Upstream {
     pub policy: Policy,
     pub servers: Vec<UpstreamServer>,
     #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: Secs,
+    pub connect_timeout: TimeValue,
     #[serde(default = "default_io_timeout")]
-    pub read_timeout: Secs,
+    pub read_timeout: TimeValue,
     #[serde(default = "default_io_timeout")]
-    pub send_timeout: Secs,
+    pub send_timeout: TimeValue,
     /// How long an idle pooled upstream connection is kept.
     #[serde(default = "default_idle_timeout")]
-    pub idle_timeout: Secs,
+    pub idle_timeout: TimeValue,
     /// For `consistent`: what a request is placed by (default `$remote_addr`).
     #[serde(default)]
     pub hash_key: Option<String>,
@@ -151,7 +151,7 @@ pub struct UpstreamServer {
     #[serde(default = "default_max_fails")]
     pub max_fails: i64,
     #[serde(default = "default_fail_timeout")]
-    pub fail_timeout: Secs,
+    pub fail_timeout: TimeValue,
     #[serde(default)]
     pub down: bool,
     #[serde(default)]
@@ -184,11 +184,11 @@ pub struct Location {
     pub proxy_set_header: IndexMap<String, String>,
     /// Overrides of the pool's timeouts for this location.
     #[serde(default)]
-    pub connect_timeout: Option<Secs>,
+    pub connect_timeout: Option<TimeValue>,
     #[serde(default)]
-    pub read_timeout: Option<Secs>,
+    pub read_timeout: Option<TimeValue>,
     #[serde(default)]
-    pub send_timeout: Option<Secs>,
+    pub send_timeout: Option<TimeValue>,
 }
 
 fn default_pid_file() -> String {
@@ -200,23 +200,23 @@ fn default_upgrade_sock() -> String {
 fn default_threads() -> i64 {
     1
 }
-fn default_grace() -> Secs {
-    Secs::from_secs(30)
+fn default_grace() -> TimeValue {
+    TimeValue::from_secs(30)
 }
-fn default_shutdown_timeout() -> Secs {
-    Secs::from_secs(10)
+fn default_shutdown_timeout() -> TimeValue {
+    TimeValue::from_secs(10)
 }
 fn default_policy() -> Policy {
     Policy::RoundRobin
 }
-fn default_connect_timeout() -> Secs {
-    Secs::from_secs(60)
+fn default_connect_timeout() -> TimeValue {
+    TimeValue::from_secs(60)
 }
-fn default_io_timeout() -> Secs {
-    Secs::from_secs(60)
+fn default_io_timeout() -> TimeValue {
+    TimeValue::from_secs(60)
 }
-fn default_idle_timeout() -> Secs {
-    Secs::from_secs(60)
+fn default_idle_timeout() -> TimeValue {
+    TimeValue::from_secs(60)
 }
 fn default_true() -> bool {
     true
@@ -227,11 +227,11 @@ fn default_hc_type() -> HealthCheckType {
 fn default_hc_path() -> String {
     "/".into()
 }
-fn default_hc_interval() -> Secs {
-    Secs::from_secs(5)
+fn default_hc_interval() -> TimeValue {
+    TimeValue::from_secs(5)
 }
-fn default_hc_timeout() -> Secs {
-    Secs::from_secs(2)
+fn default_hc_timeout() -> TimeValue {
+    TimeValue::from_secs(2)
 }
 fn default_rise() -> i64 {
     2
@@ -242,11 +242,15 @@ fn default_fall() -> i64 {
 fn default_weight() -> i64 {
     1
 }
+/// nginx's `server` defaults: `max_fails=1 fail_timeout=10s`. The one place they are written.
+pub const DEFAULT_MAX_FAILS: u32 = 1;
+pub const DEFAULT_FAIL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn default_max_fails() -> i64 {
-    1
+    i64::from(DEFAULT_MAX_FAILS)
 }
-fn default_fail_timeout() -> Secs {
-    Secs::from_secs(10)
+fn default_fail_timeout() -> TimeValue {
+    TimeValue(DEFAULT_FAIL_TIMEOUT)
 }
 
 /// A parsed file with what is needed to report problems in it.
@@ -282,6 +286,14 @@ pub fn load(path: &Path) -> Result<Loaded, Problems> {
         ))
     })?;
     parse(name, &src, false)
+}
+
+/// The one place that chooses between a config file and the embedded default.
+pub fn load_from(path: Option<&Path>) -> Result<Loaded, Problems> {
+    match path {
+        Some(p) => load(p),
+        None => load_embedded(),
+    }
 }
 
 /// Parses the embedded default configuration.

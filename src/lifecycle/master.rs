@@ -341,10 +341,7 @@ impl Master {
 
     /// Reload: apply in place when possible, else upgrade with the same binary.
     async fn reload(&mut self, listener: &UnixListener) -> String {
-        let loaded = match &self.conf {
-            Some(p) => config::load(p),
-            None => config::load_embedded(),
-        };
+        let loaded = config::load_from(self.conf.as_deref());
         let plan = match loaded.and_then(|l| Plan::compile(&l, None)) {
             Ok(p) => p,
             Err(probs) => {
@@ -400,10 +397,7 @@ impl Master {
         let plan = match plan {
             Some(p) => p,
             None => {
-                let loaded = match &self.conf {
-                    Some(p) => config::load(p),
-                    None => config::load_embedded(),
-                };
+                let loaded = config::load_from(self.conf.as_deref());
                 loaded
                     .and_then(|l| Plan::compile(&l, None))
                     .map_err(|p| p.to_string().replace('\n', "; "))?

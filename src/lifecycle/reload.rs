@@ -18,10 +18,7 @@ impl Reloader {
     /// Applies the file if it is valid and needs no new sockets; otherwise keeps the running
     /// config and says why in the process log.
     pub fn reload(&self) {
-        let loaded = match &self.path {
-            Some(p) => config::load(p),
-            None => config::load_embedded(),
-        };
+        let loaded = config::load_from(self.path.as_deref());
         let current = self.live.load_full();
         let plan = match loaded.and_then(|l| Plan::compile(&l, Some(&current.plan))) {
             Ok(p) => p,

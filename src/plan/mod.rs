@@ -57,6 +57,17 @@ impl Timeouts {
     pub fn any(&self) -> bool {
         self.connect.is_some() || self.read.is_some() || self.send.is_some()
     }
+
+    /// Sets the given timeouts on a peer; the one place that knows a connect timeout bounds
+    /// both the TCP connect and the whole connection set-up.
+    pub fn apply(&self, o: &mut pingora::upstreams::peer::PeerOptions) {
+        if let Some(c) = self.connect {
+            o.connection_timeout = Some(c);
+            o.total_connection_timeout = Some(c);
+        }
+        o.read_timeout = self.read.or(o.read_timeout);
+        o.write_timeout = self.send.or(o.write_timeout);
+    }
 }
 
 /// A pool with the rules around it.
@@ -237,12 +248,13 @@ impl Plan {
                     total += s.weight;
                 }
                 let mut peer = Peer::new(addr, s.weight as u32);
-                let o = &mut peer.http.options;
-                o.connection_timeout = Some(u.connect_timeout.0);
-                o.total_connection_timeout = Some(u.connect_timeout.0);
-                o.read_timeout = Some(u.read_timeout.0);
-                o.write_timeout = Some(u.send_timeout.0);
-                o.idle_timeout = Some(u.idle_timeout.0);
+                Timeouts {
+                    connect: Some(u.connect_timeout.0),
+                    read: Some(u.read_timeout.0),
+                    send: Some(u.send_timeout.0),
+                }
+                .apply(&mut peer.http.options);
+                peer.http.options.idle_timeout = Some(u.idle_timeout.0);
                 peer.max_fails = s.max_fails as u32;
                 peer.fail_timeout = s.fail_timeout.0;
                 peer.down = s.down;

@@ -181,13 +181,7 @@ impl ProxyHttp for Gateway {
                 let mut peer = Box::new(p.http.clone());
                 let t = snap.plan.servers[self.server].locations[ctx.location].timeouts;
                 if t.any() {
-                    let o = &mut peer.options;
-                    if let Some(c) = t.connect {
-                        o.connection_timeout = Some(c);
-                        o.total_connection_timeout = Some(c);
-                    }
-                    o.read_timeout = t.read.or(o.read_timeout);
-                    o.write_timeout = t.send.or(o.write_timeout);
+                    t.apply(&mut peer.options);
                 }
                 ctx.peer = Some(i);
                 if p.max_conns > 0 {

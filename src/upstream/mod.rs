@@ -73,8 +73,8 @@ impl Peer {
         Peer {
             addr,
             weight,
-            max_fails: 1,
-            fail_timeout: Duration::from_secs(10),
+            max_fails: crate::config::DEFAULT_MAX_FAILS,
+            fail_timeout: crate::config::DEFAULT_FAIL_TIMEOUT,
             down: false,
             backup: false,
             max_conns: 0,
