@@ -1,3 +1,6 @@
+//! Worker generations: the master's side of starting, waiting for, replacing and reaping
+//! workers.
+//!
 //! A worker process as the master sees it: started with the checked config bytes and the
 //! listening sockets as inherited fds, signalled and reaped by pid (a re-executed master
 //! adopts workers it did not spawn, so no `std::process::Child` here).
@@ -10,11 +13,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::control::CTL_ENV;
+use std::time::Instant;
+
+use super::control::{self, Message, CTL_ENV};
 use super::error::Error;
+use super::master::{Master, OWN_IMAGE};
 use super::os;
+use super::sockets::plan_addrs;
 use super::sockets::{Sockets, LISTEN_FDS_ENV};
 use super::source::{Source, CONF_FD_ENV};
+use crate::plan::Plan;
 
 /// How long a new worker may take to report ready before it is killed. A worker binds
 /// nothing and reads no file, so it is ready within milliseconds; this is for a hung binary.
@@ -114,5 +122,183 @@ impl Worker {
             what: "writing the config hand-over",
             err,
         })
+    }
+}
+
+impl Master {
+    /// Records a worker's report, if it comes from one of our workers.
+    pub(super) fn note_report(&mut self, m: Message, peer: Option<i32>) {
+        let (pid, w) = match &m {
+            Message::Ready(p) | Message::Reloaded(p, _) => (*p, self.worker_mut(*p)),
+            _ => return,
+        };
+        let Some(w) = w else {
+            log::warn!("control: ignored \"{m}\": pid {pid} is not a worker of this master");
+            return;
+        };
+        if peer != Some(pid) {
+            log::warn!("control: ignored \"{m}\" sent by pid {peer:?}, not by the worker");
+            return;
+        }
+        match m {
+            Message::Ready(_) => w.ready = true,
+            Message::Reloaded(_, o) => w.reloaded = Some(o),
+            _ => {}
+        }
+    }
+
+    fn worker_mut(&mut self, pid: i32) -> Option<&mut Worker> {
+        self.current
+            .iter_mut()
+            .chain(self.old.iter_mut())
+            .chain(self.pending.iter_mut())
+            .find(|w| w.pid == pid)
+    }
+
+    /// Waits up to `limit` for a report that makes `done` true, serving only reports
+    /// meanwhile (commands get "busy"). A TERM or INT ends the wait (see `stop_now`).
+    pub(super) async fn wait_reports(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&mut Master) -> bool,
+    ) -> bool {
+        let end = Instant::now() + limit;
+        while !done(self) {
+            if Instant::now() > end || self.stop_now {
+                return false;
+            }
+            tokio::select! {
+                _ = self.sigs.term.recv() => self.stop_now = true,
+                _ = self.sigs.int.recv() => self.stop_now = true,
+                conn = self.ctl.accept() => {
+                    if let Ok((mut s, _)) = conn {
+                        let peer = s.peer_cred().ok().and_then(|c| c.pid());
+                        match control::read(&mut s).await {
+                            Some(m) if m.is_report() => self.note_report(m, peer),
+                            Some(_) => control::write(&mut s, &Message::Err("busy, try again".into())).await,
+                            None => {}
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        true
+    }
+
+    /// Starts a generation serving `plan` (binding its new addresses first) and, once it is
+    /// ready, drains the current one. On any failure nothing changes.
+    pub(super) async fn new_generation(
+        &mut self,
+        exe: &Path,
+        source: &Source,
+        plan: &Plan,
+    ) -> Result<String, Error> {
+        let want = plan_addrs(plan);
+        let bound = self.sockets.bind_missing(&want)?;
+        match self.start_worker(exe, source, &want).await {
+            Ok(w) => {
+                let pid = w.pid;
+                if let Some(old) = self.current.replace(w) {
+                    log::info!("worker {pid} serving; worker {} drains", old.pid);
+                    old.signal(libc::SIGQUIT);
+                    self.old.push(old);
+                }
+                self.retiring.extend(self.sockets.take_unused(&want));
+                Ok(format!("reloaded (new generation, worker {pid})"))
+            }
+            Err(e) => {
+                self.sockets.close(&bound);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a worker on `addrs` with `source` and waits until it reports ready; one that
+    /// exits or is not ready within [`READY_TIMEOUT`] is killed.
+    pub(super) async fn start_worker(
+        &mut self,
+        exe: &Path,
+        source: &Source,
+        addrs: &[std::net::SocketAddr],
+    ) -> Result<Worker, Error> {
+        self.last_spawn = Instant::now();
+        let ctl = control::ctl_path(&self.pidfile.path);
+        let w = Worker::spawn(exe, source, &self.sockets, addrs, &ctl)?;
+        let pid = w.pid;
+        self.pending = Some(w);
+        let mut exited = None;
+        let ready = self
+            .wait_reports(READY_TIMEOUT, |m| {
+                let Some(w) = m.pending.as_mut() else {
+                    return true;
+                };
+                if exited.is_none() {
+                    exited = w.try_wait();
+                }
+                w.ready || exited.is_some()
+            })
+            .await;
+        let Some(mut w) = self.pending.take() else {
+            return Err(Error::Worker(format!("worker {pid} vanished")));
+        };
+        if ready && w.ready {
+            return Ok(w);
+        }
+        if let Some(st) = exited {
+            return Err(Error::Worker(format!(
+                "new worker {pid} {st} during start-up (see {})",
+                self.log_hint()
+            )));
+        }
+        w.signal(libc::SIGKILL);
+        w.wait();
+        Err(Error::Worker(format!(
+            "new worker {pid} was not ready within {}s: killed",
+            READY_TIMEOUT.as_secs()
+        )))
+    }
+
+    pub(super) fn log_hint(&self) -> String {
+        self.plan
+            .settings
+            .error_log
+            .clone()
+            .unwrap_or_else(|| "stderr".into())
+    }
+
+    /// Reaps exited workers and replaces a dead current one (nginx respawns crashed workers).
+    pub(super) async fn reap(&mut self) {
+        self.old.retain_mut(|w| match w.try_wait() {
+            Some(st) => {
+                log::info!("worker {} {st}", w.pid);
+                false
+            }
+            None => true,
+        });
+        if self.old.is_empty() && !self.stale {
+            self.retiring.clear();
+        }
+        if let Some(w) = self.current.as_mut() {
+            if let Some(st) = w.try_wait() {
+                log::error!("worker process {} {st}; starting a new one", w.pid);
+                self.current = None;
+            }
+        }
+        if self.current.is_none() && self.last_spawn.elapsed() >= Duration::from_millis(900) {
+            let want = plan_addrs(&self.plan);
+            let source = self.source.clone();
+            match self
+                .start_worker(Path::new(OWN_IMAGE), &source, &want)
+                .await
+            {
+                Ok(w) => {
+                    log::info!("worker {} serving", w.pid);
+                    self.current = Some(w);
+                    self.stale = false;
+                }
+                Err(e) => log::error!("cannot start a worker: {e}; trying again"),
+            }
+        }
     }
 }
