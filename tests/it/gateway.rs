@@ -1,12 +1,10 @@
 //! The foundation, end to end: real gateway, real backend processes, real sockets.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn config_test_accepts_the_shipped_files() {
@@ -160,7 +158,10 @@ fn index_of(resp: &Resp) -> usize {
 
 #[test]
 fn ip_hash_follows_nginx_vectors_through_the_gateway() {
-    let text = include_str!("data/ip_hash_vectors.txt");
+    let text = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/ip_hash_vectors.txt"
+    ));
     for set in ["1,1", "1,3", "2,5,1"] {
         let weights: Vec<u32> = set.split(',').map(|w| w.parse().unwrap()).collect();
         let s = setup("ip_hash", &weights, "");

@@ -1,11 +1,9 @@
 //! Zero-downtime lifecycle under a real concurrent keep-alive load: binary upgrade, reload
 //! (good, broken, and one that changes listeners), log reopen, graceful quit.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 struct Env {
     dir: TempDir,
@@ -258,10 +256,7 @@ fn failed_upgrade_leaves_the_running_generation_untouched() {
         .arg(&e.conf)
         .spawn()
         .unwrap();
-    let _gw = Proc {
-        child,
-        conf: e.conf.clone(),
-    };
+    let _gw = Proc { child };
     wait_for("gateway", Duration::from_secs(20), || {
         port_open(e.port) && e.dir.path("gw.pid").exists()
     });
