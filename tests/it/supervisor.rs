@@ -3,12 +3,10 @@
 //! replaced by the master without a restart of the program, and a stop really stops the
 //! serving generation.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn supervisorctl(conf: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new("supervisorctl")
@@ -64,10 +62,7 @@ fn supervisor_sees_upgrades_crashes_and_stops_truthfully() {
         .arg(&sup_conf)
         .spawn()
         .expect("supervisord (Debian package supervisor)");
-    let _sup = Proc {
-        child,
-        conf: sup_conf.clone(),
-    };
+    let _sup = Proc { child };
 
     wait_for("RUNNING", Duration::from_secs(30), || {
         status(&sup_conf).0 == "RUNNING" && port_open(port)
@@ -92,7 +87,7 @@ fn supervisor_sees_upgrades_crashes_and_stops_truthfully() {
 
     // A crash of the serving worker: the master replaces it (as nginx); the program stays
     // RUNNING with the same pid.
-    kill_pid(worker[0], SIGKILL);
+    signal(worker[0], SIGKILL).expect("kill the serving worker");
     wait_for(
         "a new worker after the crash",
         Duration::from_secs(10),
@@ -105,30 +100,18 @@ fn supervisor_sees_upgrades_crashes_and_stops_truthfully() {
     wait_for("serving again", Duration::from_secs(10), || {
         get_from(port, "/", None, &[]).is_ok_and(|r| r.status == 200)
     });
-    let master2 = master;
 
     // A stop stops everything that serves.
-    let workers = children(master2);
+    let workers = children(master);
     supervisorctl(&sup_conf, &["stop", "graygate"]);
     wait_for("STOPPED", Duration::from_secs(30), || {
         status(&sup_conf).0 == "STOPPED"
     });
-    assert!(!alive(master2));
+    assert!(!alive(master));
     assert!(
         workers.iter().all(|p| !alive(*p)),
         "workers survived the stop"
     );
     assert!(!port_open(port), "port still open after stop");
     supervisorctl(&sup_conf, &["shutdown"]);
-}
-
-fn kill_pid(pid: i32, sig: i32) {
-    // Via the shell's kill, to keep the test free of unsafe code.
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "kill -{sig} {pid}");
 }
