@@ -117,6 +117,9 @@ pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
         })?;
     }
     open_error_log(&plan)?;
+    if let Some(notice) = &pidfile.stale {
+        log::info!("{notice}");
+    }
     let rt = runtime()?;
     let code = rt.block_on(async move {
         let ctl_path = control::ctl_path(&pidfile.path);

@@ -15,6 +15,8 @@ use super::os;
 pub struct PidFile {
     pub path: String,
     file: File,
+    /// Why a stale pid file was taken over, to log once the error log is open.
+    pub stale: Option<String>,
 }
 
 impl PidFile {
@@ -42,17 +44,18 @@ impl PidFile {
                 pid: old,
             });
         }
-        if let Some(pid) = old.filter(|p| *p != std::process::id() as i32) {
+        let stale = old.map(|pid| {
             let why = if os::process_exists(pid) {
                 "holds no lock on it"
             } else {
                 "is not running"
             };
-            log::info!("taking over stale pid file {path}: pid {pid} {why}");
-        }
+            format!("taking over stale pid file {path}: pid {pid} {why}")
+        });
         Ok(PidFile {
             path: path.to_string(),
             file,
+            stale,
         })
     }
 
@@ -65,6 +68,7 @@ impl PidFile {
         Ok(PidFile {
             path: path.to_string(),
             file: File::from(owned),
+            stale: None,
         })
     }
 
@@ -73,13 +77,14 @@ impl PidFile {
         self.file.as_raw_fd()
     }
 
-    /// Writes our pid (once serving, as nginx).
+    /// Writes our pid (once serving), in one write after the truncation.
     pub fn write(&mut self) {
+        let text = format!("{}\n", std::process::id());
         let r = self
             .file
             .set_len(0)
             .and_then(|_| self.file.seek(SeekFrom::Start(0)))
-            .and_then(|_| writeln!(self.file, "{}", std::process::id()));
+            .and_then(|_| self.file.write_all(text.as_bytes()));
         if let Err(e) = r {
             log::error!("cannot write pid file {}: {e}", self.path);
         }

@@ -237,7 +237,6 @@ pub fn resume(inh: Inherit, conf: Option<PathBuf>) -> Result<(), Error> {
             let _ = c.set_write_timeout(Some(super::control::READ_TIMEOUT));
             let _ = c.write_all(format!("{answer}\n").as_bytes());
         }
-        m.pidfile.write();
         Ok::<i32, Error>(m.serve().await)
     })?;
     crate::logs::flush_all();
