@@ -437,3 +437,53 @@ fn master_reopens_its_error_log_and_upgrades_log_nothing_false() {
         assert!(!all.contains(false_line), "{false_line:?} in:\n{all}");
     }
 }
+
+#[test]
+fn the_shipped_logrotate_snippet_makes_graygate_reopen_its_logs() {
+    let g = setup("logrotate", 1, "");
+    let _gw = start(&g.conf, &[g.port]);
+    let master = g.master();
+    for _ in 0..3 {
+        assert_eq!(get(g.port, "/").status, 200);
+    }
+    let access = g.dir.path("access.log");
+    wait_for("access log", Duration::from_secs(10), || {
+        read(&access).lines().count() == 3
+    });
+    let snippet = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/logrotate/graygate"))
+        .replace("/tmp/graygate/*.log", &g.dir.s("*.log"))
+        .replace("/tmp/graygate.pid", &g.dir.s("gw.pid"));
+    let conf = g.dir.write("logrotate.conf", &snippet);
+    std::fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new("logrotate")
+        .arg("-f")
+        .arg("-s")
+        .arg(g.dir.path("logrotate.state"))
+        .arg(&conf)
+        .output()
+        .expect("logrotate (Debian package logrotate, installed by scripts/deps.sh)");
+    assert!(
+        out.status.success(),
+        "logrotate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read(&g.dir.path("access.log.1")).lines().count(), 3);
+    // Both the worker and the master write to the new files.
+    assert_eq!(get(g.port, "/").status, 200);
+    wait_for(
+        "the worker writes to the new access log",
+        Duration::from_secs(10),
+        || read(&access).lines().count() == 1,
+    );
+    signal(master, SIGHUP).unwrap();
+    wait_for(
+        "the master writes to the new error log",
+        Duration::from_secs(10),
+        || g.log().contains(&format!("{master}#0: reload (SIGHUP)")),
+    );
+    assert_eq!(
+        read(&g.dir.path("access.log.1")).lines().count(),
+        3,
+        "nothing lost or doubled"
+    );
+}
