@@ -487,3 +487,24 @@ fn the_shipped_logrotate_snippet_makes_graygate_reopen_its_logs() {
         "nothing lost or doubled"
     );
 }
+
+#[test]
+fn a_new_worker_survives_reload_and_reopen_signals_before_it_is_ready() {
+    let g = setup("earlysig", 1, "");
+    let _gw = start(&g.conf, &[g.port]);
+    let master = g.master();
+    let w = g.worker(master);
+    signal(w, SIGKILL).unwrap();
+    // Signal the replacement as soon as it exists, before it can report ready.
+    let mut new = 0;
+    wait_for("a replacement worker", Duration::from_secs(10), || {
+        new = children(master).into_iter().find(|p| *p != w).unwrap_or(0);
+        new > 0
+    });
+    for sig in [SIGHUP, 10, 12] {
+        let _ = signal(new, sig);
+    }
+    wait_for("serving again", Duration::from_secs(10), || serving(g.port));
+    assert!(alive(new), "the worker died of an early signal");
+    assert_eq!(children(master), vec![new]);
+}
