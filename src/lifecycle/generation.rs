@@ -1,5 +1,5 @@
 //! Worker generations: the master's side of starting, waiting for, replacing and reaping
-//! workers.
+//! workers, and of a reload (in place, or by a new generation).
 //!
 //! A worker process as the master sees it: started with the checked config bytes and the
 //! listening sockets as inherited fds, signalled and reaped by pid (a re-executed master
@@ -8,9 +8,10 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::time::Instant;
@@ -67,16 +68,7 @@ impl Worker {
             .env(CONF_FD_ENV, conf.as_raw_fd().to_string())
             .env(LISTEN_FDS_ENV, env)
             .stdin(Stdio::null());
-        // SAFETY: the closure only calls fcntl (async-signal-safe) on descriptor numbers that
-        // are open in the parent and so in the forked child; it allocates nothing.
-        unsafe {
-            c.pre_exec(move || {
-                for fd in &fds {
-                    os::set_inheritable(*fd, true)?;
-                }
-                Ok(())
-            });
-        }
+        os::inherit_in_child(&mut c, fds);
         let child = c.spawn().map_err(spawn_err)?;
         Ok(Worker {
             pid: child.id() as i32,
@@ -298,6 +290,80 @@ impl Master {
                     self.stale = false;
                 }
                 Err(e) => log::error!("cannot start a worker: {e}; trying again"),
+            }
+        }
+    }
+
+    /// Reload: FILE (or the file in use) is read and checked here; the current worker applies
+    /// exactly these bytes in place, or a new generation does. FILE becomes the file later
+    /// reloads read.
+    pub(super) async fn reload(&mut self, path: Option<PathBuf>) -> Message {
+        let path = path.or_else(|| self.source.path.clone());
+        let source = match Source::read(path.as_deref()) {
+            Ok(s) => s,
+            Err(p) => return Message::Err(format!("configuration unchanged: {p}")),
+        };
+        let plan = match source.compile(Some(&self.plan)) {
+            Ok(p) => p,
+            Err(p) => return Message::Err(format!("configuration unchanged: {p}")),
+        };
+        let in_place = !self.stale
+            && plan.same_listeners(&self.plan)
+            && self.current.as_ref().is_some_and(|w| w.conf.is_some());
+        let r = if in_place {
+            self.reload_in_place(&source).await
+        } else {
+            log::info!("listeners or process settings changed: starting a new generation");
+            self.new_generation(Path::new(OWN_IMAGE), &source, &plan)
+                .await
+        };
+        match r {
+            Ok(what) => {
+                self.source = source;
+                self.plan = Arc::new(plan);
+                self.stale = false;
+                Message::Ok(what)
+            }
+            Err(e) => {
+                log::error!("reload failed, the running configuration keeps serving: {e}");
+                Message::Err(e.to_string())
+            }
+        }
+    }
+
+    async fn reload_in_place(&mut self, source: &Source) -> Result<String, Error> {
+        let Some(w) = self.current.as_mut() else {
+            return Err(Error::Worker("no running worker".into()));
+        };
+        let pid = w.pid;
+        w.set_config(source)?;
+        w.reloaded = None;
+        w.signal(libc::SIGHUP);
+        // Answer only once the worker has swapped its snapshot, so that the next request
+        // after `graygate -s reload` returns sees the new config.
+        self.wait_reports(Duration::from_secs(10), |m| {
+            m.current.as_ref().is_none_or(|w| w.reloaded.is_some())
+        })
+        .await;
+        let outcome = self.current.as_mut().and_then(|w| w.reloaded.take());
+        let restore = |m: &mut Master| {
+            let old = m.source.clone();
+            if let Some(w) = m.current.as_mut() {
+                let _ = w.set_config(&old);
+            }
+        };
+        match outcome.as_deref() {
+            Some("ok") => Ok("reloaded".into()),
+            Some(r) => {
+                let r = r.to_string();
+                restore(self);
+                Err(Error::Worker(r))
+            }
+            None => {
+                restore(self);
+                Err(Error::Worker(format!(
+                    "worker {pid} did not confirm the reload in 10s"
+                )))
             }
         }
     }

@@ -90,6 +90,21 @@ pub fn set_inheritable(fd: RawFd, inherit: bool) -> io::Result<()> {
     }
 }
 
+/// Makes the child of `cmd` inherit `fds` (they stay close-on-exec in this process).
+pub fn inherit_in_child(cmd: &mut std::process::Command, fds: Vec<RawFd>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec; it only calls fcntl (async-signal-safe)
+    // on descriptor numbers open in the parent and so in the child, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &fds {
+                set_inheritable(*fd, true)?;
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Adopts a descriptor number handed down through exec (named in an environment variable).
 /// Refuses numbers that are not open, so a wrong variable cannot make us own a stranger's fd.
 pub fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {

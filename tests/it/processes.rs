@@ -508,3 +508,40 @@ fn a_new_worker_survives_reload_and_reopen_signals_before_it_is_ready() {
     assert!(alive(new), "the worker died of an early signal");
     assert_eq!(children(master), vec![new]);
 }
+
+#[test]
+fn two_instances_upgraded_at_once_do_not_collide() {
+    // The README's recipe: two configs that share `upgrade_sock` (no longer used: no socket
+    // passes between processes but by inheritance from the master).
+    let a = setup("twoa", 1, "");
+    let b = setup("twob", 1, "");
+    let shared = a.dir.s("shared-upgrade.sock");
+    for g in [&a, &b] {
+        std::fs::write(&g.conf, read(&g.conf).replace(&g.dir.s("gw.sock"), &shared)).unwrap();
+    }
+    let _ga = start(&a.conf, &[a.port]);
+    let _gb = start(&b.conf, &[b.port]);
+    let (ma, mb) = (a.master(), b.master());
+    let loads = [Load::start(a.port, 8, false), Load::start(b.port, 8, false)];
+    for l in &loads {
+        l.wait_more(100);
+    }
+    let (ca, cb) = (a.c().to_string(), b.c().to_string());
+    let ta = std::thread::spawn(move || ctl(&["-s", "upgrade", "-c", &ca]));
+    let tb = std::thread::spawn(move || ctl(&["-s", "upgrade", "-c", &cb]));
+    for (ok, out) in [ta.join().unwrap(), tb.join().unwrap()] {
+        assert!(ok, "{out}");
+    }
+    for l in loads {
+        l.wait_more(100);
+        let res = l.finish();
+        assert!(
+            res.failed.is_empty(),
+            "{:?}",
+            &res.failed[..res.failed.len().min(5)]
+        );
+        assert_eq!(res.refused, 0);
+    }
+    assert_eq!(read(&a.dir.path("gw.pid")).trim(), ma.to_string());
+    assert_eq!(read(&b.dir.path("gw.pid")).trim(), mb.to_string());
+}
