@@ -4,6 +4,7 @@
 //! [`load`] keeps the source positions so that later checks in [`crate::plan`] can point at the
 //! offending line and column. Nothing here opens sockets or files other than the config itself.
 
+mod addr;
 mod duration;
 mod problem;
 mod spans;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+pub use addr::parse_addr;
 pub use duration::TimeValue;
 pub use problem::{Problem, Problems};
 pub use spans::{Pos, Spans};

@@ -1,0 +1,201 @@
+//! `upstreams.NAME`: a pool, its servers and the rules around it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::{parse_addr, Loaded, Policy, Problems, Upstream, UpstreamServer};
+use crate::upstream::{Peer, PeerState, Pool};
+
+use super::{Plan, PoolPlan, Template, Timeouts, MAX_WEIGHT};
+
+/// Per-server state of the previous plan, by pool name and address, lent to the same servers
+/// of the new plan so that a reload keeps failure counts and health verdicts.
+#[derive(Default)]
+pub(super) struct PrevState<'a>(HashMap<(&'a str, SocketAddr), &'a Arc<PeerState>>);
+
+impl<'a> PrevState<'a> {
+    pub(super) fn of(prev: Option<&'a Plan>) -> PrevState<'a> {
+        let Some(p) = prev else {
+            return PrevState::default();
+        };
+        PrevState(
+            p.pools
+                .iter()
+                .map(|pp| &pp.pool)
+                .flat_map(|pool| {
+                    pool.peers
+                        .iter()
+                        .map(|peer| ((pool.name.as_str(), peer.addr), &peer.state))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The pool `upstreams.NAME`.
+pub(super) fn compile_pool(
+    l: &Loaded,
+    name: &str,
+    u: &Upstream,
+    prev: &PrevState,
+    probs: &mut Problems,
+) -> PoolPlan {
+    let base = format!("upstreams.{name}");
+    if u.servers.is_empty() {
+        probs.push(l.problem_at_key(&base, format!("upstream \"{name}\" has no servers")));
+    }
+    let mut peers = Vec::new();
+    let mut all_valid = true;
+    for (i, s) in u.servers.iter().enumerate() {
+        match compile_peer(l, &format!("{base}.servers.{i}"), s, u, probs) {
+            Some(mut peer) => {
+                if let Some(state) = prev.0.get(&(name, peer.addr)) {
+                    peer.state = Arc::clone(state);
+                }
+                peers.push(peer);
+            }
+            None => all_valid = false,
+        }
+    }
+    // Only judged when every server is valid, so that one mistake gives one message.
+    let total: u32 = peers
+        .iter()
+        .filter(|p| !p.down && !p.backup)
+        .map(|p| p.weight)
+        .sum();
+    if !u.servers.is_empty() && all_valid && total == 0 {
+        probs.push(l.problem_at(
+            &format!("{base}.servers"),
+            format!(
+                "upstream \"{name}\": every server has weight 0 or is down, so none can be chosen"
+            ),
+        ));
+    }
+    if u.policy == Policy::IpHash && u.servers.iter().any(|s| s.backup) {
+        probs.push(l.problem_at(
+            &format!("{base}.policy"),
+            "backup servers cannot be used with ip_hash (as in nginx)",
+        ));
+    }
+    let hash_key = compile_hash_key(l, &base, u, probs);
+    if !(0..=1000).contains(&u.max_tries) {
+        probs.push(l.problem_at(
+            &format!("{base}.max_tries"),
+            format!("max_tries must be 0..1000, not {}", u.max_tries),
+        ));
+    }
+    if let Some(hc) = &u.health_check {
+        let hat = format!("{base}.health_check");
+        for (k, v) in [("rise", hc.rise), ("fall", hc.fall)] {
+            if !(1..=100).contains(&v) {
+                probs.push(l.problem_at(
+                    &format!("{hat}.{k}"),
+                    format!("{k} must be 1..100, not {v}"),
+                ));
+            }
+        }
+        if let Some(st) = hc.expect_status {
+            if !(100..=599).contains(&st) {
+                probs.push(l.problem_at(
+                    &format!("{hat}.expect_status"),
+                    format!("expect_status must be an HTTP status, not {st}"),
+                ));
+            }
+        }
+        if hc.interval.0.is_zero() {
+            probs.push(l.problem_at(&format!("{hat}.interval"), "interval must be above 0"));
+        }
+        if !hc.path.starts_with('/') {
+            probs.push(l.problem_at(&format!("{hat}.path"), "path must start with /"));
+        }
+    }
+    let mut retry_on_status = Vec::new();
+    for (i, &st) in u.retry_on_status.iter().enumerate() {
+        if [500, 502, 503, 504, 429].contains(&st) {
+            retry_on_status.push(st as u16);
+        } else {
+            probs.push(l.problem_at(
+                &format!("{base}.retry_on_status.{i}"),
+                format!("retry_on_status takes 500, 502, 503, 504 or 429, not {st}"),
+            ));
+        }
+    }
+    let mut pool = Pool::new(name.to_string(), u.policy, peers);
+    if u.max_tries > 0 {
+        pool.max_tries = u.max_tries as usize;
+    }
+    PoolPlan {
+        pool: Arc::new(pool),
+        hash_key,
+        retry_on_timeout: u.retry_on_timeout,
+        retry_on_status,
+        health_check: u.health_check.clone(),
+    }
+}
+
+/// One entry of `servers`, at the dotted path `at`; `None` (with a problem) if it is invalid.
+fn compile_peer(
+    l: &Loaded,
+    at: &str,
+    s: &UpstreamServer,
+    u: &Upstream,
+    probs: &mut Problems,
+) -> Option<Peer> {
+    let addr = match parse_addr(&s.addr, "127.0.0.1") {
+        Ok(a) => a,
+        Err(e) => {
+            probs.push(l.problem_at(&format!("{at}.addr"), e));
+            return None;
+        }
+    };
+    for (key, v, max) in [
+        ("weight", s.weight, MAX_WEIGHT),
+        ("max_fails", s.max_fails, 1000),
+        ("max_conns", s.max_conns, 100_000),
+    ] {
+        if !(0..=max).contains(&v) {
+            probs.push(l.problem_at(
+                &format!("{at}.{key}"),
+                format!("{key} must be 0..{max}, not {v}"),
+            ));
+            return None;
+        }
+    }
+    let mut peer = Peer::new(addr, s.weight as u32);
+    Timeouts {
+        connect: Some(u.connect_timeout.0),
+        read: Some(u.read_timeout.0),
+        send: Some(u.send_timeout.0),
+    }
+    .apply(&mut peer.http.options);
+    peer.http.options.idle_timeout = Some(u.idle_timeout.0);
+    peer.max_fails = s.max_fails as u32;
+    peer.fail_timeout = s.fail_timeout.0;
+    peer.down = s.down;
+    peer.backup = s.backup;
+    peer.max_conns = s.max_conns as u32;
+    Some(peer)
+}
+
+/// `hash_key`, only meaningful with `policy: consistent`.
+fn compile_hash_key(
+    l: &Loaded,
+    base: &str,
+    u: &Upstream,
+    probs: &mut Problems,
+) -> Option<Template> {
+    let key = u.hash_key.as_ref()?;
+    let at = format!("{base}.hash_key");
+    if u.policy != Policy::Consistent {
+        probs.push(l.problem_at(&at, "hash_key needs policy: consistent"));
+        return None;
+    }
+    match Template::compile(key) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            probs.push(l.problem_at(&at, e));
+            None
+        }
+    }
+}

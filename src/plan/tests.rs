@@ -1,0 +1,226 @@
+//! The checks of [`Plan::compile`], each with the exact `FILE:LINE:COL: message` it gives.
+
+use std::sync::atomic::Ordering;
+
+use super::*;
+use crate::config;
+
+/// Compiles `src` (named `t.yaml`), with `prev` as the running plan.
+fn compile_with(src: &str, prev: Option<&Plan>) -> Result<Plan, Problems> {
+    let loaded = config::parse("t.yaml".into(), src, false)?;
+    Plan::compile(&loaded, prev)
+}
+
+fn compile(src: &str) -> Plan {
+    match compile_with(src, None) {
+        Ok(p) => p,
+        Err(e) => panic!("{src}\nshould compile, got:\n{e}"),
+    }
+}
+
+/// The problems `src` gives, one string each.
+fn problems(src: &str) -> Vec<String> {
+    match compile_with(src, None) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+/// Asserts that `src` gives exactly `want` (`LINE:COL: message`, the file name implied).
+#[track_caller]
+fn expect(src: &str, want: &[&str]) {
+    let got = problems(src);
+    let want: Vec<String> = want.iter().map(|w| format!("t.yaml:{w}")).collect();
+    assert_eq!(got, want, "for:\n{src}");
+}
+
+/// A valid file around one pool whose body is `pool` (indented under `upstreams.p`).
+fn with_pool(pool: &str) -> String {
+    format!(
+        "upstreams:\n  p:\n{pool}servers:\n  s:\n    listen: [\"127.0.0.1:1\"]\n    locations: [{{ match: /, proxy_pass: p }}]\n"
+    )
+}
+
+const ONE_SERVER: &str = "    servers: [{ addr: 127.0.0.1:2 }]\n";
+
+#[test]
+fn a_minimal_file_compiles() {
+    let plan = compile(&with_pool(ONE_SERVER));
+    assert_eq!(plan.pools.len(), 1);
+    assert_eq!(plan.servers[0].listen, ["127.0.0.1:1".parse().unwrap()]);
+    assert_eq!(
+        plan.pools[0].pool.peers[0].addr,
+        "127.0.0.1:2".parse().unwrap()
+    );
+}
+
+#[test]
+fn process_settings() {
+    expect(
+        "threads: 0\ndemo_backends: [{ listen: 1, name: d }]\n",
+        &["1:10: threads must be 1..1024, not 0"],
+    );
+    expect(
+        "error_log: /nonexistent-graygate/e.log\ndemo_backends: [{ listen: 1, name: d }]\n",
+        &["1:12: log directory /nonexistent-graygate does not exist"],
+    );
+    expect(
+        "demo_backends: [{ listen: nowhere, name: d }]\n",
+        &[
+            "1:1: no servers: nothing would listen",
+            "1:27: invalid address \"nowhere\" (expected IP:PORT, e.g. 127.0.0.1:11001)",
+        ],
+    );
+    expect("threads: 2\n", &["1:1: no servers: nothing would listen"]);
+}
+
+#[test]
+fn server_entries() {
+    expect(
+        &with_pool("    servers:\n      - addr: 127.0.0.1:99999\n      - { addr: 127.0.0.1:3, weight: 1001 }\n      - { addr: 127.0.0.1:4, max_fails: -1 }\n      - { addr: 127.0.0.1:5, max_conns: 100001 }\n"),
+        &[
+            "4:15: invalid address \"127.0.0.1:99999\" (expected IP:PORT, e.g. 127.0.0.1:11001)",
+            "5:38: weight must be 0..1000, not 1001",
+            "6:41: max_fails must be 0..1000, not -1",
+            "7:41: max_conns must be 0..100000, not 100001",
+        ],
+    );
+    expect(
+        &with_pool("    servers:\n      - { addr: 127.0.0.1:2, weight: 0 }\n      - { addr: 127.0.0.1:3, down: true }\n"),
+        &["4:7: upstream \"p\": every server has weight 0 or is down, so none can be chosen"],
+    );
+    expect(
+        &with_pool("    servers: []\n"),
+        &["2:3: upstream \"p\" has no servers"],
+    );
+}
+
+#[test]
+fn pool_rules() {
+    expect(
+        &with_pool("    policy: ip_hash\n    servers: [{ addr: 127.0.0.1:2 }, { addr: 127.0.0.1:3, backup: true }]\n"),
+        &["3:13: backup servers cannot be used with ip_hash (as in nginx)"],
+    );
+    expect(
+        &with_pool(&format!("    hash_key: $remote_addr\n    max_tries: 1001\n    retry_on_status: [502, 404]\n{ONE_SERVER}")),
+        &[
+            "3:15: hash_key needs policy: consistent",
+            "4:16: max_tries must be 0..1000, not 1001",
+            "5:28: retry_on_status takes 500, 502, 503, 504 or 429, not 404",
+        ],
+    );
+    expect(
+        &with_pool(&format!(
+            "    policy: consistent\n    hash_key: $nope\n{ONE_SERVER}"
+        )),
+        &["4:15: unknown variable \"$nope\""],
+    );
+}
+
+#[test]
+fn health_check_values() {
+    expect(
+        &with_pool(&format!("    health_check: {{ rise: 0, fall: 101, expect_status: 99, interval: 0, path: health }}\n{ONE_SERVER}")),
+        &[
+            "3:27: rise must be 1..100, not 0",
+            "3:36: fall must be 1..100, not 101",
+            "3:56: expect_status must be an HTTP status, not 99",
+            "3:70: interval must be above 0",
+            "3:79: path must start with /",
+        ],
+    );
+}
+
+#[test]
+fn servers_and_locations() {
+    let src = "upstreams:
+  p:
+    servers: [{ addr: 127.0.0.1:2 }]
+demo_backends: [{ listen: \"127.0.0.1:9\", name: d }]
+servers:
+  a:
+    listen: [\"127.0.0.1:1\", \"127.0.0.1:9\"]
+    access_log: /nonexistent-graygate/a.log
+    error_log: /nonexistent-graygate/e.log
+    locations:
+      - { match: /, proxy_pass: p }
+      - { match: /, proxy_pass: p }
+      - { match: api, proxy_pass: p }
+      - { match: /x, proxy_pass: q }
+      - { match: /y, proxy_pass: p, proxy_set_header: { \"bad name\": x, X-Ok: $bogus } }
+  b:
+    listen: [\"127.0.0.1:1\"]
+  c:
+    listen: []
+";
+    expect(
+        src,
+        &[
+            "7:5: demo backend d listens on 127.0.0.1:9, like this server",
+            "8:17: log directory /nonexistent-graygate does not exist",
+            "9:16: log directory /nonexistent-graygate does not exist",
+            "12:18: duplicate location \"/\"",
+            "13:18: invalid location \"api\" (expected \"/prefix\" or \"= /exact/path\")",
+            "14:34: unknown upstream \"q\" in proxy_pass",
+            "15:57: invalid header name \"bad name\"",
+            "15:78: unknown variable \"$bogus\"",
+            "17:14: duplicate listen address 127.0.0.1:1 (already used by server \"a\")",
+            "18:3: server \"c\" has no listen address",
+        ],
+    );
+}
+
+#[test]
+fn locations_are_in_nginx_order() {
+    let plan = compile(
+        "upstreams:
+  p:
+    servers: [{ addr: 127.0.0.1:2 }]
+servers:
+  s:
+    listen: [\"127.0.0.1:1\"]
+    locations:
+      - { match: /, proxy_pass: p }
+      - { match: /api/v2, proxy_pass: p }
+      - { match: = /api, proxy_pass: p }
+      - { match: /api, proxy_pass: p }
+",
+    );
+    let order: Vec<&Match> = plan.servers[0]
+        .locations
+        .iter()
+        .map(|l| &l.matcher)
+        .collect();
+    assert_eq!(
+        order,
+        [
+            &Match::Exact("/api".into()),
+            &Match::Prefix("/api/v2".into()),
+            &Match::Prefix("/api".into()),
+            &Match::Prefix("/".into()),
+        ]
+    );
+}
+
+#[test]
+fn a_reload_keeps_each_servers_state() {
+    let src = with_pool("    servers: [{ addr: 127.0.0.1:2 }, { addr: 127.0.0.1:3 }]\n");
+    let first = compile(&src);
+    first.pools[0].pool.peers[1].record_failure();
+    let again = compile_with(&src, Some(&first)).unwrap();
+    assert!(Arc::ptr_eq(
+        &first.pools[0].pool.peers[1].state,
+        &again.pools[0].pool.peers[1].state
+    ));
+    // A server new to the pool starts fresh.
+    let other = with_pool("    servers: [{ addr: 127.0.0.1:4 }]\n");
+    let fresh = compile_with(&other, Some(&first)).unwrap();
+    assert!(fresh.pools[0].pool.peers[0]
+        .state
+        .healthy
+        .load(Ordering::Relaxed));
+    assert!(!Arc::ptr_eq(
+        &first.pools[0].pool.peers[0].state,
+        &fresh.pools[0].pool.peers[0].state
+    ));
+}
