@@ -28,7 +28,7 @@ pub const EMBEDDED_NAME: &str = "conf/graygate.yaml (embedded)";
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where the serving process writes its pid; `-s` finds it there.
+    /// Where the master writes its pid; `-s` finds it there.
     #[serde(default = "default_pid_file")]
     pub pid_file: String,
     /// Unix socket over which listening sockets pass to a new binary on upgrade.

@@ -20,8 +20,11 @@ use crate::config::{Loaded, Problems};
 use crate::upstream::Pool;
 pub use template::Template;
 
-/// Largest weight accepted (nginx's ip_hash reduces the hash mod 6271, so larger totals would
-/// leave servers unreachable).
+/// Largest weight of one server: a sanity bound per server (weights are shares, and 1000 allows
+/// steps of 0.1% between two servers), not a bound on the total; nginx has no such limit. The
+/// total matters to `ip_hash` only: nginx's hash is below 6271 and is reduced modulo the total
+/// weight, so a server whose slots all lie past 6270 would never be hashed to (checked in
+/// `pool::compile_pool`).
 pub const MAX_WEIGHT: i64 = 1000;
 
 /// Process-level settings, handed to Pingora's `ServerConf`.

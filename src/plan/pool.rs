@@ -9,6 +9,9 @@ use crate::upstream::{Peer, PeerState, Pool};
 
 use super::{Plan, PoolPlan, Template, Timeouts, MAX_WEIGHT};
 
+/// nginx's ip_hash is reduced modulo 6271 before it is reduced modulo the total weight.
+const IP_HASH_RANGE: u32 = 6271;
+
 /// Per-server state of the previous plan, by pool name and address, lent to the same servers
 /// of the new plan so that a reload keeps failure counts and health verdicts.
 #[derive(Default)]
@@ -70,6 +73,12 @@ pub(super) fn compile_pool(
             format!(
                 "upstream \"{name}\": every server has weight 0 or is down, so none can be chosen"
             ),
+        ));
+    }
+    if u.policy == Policy::IpHash && total > IP_HASH_RANGE {
+        probs.push(l.problem_at(
+            &format!("{base}.servers"),
+            format!("with ip_hash the weights of upstream \"{name}\" must add up to at most {IP_HASH_RANGE}, not {total}: nginx's hash is below {IP_HASH_RANGE}, so the last servers would never be chosen"),
         ));
     }
     if u.policy == Policy::IpHash && u.servers.iter().any(|s| s.backup) {

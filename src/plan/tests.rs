@@ -101,6 +101,11 @@ fn pool_rules() {
         &with_pool("    policy: ip_hash\n    servers: [{ addr: 127.0.0.1:2 }, { addr: 127.0.0.1:3, backup: true }]\n"),
         &["3:13: backup servers cannot be used with ip_hash (as in nginx)"],
     );
+    let heavy = "      - { addr: 127.0.0.1:2, weight: 1000 }\n".repeat(7);
+    expect(
+        &with_pool(&format!("    policy: ip_hash\n    servers:\n{heavy}")),
+        &["5:7: with ip_hash the weights of upstream \"p\" must add up to at most 6271, not 7000: nginx's hash is below 6271, so the last servers would never be chosen"],
+    );
     expect(
         &with_pool(&format!("    hash_key: $remote_addr\n    max_tries: 1001\n    retry_on_status: [502, 404]\n{ONE_SERVER}")),
         &[
