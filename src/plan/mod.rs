@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Loaded, Problems};
+use crate::upstream::health::Check;
 use crate::upstream::Pool;
 pub use template::Template;
 
@@ -87,7 +88,8 @@ pub struct PoolPlan {
     pub retry_on_timeout: bool,
     /// Statuses that send an idempotent request to the next server.
     pub retry_on_status: Vec<u16>,
-    pub health_check: Option<crate::config::HealthCheck>,
+    /// The active health check, if the pool has one.
+    pub health_check: Option<Arc<Check>>,
 }
 
 #[derive(Debug)]
@@ -173,6 +175,15 @@ impl Plan {
             servers,
             create_log_dirs: l.embedded,
         })
+    }
+
+    /// The pools with an active health check, each with its check (what the health checker
+    /// of [`crate::upstream::health`] probes).
+    pub fn health_targets(&self) -> Vec<(Arc<Pool>, Arc<Check>)> {
+        self.pools
+            .iter()
+            .filter_map(|pp| Some((Arc::clone(&pp.pool), Arc::clone(pp.health_check.as_ref()?))))
+            .collect()
     }
 
     /// Whether `other` can be applied in place: same listeners and process settings. Anything

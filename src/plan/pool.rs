@@ -4,7 +4,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{parse_addr, Loaded, Policy, Problems, Upstream, UpstreamServer};
+use crate::config::{
+    parse_addr, HealthCheck, HealthCheckType, Loaded, Policy, Problems, Upstream, UpstreamServer,
+};
+use crate::upstream::health::{Check, Kind};
 use crate::upstream::{Peer, PeerState, Pool};
 
 use super::{Plan, PoolPlan, Template, Timeouts, MAX_WEIGHT};
@@ -94,31 +97,11 @@ pub(super) fn compile_pool(
             format!("max_tries must be 0..1000, not {}", u.max_tries),
         ));
     }
-    if let Some(hc) = &u.health_check {
-        let hat = format!("{base}.health_check");
-        for (k, v) in [("rise", hc.rise), ("fall", hc.fall)] {
-            if !(1..=100).contains(&v) {
-                probs.push(l.problem_at(
-                    &format!("{hat}.{k}"),
-                    format!("{k} must be 1..100, not {v}"),
-                ));
-            }
-        }
-        if let Some(st) = hc.expect_status {
-            if !(100..=599).contains(&st) {
-                probs.push(l.problem_at(
-                    &format!("{hat}.expect_status"),
-                    format!("expect_status must be an HTTP status, not {st}"),
-                ));
-            }
-        }
-        if hc.interval.0.is_zero() {
-            probs.push(l.problem_at(&format!("{hat}.interval"), "interval must be above 0"));
-        }
-        if !hc.path.starts_with('/') {
-            probs.push(l.problem_at(&format!("{hat}.path"), "path must start with /"));
-        }
-    }
+    let health_check = u
+        .health_check
+        .as_ref()
+        .and_then(|hc| compile_health_check(l, &format!("{base}.health_check"), hc, probs))
+        .map(Arc::new);
     let mut retry_on_status = Vec::new();
     for (i, &st) in u.retry_on_status.iter().enumerate() {
         if [500, 502, 503, 504, 429].contains(&st) {
@@ -139,7 +122,7 @@ pub(super) fn compile_pool(
         hash_key,
         retry_on_timeout: u.retry_on_timeout,
         retry_on_status,
-        health_check: u.health_check.clone(),
+        health_check,
     }
 }
 
@@ -207,4 +190,57 @@ fn compile_hash_key(
             None
         }
     }
+}
+
+/// `health_check`, at the dotted path `at`; `None` (with problems) if a value is out of range.
+fn compile_health_check(
+    l: &Loaded,
+    at: &str,
+    hc: &HealthCheck,
+    probs: &mut Problems,
+) -> Option<Check> {
+    let before = probs.0.len();
+    let mut count = |key: &str, v: i64| match u32::try_from(v) {
+        Ok(n) if (1..=100).contains(&n) => n,
+        _ => {
+            probs.push(l.problem_at(
+                &format!("{at}.{key}"),
+                format!("{key} must be 1..100, not {v}"),
+            ));
+            1
+        }
+    };
+    let rise = count("rise", hc.rise);
+    let fall = count("fall", hc.fall);
+    let expect_status = match hc.expect_status {
+        Some(st) => match u16::try_from(st) {
+            Ok(s) if (100..=599).contains(&s) => Some(s),
+            _ => {
+                probs.push(l.problem_at(
+                    &format!("{at}.expect_status"),
+                    format!("expect_status must be an HTTP status, not {st}"),
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    if hc.interval.0.is_zero() {
+        probs.push(l.problem_at(&format!("{at}.interval"), "interval must be above 0"));
+    }
+    if !hc.path.starts_with('/') {
+        probs.push(l.problem_at(&format!("{at}.path"), "path must start with /"));
+    }
+    (probs.0.len() == before).then(|| Check {
+        kind: match hc.kind {
+            HealthCheckType::Http => Kind::Http,
+            HealthCheckType::Tcp => Kind::Tcp,
+        },
+        path: hc.path.clone(),
+        interval: hc.interval.0,
+        timeout: hc.timeout.0,
+        expect_status,
+        rise,
+        fall,
+    })
 }

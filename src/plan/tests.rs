@@ -229,3 +229,25 @@ fn a_reload_keeps_each_servers_state() {
         &fresh.pools[0].pool.peers[0].state
     ));
 }
+
+#[test]
+fn a_health_check_compiles_to_runtime_values() {
+    use crate::upstream::health::{Check, Kind};
+    let plan = compile(&with_pool(&format!(
+        "    health_check: {{ type: tcp, interval: 250ms, timeout: 1s, rise: 3, fall: 2, expect_status: 204 }}\n{ONE_SERVER}"
+    )));
+    let want = Check {
+        kind: Kind::Tcp,
+        path: "/".into(),
+        interval: Duration::from_millis(250),
+        timeout: Duration::from_secs(1),
+        expect_status: Some(204),
+        rise: 3,
+        fall: 2,
+    };
+    assert_eq!(plan.pools[0].health_check.as_deref(), Some(&want));
+    let targets = plan.health_targets();
+    assert_eq!(targets.len(), 1);
+    assert!(Arc::ptr_eq(&targets[0].0, &plan.pools[0].pool));
+    assert!(compile(&with_pool(ONE_SERVER)).health_targets().is_empty());
+}
