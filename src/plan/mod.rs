@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use crate::config::{Loaded, Problems};
 use crate::upstream::health::Check;
-use crate::upstream::Pool;
-pub use template::Template;
+use crate::upstream::{maglev, Key, Pool};
+pub use template::{Template, Vars};
 
 /// Largest weight of one server: a sanity bound per server (weights are shares, and 1000 allows
 /// steps of 0.1% between two servers), not a bound on the total; nginx has no such limit. The
@@ -27,6 +27,10 @@ pub use template::Template;
 /// weight, so a server whose slots all lie past 6270 would never be hashed to (checked in
 /// `pool::compile_pool`).
 pub const MAX_WEIGHT: i64 = 1000;
+
+/// Most servers one request may try: Pingora's proxy loop gives up after this many attempts
+/// (`max_retries` of its `ServerConf`, 16 by default), whatever the pool would allow.
+pub const MAX_TRIES: usize = 16;
 
 /// Process-level settings, handed to Pingora's `ServerConf`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +96,26 @@ pub struct PoolPlan {
     pub health_check: Option<Arc<Check>>,
 }
 
+impl PoolPlan {
+    /// What a request is placed by: the hash of the rendered `hash_key` (rendered into
+    /// `scratch`), or the client address. A `hash_key` that renders empty for a request (e.g.
+    /// `$cookie_uid` without the cookie) places it by round robin, as nginx's `hash` does.
+    pub fn placement(&self, vars: &dyn Vars, scratch: &mut Vec<u8>) -> Key {
+        match &self.hash_key {
+            Some(tpl) => {
+                scratch.clear();
+                tpl.render(vars, scratch);
+                if scratch.is_empty() {
+                    Key::None
+                } else {
+                    Key::Hash(maglev::hash(scratch, 0))
+                }
+            }
+            None => Key::from(vars.client().map(|a| a.ip())),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct LocationPlan {
     pub matcher: Match,
@@ -128,6 +152,15 @@ pub struct Plan {
     pub servers: Vec<ServerPlan>,
     /// Whether log directories may be created (only for the embedded default).
     pub create_log_dirs: bool,
+}
+
+/// A time value that must be above zero (a zero timeout fails every request), at the dotted
+/// path `at`, whose last part names it.
+fn check_above_zero(l: &Loaded, at: &str, d: Duration, probs: &mut Problems) {
+    if d.is_zero() {
+        let key = at.rsplit('.').next().unwrap_or(at);
+        probs.push(l.problem_at(at, format!("{key} must be above 0")));
+    }
 }
 
 impl Plan {

@@ -10,7 +10,7 @@ use crate::config::{
 use crate::upstream::health::{Check, Kind};
 use crate::upstream::{Peer, PeerState, Pool};
 
-use super::{Plan, PoolPlan, Template, Timeouts, MAX_WEIGHT};
+use super::{check_above_zero, Plan, PoolPlan, Template, Timeouts, MAX_TRIES, MAX_WEIGHT};
 
 /// nginx's ip_hash is reduced modulo 6271 before it is reduced modulo the total weight.
 const IP_HASH_RANGE: u32 = 6271;
@@ -91,11 +91,21 @@ pub(super) fn compile_pool(
         ));
     }
     let hash_key = compile_hash_key(l, &base, u, probs);
-    if !(0..=1000).contains(&u.max_tries) {
+    if !(0..=MAX_TRIES as i64).contains(&u.max_tries) {
         probs.push(l.problem_at(
             &format!("{base}.max_tries"),
-            format!("max_tries must be 0..1000, not {}", u.max_tries),
+            format!(
+                "max_tries must be 0..{MAX_TRIES}, not {} (Pingora tries at most {MAX_TRIES} servers per request)",
+                u.max_tries
+            ),
         ));
+    }
+    for (key, t) in [
+        ("connect_timeout", u.connect_timeout),
+        ("read_timeout", u.read_timeout),
+        ("send_timeout", u.send_timeout),
+    ] {
+        check_above_zero(l, &format!("{base}.{key}"), t.0, probs);
     }
     let health_check = u
         .health_check
@@ -114,9 +124,12 @@ pub(super) fn compile_pool(
         }
     }
     let mut pool = Pool::new(name.to_string(), u.policy, peers);
-    if u.max_tries > 0 {
-        pool.max_tries = u.max_tries as usize;
+    // 0: every server once, as far as Pingora goes.
+    pool.max_tries = match usize::try_from(u.max_tries) {
+        Ok(n) if n > 0 => n,
+        _ => pool.max_tries,
     }
+    .min(MAX_TRIES);
     PoolPlan {
         pool: Arc::new(pool),
         hash_key,
@@ -184,7 +197,14 @@ fn compile_hash_key(
         return None;
     }
     match Template::compile(key) {
-        Ok(t) => Some(t),
+        Ok(t) if t.has_vars() => Some(t),
+        Ok(_) => {
+            probs.push(l.problem_at(
+                &at,
+                format!("hash_key \"{key}\" has no variable, so every request would go to the same server (leave hash_key out to place requests by client address)"),
+            ));
+            None
+        }
         Err(e) => {
             probs.push(l.problem_at(&at, e));
             None
@@ -225,9 +245,8 @@ fn compile_health_check(
         },
         None => None,
     };
-    if hc.interval.0.is_zero() {
-        probs.push(l.problem_at(&format!("{at}.interval"), "interval must be above 0"));
-    }
+    check_above_zero(l, &format!("{at}.interval"), hc.interval.0, probs);
+    check_above_zero(l, &format!("{at}.timeout"), hc.timeout.0, probs);
     if !hc.path.starts_with('/') {
         probs.push(l.problem_at(&format!("{at}.path"), "path must start with /"));
     }

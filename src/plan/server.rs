@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use crate::config::{parse_addr, Loaded, Location, Problems, Server};
 
 use super::settings::check_log_dir;
-use super::{Demo, LocationPlan, Match, ServerPlan, Template, Timeouts};
+use super::{check_above_zero, Demo, LocationPlan, Match, ServerPlan, Template, Timeouts};
 
 /// What the servers of one file share: the pools by name, and who listens where.
 pub(super) struct Shared<'a> {
@@ -127,6 +127,15 @@ pub(super) fn compile_location(
         match Template::compile(v) {
             Ok(t) => set_headers.push((hname, t)),
             Err(e) => probs.push(l.problem_at(&hat, e)),
+        }
+    }
+    for (key, t) in [
+        ("connect_timeout", loc.connect_timeout),
+        ("read_timeout", loc.read_timeout),
+        ("send_timeout", loc.send_timeout),
+    ] {
+        if let Some(t) = t {
+            check_above_zero(l, &format!("{at}.{key}"), t.0, probs);
         }
     }
     let timeouts = Timeouts {

@@ -110,7 +110,7 @@ fn pool_rules() {
         &with_pool(&format!("    hash_key: $remote_addr\n    max_tries: 1001\n    retry_on_status: [502, 404]\n{ONE_SERVER}")),
         &[
             "3:15: hash_key needs policy: consistent",
-            "4:16: max_tries must be 0..1000, not 1001",
+            "4:16: max_tries must be 0..16, not 1001 (Pingora tries at most 16 servers per request)",
             "5:28: retry_on_status takes 500, 502, 503, 504 or 429, not 404",
         ],
     );
@@ -250,4 +250,261 @@ fn a_health_check_compiles_to_runtime_values() {
     assert_eq!(targets.len(), 1);
     assert!(Arc::ptr_eq(&targets[0].0, &plan.pools[0].pool));
     assert!(compile(&with_pool(ONE_SERVER)).health_targets().is_empty());
+}
+
+/// Values that used to pass `-t` and then misbehave (issue 13, item 13): each case is put into
+/// a valid file at one place, and gives exactly the problem listed (`None`: accepted).
+#[test]
+fn values_that_would_misbehave_are_rejected_with_their_position() {
+    // Where a case goes: line 1 (`Top`), the pool (line 4), its health check (line 5), its
+    // server (line 8), or the location (line 15).
+    #[derive(Clone, Copy)]
+    enum At {
+        Top,
+        Pool,
+        Check,
+        Server,
+        Location,
+    }
+    use At::*;
+    let too_large =
+        |k: &str, v: &str| format!("{k}: time value \"{v}\" is too large (at most 365d)");
+    let no_var = |v: &str| {
+        format!("hash_key \"{v}\" has no variable, so every request would go to the same server (leave hash_key out to place requests by client address)")
+    };
+    let tries = |v: &str| {
+        format!("max_tries must be 0..16, not {v} (Pingora tries at most 16 servers per request)")
+    };
+    let cases: Vec<(At, &str, Option<String>)> = vec![
+        (Top, "grace_period: 0", None),
+        (Top, "grace_period: 365d", None),
+        (
+            Top,
+            "grace_period: 366d",
+            Some(format!("1:15: {}", too_large("grace_period", "366d"))),
+        ),
+        (
+            Top,
+            "grace_period: 18446744073709551615",
+            Some(format!(
+                "1:15: {}",
+                too_large("grace_period", "18446744073709551615")
+            )),
+        ),
+        (
+            Top,
+            "shutdown_timeout: 99999999999999999999h",
+            Some(format!(
+                "1:19: {}",
+                too_large("shutdown_timeout", "99999999999999999999h")
+            )),
+        ),
+        (
+            Top,
+            "shutdown_timeout: 307445734561825861m",
+            Some(format!(
+                "1:19: {}",
+                too_large("shutdown_timeout", "307445734561825861m")
+            )),
+        ),
+        (
+            Pool,
+            "connect_timeout: 0",
+            Some("4:22: connect_timeout must be above 0".into()),
+        ),
+        (
+            Pool,
+            "connect_timeout: 0ms",
+            Some("4:22: connect_timeout must be above 0".into()),
+        ),
+        (Pool, "connect_timeout: 1ms", None),
+        (
+            Pool,
+            "read_timeout: 0s",
+            Some("4:19: read_timeout must be above 0".into()),
+        ),
+        (
+            Pool,
+            "send_timeout: 0",
+            Some("4:19: send_timeout must be above 0".into()),
+        ),
+        (
+            Pool,
+            "read_timeout: 400d",
+            Some(format!(
+                "4:19: {}",
+                too_large("upstreams.p.read_timeout", "400d")
+            )),
+        ),
+        (Pool, "idle_timeout: 0", None),
+        (Pool, "max_tries: 16", None),
+        (
+            Pool,
+            "max_tries: 17",
+            Some(format!("4:16: {}", tries("17"))),
+        ),
+        (
+            Pool,
+            "max_tries: -1",
+            Some(format!("4:16: {}", tries("-1"))),
+        ),
+        (
+            Pool,
+            "policy: consistent\n    hash_key: \"\"",
+            Some(format!("5:15: {}", no_var(""))),
+        ),
+        (
+            Pool,
+            "policy: consistent\n    hash_key: user",
+            Some(format!("5:15: {}", no_var("user"))),
+        ),
+        (Pool, "policy: consistent\n    hash_key: $cookie_uid", None),
+        (
+            Check,
+            "timeout: 0",
+            Some("5:30: timeout must be above 0".into()),
+        ),
+        (
+            Check,
+            "timeout: 0ms",
+            Some("5:30: timeout must be above 0".into()),
+        ),
+        (
+            Check,
+            "interval: 0",
+            Some("5:31: interval must be above 0".into()),
+        ),
+        (
+            Check,
+            "interval: 9999999d",
+            Some(format!(
+                "5:31: {}",
+                too_large("upstreams.p.health_check.interval", "9999999d")
+            )),
+        ),
+        (Server, "fail_timeout: 0", None),
+        (
+            Server,
+            "fail_timeout: 18446744073709551615",
+            Some(format!(
+                "8:23: {}",
+                too_large(
+                    "upstreams.p.servers[0].fail_timeout",
+                    "18446744073709551615"
+                )
+            )),
+        ),
+        (
+            Location,
+            "read_timeout: 0",
+            Some("15:23: read_timeout must be above 0".into()),
+        ),
+        (
+            Location,
+            "connect_timeout: 0ms",
+            Some("15:26: connect_timeout must be above 0".into()),
+        ),
+        (
+            Location,
+            "send_timeout: 1000d",
+            Some(format!(
+                "15:23: {}",
+                too_large("servers.s.locations[0].send_timeout", "1000d")
+            )),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (at, line, want) in &cases {
+        let mut parts = [""; 5];
+        parts[*at as usize] = line;
+        let [top, pool, check, server, location] = parts;
+        let src = format!(
+            "{top}
+upstreams:
+  p:
+    {pool}
+    health_check: {{ {check} }}
+    servers:
+      - addr: 127.0.0.1:2
+        {server}
+servers:
+  s:
+    listen: [\"127.0.0.1:1\"]
+    locations:
+      - match: /
+        proxy_pass: p
+        {location}
+"
+        );
+        let got = problems(&src);
+        let want: Vec<String> = want.iter().map(|w| format!("t.yaml:{w}")).collect();
+        if got != want {
+            wrong.push(format!("{line:?}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn max_tries_never_exceeds_what_pingora_honours() {
+    let twenty: String = (0..20)
+        .map(|i| format!("      - addr: 127.0.0.1:{}\n", 2000 + i))
+        .collect();
+    let every = compile(&with_pool(&format!("    servers:\n{twenty}")));
+    assert_eq!(every.pools[0].pool.max_tries, MAX_TRIES);
+    let five = compile(&with_pool(&format!(
+        "    max_tries: 5\n    servers:\n{twenty}"
+    )));
+    assert_eq!(five.pools[0].pool.max_tries, 5);
+    let small = compile(&with_pool(
+        "    servers: [{ addr: 127.0.0.1:2 }, { addr: 127.0.0.1:3 }]\n",
+    ));
+    assert_eq!(small.pools[0].pool.max_tries, 2);
+}
+
+/// A request as `Vars` sees it: a client address and a Cookie header.
+struct Req(Option<&'static str>);
+
+impl Vars for Req {
+    fn client(&self) -> Option<SocketAddr> {
+        "10.1.2.3:4567".parse().ok()
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0.filter(|_| name == "cookie").map(str::as_bytes)
+    }
+    fn host(&self) -> &[u8] {
+        b"example.test"
+    }
+    fn path_and_query(&self) -> &str {
+        "/"
+    }
+    fn method(&self) -> &str {
+        "GET"
+    }
+    fn server_port(&self) -> Option<u16> {
+        Some(80)
+    }
+}
+
+#[test]
+fn a_hash_key_that_renders_empty_places_by_round_robin_as_nginx() {
+    use crate::upstream::Key;
+    let plan = compile(&with_pool(&format!(
+        "    policy: consistent\n    hash_key: $cookie_uid\n{ONE_SERVER}"
+    )));
+    let pp = &plan.pools[0];
+    let mut scratch = Vec::new();
+    assert!(matches!(pp.placement(&Req(None), &mut scratch), Key::None));
+    let a = pp.placement(&Req(Some("uid=42")), &mut scratch);
+    let b = pp.placement(&Req(Some("x=1; uid=42")), &mut scratch);
+    match (a, b) {
+        (Key::Hash(a), Key::Hash(b)) => assert_eq!(a, b),
+        other => panic!("{other:?}"),
+    }
+    // Without hash_key, the client address places the request.
+    let by_ip = compile(&with_pool(&format!("    policy: consistent\n{ONE_SERVER}")));
+    match by_ip.pools[0].placement(&Req(None), &mut scratch) {
+        Key::Ip(ip) => assert_eq!(ip.to_string(), "10.1.2.3"),
+        other => panic!("{other:?}"),
+    }
 }
