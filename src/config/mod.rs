@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-pub use addr::parse_addr;
+#[cfg(test)]
+pub use addr::test_hosts;
+pub use addr::{parse_addr, resolve_addrs};
 pub use duration::TimeValue;
 pub use problem::{Problem, Problems};
 pub use spans::{Pos, Spans};

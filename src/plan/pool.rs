@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::{
-    parse_addr, HealthCheck, HealthCheckType, Loaded, Policy, Problems, Upstream, UpstreamServer,
+    resolve_addrs, HealthCheck, HealthCheckType, Loaded, Policy, Problems, Upstream, UpstreamServer,
 };
 use crate::upstream::health::{Check, Kind};
 use crate::upstream::{Peer, PeerState, Pool};
@@ -54,14 +54,16 @@ pub(super) fn compile_pool(
     let mut peers = Vec::new();
     let mut all_valid = true;
     for (i, s) in u.servers.iter().enumerate() {
-        match compile_peer(l, &format!("{base}.servers.{i}"), s, u, probs) {
-            Some(mut peer) => {
-                if let Some(state) = prev.0.get(&(name, peer.addr)) {
-                    peer.state = Arc::clone(state);
-                }
-                peers.push(peer);
+        let Some(addrs) = check_server(l, &format!("{base}.servers.{i}"), s, probs) else {
+            all_valid = false;
+            continue;
+        };
+        for addr in addrs {
+            let mut peer = peer(addr, s, u);
+            if let Some(state) = prev.0.get(&(name, addr)) {
+                peer.state = Arc::clone(state);
             }
-            None => all_valid = false,
+            peers.push(peer);
         }
     }
     // Only judged when every server is valid, so that one mistake gives one message.
@@ -139,15 +141,15 @@ pub(super) fn compile_pool(
     }
 }
 
-/// One entry of `servers`, at the dotted path `at`; `None` (with a problem) if it is invalid.
-fn compile_peer(
+/// Checks one entry of `servers`, at the dotted path `at`: the addresses it stands for (a
+/// host name gives one server per address, as in nginx), or `None` with a problem.
+fn check_server(
     l: &Loaded,
     at: &str,
     s: &UpstreamServer,
-    u: &Upstream,
     probs: &mut Problems,
-) -> Option<Peer> {
-    let addr = match parse_addr(&s.addr, "127.0.0.1") {
+) -> Option<Vec<SocketAddr>> {
+    let addrs = match resolve_addrs(&s.addr, "127.0.0.1") {
         Ok(a) => a,
         Err(e) => {
             probs.push(l.problem_at(&format!("{at}.addr"), e));
@@ -167,6 +169,11 @@ fn compile_peer(
             return None;
         }
     }
+    Some(addrs)
+}
+
+/// The server at `addr` of the checked entry `s` of pool `u`.
+fn peer(addr: SocketAddr, s: &UpstreamServer, u: &Upstream) -> Peer {
     let mut peer = Peer::new(addr, s.weight as u32);
     Timeouts {
         connect: Some(u.connect_timeout.0),
@@ -180,7 +187,7 @@ fn compile_peer(
     peer.down = s.down;
     peer.backup = s.backup;
     peer.max_conns = s.max_conns as u32;
-    Some(peer)
+    peer
 }
 
 /// `hash_key`, only meaningful with `policy: consistent`.

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use super::*;
-use crate::config;
+use crate::config::{self, resolve_addrs};
 
 /// Compiles `src` (named `t.yaml`), with `prev` as the running plan.
 fn compile_with(src: &str, prev: Option<&Plan>) -> Result<Plan, Problems> {
@@ -507,4 +507,37 @@ fn a_hash_key_that_renders_empty_places_by_round_robin_as_nginx() {
         Key::Ip(ip) => assert_eq!(ip.to_string(), "10.1.2.3"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_host_name_gives_one_server_per_address_as_nginx() {
+    config::test_hosts::set("app.test", &["10.0.0.1", "::1", "10.0.0.2"]);
+    let plan = compile(&with_pool(
+        "    servers:\n      - { addr: app.test:8080, weight: 3, max_fails: 2, backup: true }\n      - addr: 127.0.0.1:2\n",
+    ));
+    let peers = &plan.pools[0].pool.peers;
+    let got: Vec<String> = peers.iter().map(|p| p.addr.to_string()).collect();
+    assert_eq!(
+        got,
+        [
+            "10.0.0.1:8080",
+            "[::1]:8080",
+            "10.0.0.2:8080",
+            "127.0.0.1:2"
+        ]
+    );
+    for p in &peers[..3] {
+        assert_eq!((p.weight, p.max_fails, p.backup), (3, 2, true));
+    }
+    assert!(!peers[3].backup);
+    // Through the system resolver: `localhost` gives each of its addresses.
+    let want = resolve_addrs("localhost:2", "127.0.0.1").unwrap();
+    let local = compile(&with_pool("    servers: [{ addr: \"localhost:2\" }]\n"));
+    let got: Vec<SocketAddr> = local.pools[0].pool.peers.iter().map(|p| p.addr).collect();
+    assert_eq!(got, want);
+    config::test_hosts::set("gone.test", &[]);
+    expect(
+        &with_pool("    servers: [{ addr: \"gone.test:2\" }]\n"),
+        &["3:23: host not found in \"gone.test:2\""],
+    );
 }
