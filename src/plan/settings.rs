@@ -16,9 +16,31 @@ pub(super) fn compile_settings(l: &Loaded, probs: &mut Problems) -> Settings {
     if let Some(p) = &c.error_log {
         check_log_dir(l, p, "error_log", probs);
     }
+    check_dir(l, &c.pid_file, "pid_file", "pid file", probs);
+    let upgrade_sock = match &c.upgrade_sock {
+        Some(s) => {
+            check_dir(l, s, "upgrade_sock", "upgrade socket", probs);
+            s.clone()
+        }
+        None => config::default_upgrade_sock(&c.pid_file),
+    };
+    if upgrade_sock.len() > MAX_SOCKET_PATH {
+        let at = if c.upgrade_sock.is_some() {
+            "upgrade_sock"
+        } else {
+            "pid_file"
+        };
+        probs.push(l.problem_at(
+            at,
+            format!(
+                "upgrade socket path {upgrade_sock} is {} bytes long; a Unix socket path has at most {MAX_SOCKET_PATH}",
+                upgrade_sock.len()
+            ),
+        ));
+    }
     Settings {
         pid_file: c.pid_file.clone(),
-        upgrade_sock: c.upgrade_sock.clone(),
+        upgrade_sock,
         error_log: c.error_log.clone().filter(|p| p != "off"),
         threads: c.threads.clamp(1, 1024) as usize,
         daemon: c.daemon,
@@ -40,6 +62,21 @@ pub(super) fn compile_demos(l: &Loaded, probs: &mut Problems) -> Vec<Demo> {
         }
     }
     demos
+}
+
+/// Longest path a Unix socket can bind to (`sun_path` holds 108 bytes with the final NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The file at `path` (`what`, named at the dotted `at`) will be created by the master, so its
+/// directory must exist; `-t` says so rather than the start failing.
+fn check_dir(l: &Loaded, path: &str, at: &str, what: &str, probs: &mut Problems) {
+    let dir = config::log_dir(path);
+    if !dir.is_dir() {
+        probs.push(l.problem_at(
+            at,
+            format!("{what} directory {} does not exist", dir.display()),
+        ));
+    }
 }
 
 /// A log file at `path` (named at the dotted `at`) needs an existing directory, except `off`

@@ -541,3 +541,41 @@ fn a_host_name_gives_one_server_per_address_as_nginx() {
         &["3:23: host not found in \"gone.test:2\""],
     );
 }
+
+#[test]
+fn each_pid_file_has_its_own_upgrade_socket_by_default() {
+    let upgrade_sock = |top: &str| {
+        compile(&format!("{top}\n{}", with_pool(ONE_SERVER)))
+            .settings
+            .upgrade_sock
+    };
+    assert_eq!(upgrade_sock(""), "/tmp/graygate_upgrade.sock");
+    assert_eq!(upgrade_sock("pid_file: /tmp/a.pid"), "/tmp/a_upgrade.sock");
+    assert_eq!(upgrade_sock("pid_file: /tmp/b"), "/tmp/b_upgrade.sock");
+    assert_eq!(
+        upgrade_sock("pid_file: /tmp/a.pid\nupgrade_sock: /tmp/own.sock"),
+        "/tmp/own.sock"
+    );
+}
+
+#[test]
+fn files_the_master_creates_need_their_directory() {
+    let file = |top: &str| format!("{top}\n{}", with_pool(ONE_SERVER));
+    expect(
+        &file("pid_file: /nonexistent-graygate/g.pid"),
+        &["1:11: pid file directory /nonexistent-graygate does not exist"],
+    );
+    expect(
+        &file("upgrade_sock: /nonexistent-graygate/u.sock"),
+        &["1:15: upgrade socket directory /nonexistent-graygate does not exist"],
+    );
+    expect(
+        &file("error_log: /nonexistent-graygate/e.log"),
+        &["1:12: log directory /nonexistent-graygate does not exist"],
+    );
+    let long = format!("/tmp/{}.pid", "x".repeat(100));
+    expect(
+        &file(&format!("pid_file: {long}")),
+        &[&format!("1:11: upgrade socket path /tmp/{}_upgrade.sock is 118 bytes long; a Unix socket path has at most 107", "x".repeat(100))],
+    );
+}
