@@ -13,6 +13,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -200,6 +201,14 @@ impl Plan {
 
         if !probs.is_empty() {
             return Err(probs.sorted());
+        }
+        // Only a health check brings a server it took out back: without one (a reload removed
+        // it), a carried-over verdict would keep the server out for good. Done once the plan is
+        // valid, so that a rejected reload changes nothing.
+        for pp in pools.iter().filter(|pp| pp.health_check.is_none()) {
+            for peer in &pp.pool.peers {
+                peer.state.healthy.store(true, Ordering::Relaxed);
+            }
         }
         Ok(Plan {
             settings,

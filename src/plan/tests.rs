@@ -579,3 +579,24 @@ fn files_the_master_creates_need_their_directory() {
         &[&format!("1:11: upgrade socket path /tmp/{}_upgrade.sock is 118 bytes long; a Unix socket path has at most 107", "x".repeat(100))],
     );
 }
+
+#[test]
+fn a_reload_without_health_check_brings_back_the_servers_it_took_out() {
+    let checked = with_pool(&format!(
+        "    health_check: {{ path: /health }}\n{ONE_SERVER}"
+    ));
+    let first = compile(&checked);
+    let state = Arc::clone(&first.pools[0].pool.peers[0].state);
+    state.healthy.store(false, Ordering::Relaxed);
+    // Still checked: the check's verdict stands.
+    let same = compile_with(&checked, Some(&first)).unwrap();
+    assert!(!state.healthy.load(Ordering::Relaxed));
+    // A rejected reload changes nothing.
+    let bad = format!("threads: 0\n{}", with_pool(ONE_SERVER));
+    assert!(compile_with(&bad, Some(&same)).is_err());
+    assert!(!state.healthy.load(Ordering::Relaxed));
+    // The check removed: nothing would ever bring the server back, so it is back now.
+    let unchecked = compile_with(&with_pool(ONE_SERVER), Some(&same)).unwrap();
+    assert!(Arc::ptr_eq(&state, &unchecked.pools[0].pool.peers[0].state));
+    assert!(state.healthy.load(Ordering::Relaxed));
+}
