@@ -13,7 +13,7 @@ use crate::upstream::{Peer, PeerState, Pool};
 use super::{check_above_zero, Plan, PoolPlan, Template, Timeouts, MAX_TRIES, MAX_WEIGHT};
 
 /// nginx's ip_hash is reduced modulo 6271 before it is reduced modulo the total weight.
-const IP_HASH_RANGE: u32 = 6271;
+const IP_HASH_RANGE: u64 = 6271;
 
 /// Per-server state of the previous plan, by pool name and address, lent to the same servers
 /// of the new plan so that a reload keeps failure counts and health verdicts.
@@ -67,10 +67,10 @@ pub(super) fn compile_pool(
         }
     }
     // Only judged when every server is valid, so that one mistake gives one message.
-    let total: u32 = peers
+    let total: u64 = peers
         .iter()
         .filter(|p| !p.down && !p.backup)
-        .map(|p| p.weight)
+        .map(|p| u64::from(p.weight))
         .sum();
     if !u.servers.is_empty() && all_valid && total == 0 {
         probs.push(l.problem_at(

@@ -1,4 +1,7 @@
 //! The checks of [`Plan::compile`], each with the exact `FILE:LINE:COL: message` it gives.
+//!
+//! Over 400 lines because it is one table of small cases: every check of every section, each
+//! with its YAML and its message, read best side by side.
 
 use std::sync::atomic::Ordering;
 
