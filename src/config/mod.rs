@@ -2,7 +2,8 @@
 //!
 //! This module only parses: the types mirror the file one to one (unknown keys are errors), and
 //! [`load`] keeps the source positions so that later checks in [`crate::plan`] can point at the
-//! offending line and column. Nothing here opens sockets or files other than the config itself.
+//! offending line and column. Nothing here opens files other than the config itself; the only
+//! outside lookup is [`resolve_addrs`], the host names of addresses, which plan asks for.
 
 mod addr;
 mod duration;
