@@ -136,7 +136,10 @@ pub fn serve(plan: Plan, start: Start) -> Result<(), String> {
         server.add_service(svc);
     }
     // Always running (idle without checks), so that a reload may add health checks.
-    let checker = crate::upstream::health::Checker { live: live.clone() };
+    let checker = crate::upstream::health::Checker::new({
+        let live = live.clone();
+        move || live.load().plan.health_targets()
+    });
     server.add_service(pingora::services::background::background_service(
         "health checks",
         checker,
