@@ -219,7 +219,10 @@ pub fn run(_conf: Option<PathBuf>) -> Result<(), Error> {
         server.add_service(wrap(svc, &fds, &shutdown, &ready));
     }
     // Always running (idle without checks), so that a reload may add health checks.
-    let checker = crate::upstream::health::Checker { live: live.clone() };
+    let checker = crate::upstream::health::Checker::new({
+        let live = live.clone();
+        move || live.load().plan.health_targets()
+    });
     server.add_service(pingora::services::background::background_service(
         "health checks",
         checker,

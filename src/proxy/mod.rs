@@ -26,7 +26,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::logs::access;
 use crate::snapshot::{Live, Snapshot};
-use crate::upstream::{maglev, Attempt, Key, Peer, Pool};
+use crate::upstream::{Attempt, Peer, Pool};
 pub use errors::status_for;
 use vars::{client_addr, SessionVars};
 
@@ -167,14 +167,7 @@ impl ProxyHttp for Gateway {
             .get(ctx.pool)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no pool"))?;
         let pool = &pp.pool;
-        let key = match &pp.hash_key {
-            Some(tpl) => {
-                ctx.scratch.clear();
-                tpl.render(&SessionVars(session), &mut ctx.scratch);
-                Key::Hash(maglev::hash(&ctx.scratch, 0))
-            }
-            None => Key::from(client_addr(session).map(|a| a.ip())),
-        };
+        let key = pp.placement(&SessionVars(session), &mut ctx.scratch);
         match pool.select(key, &mut ctx.attempt) {
             Some(i) => {
                 let p = &pool.peers[i];
