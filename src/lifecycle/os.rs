@@ -90,16 +90,20 @@ pub fn set_inheritable(fd: RawFd, inherit: bool) -> io::Result<()> {
     }
 }
 
-/// Makes the child of `cmd` inherit `fds` (they stay close-on-exec in this process).
+/// Makes the child of `cmd` inherit `fds` (they stay close-on-exec in this process), and
+/// start with the reload and reopen signals ignored: an ignored disposition survives exec,
+/// so such a signal cannot kill the worker before it has installed its handlers.
 pub fn inherit_in_child(cmd: &mut std::process::Command, fds: Vec<RawFd>) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs between fork and exec; it only calls fcntl (async-signal-safe)
-    // on descriptor numbers open in the parent and so in the child, and allocates nothing.
+    // SAFETY: the closure runs between fork and exec; it only calls fcntl and signal (both
+    // async-signal-safe) on descriptor numbers open in the parent and so in the child, and
+    // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             for fd in &fds {
                 set_inheritable(*fd, true)?;
             }
+            ignore_signals(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2]);
             Ok(())
         });
     }
