@@ -40,7 +40,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
     if cli.worker {
         // A worker applies the bytes its master checked, not the file (see lifecycle::source).
         logs::error::install(log::LevelFilter::Info);
-        return exit(lifecycle::run_worker(cli.conf));
+        return exit(lifecycle::run_worker());
     }
     if !cli.test && cli.signal.is_none() {
         // The master reads and checks the file itself and keeps those exact bytes.

@@ -214,7 +214,7 @@ impl Master {
                 }
                 _ = self.sigs.usr1.recv() => self.reopen(),
                 _ = self.sigs.usr2.recv() => {
-                    self.upgrade(None, None).await;
+                    self.upgrade(None, None);
                 }
                 _ = self.sigs.quit.recv() => return self.stop(true).await,
                 _ = self.sigs.term.recv() => return self.stop(false).await,
@@ -261,10 +261,7 @@ impl Master {
             Message::Upgrade(p) => {
                 // On success the new image answers on this very connection.
                 let fd = s.as_raw_fd();
-                match self.upgrade(p, Some(fd)).await {
-                    Some(a) => a,
-                    None => return,
-                }
+                self.upgrade(p, Some(fd))
             }
             Message::Reopen => {
                 self.reopen();

@@ -96,15 +96,12 @@ impl Inherit {
 }
 
 impl Master {
-    /// Carries out an upgrade; `None` when the new image answers the client instead.
-    pub(super) async fn upgrade(
-        &mut self,
-        path: Option<PathBuf>,
-        client: Option<RawFd>,
-    ) -> Option<Message> {
+    /// Carries out an upgrade. Returns only if it failed (on success the new image runs and
+    /// answers the client on the inherited connection).
+    pub(super) fn upgrade(&mut self, path: Option<PathBuf>, client: Option<RawFd>) -> Message {
         let e = self.exec_new_image(path, client);
         log::error!("upgrade failed, the running generation keeps serving: {e}");
-        Some(Message::Err(e.to_string()))
+        Message::Err(e.to_string())
     }
 
     /// Replaces this image; returns only with the reason it could not.

@@ -13,7 +13,6 @@
 //! over when a worker goes, and the graceful stop is ours to trigger (so Pingora's "SIGTERM
 //! received" and fixed grace-period sleep never happen).
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -124,7 +123,7 @@ fn inherited() -> Result<(std::fs::File, Vec<(String, i32)>), Error> {
 }
 
 /// Runs one worker generation until a signal ends it. Returns only on a start-up error.
-pub fn run(_conf: Option<PathBuf>) -> Result<(), Error> {
+pub fn run() -> Result<(), Error> {
     // Until our handlers are installed, a reload or reopen signal must not kill us.
     os::ignore_signals(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2]);
     // A worker must not outlive its master (a SIGKILLed master would leave it serving).
