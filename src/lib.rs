@@ -15,6 +15,7 @@
 //!
 //! `docs/architecture.md` walks through them with a request, a reload and an upgrade.
 
+pub mod canary;
 pub mod cli;
 pub mod config;
 pub mod demo;

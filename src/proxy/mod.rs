@@ -141,7 +141,14 @@ impl ProxyHttp for Gateway {
             let path = session.req_header().uri.path();
             s.locations.iter().position(|l| l.matches(path))
         });
-        let found = route.map(|i| (i, snap.plan.servers[self.server].locations[i].pool));
+        // A location names a pool or a canary; a canary picks this request's side (issue 15).
+        let found = route.map(|i| {
+            let target = snap.plan.servers[self.server].locations[i].target;
+            let pick = snap
+                .plan
+                .route(target, &SessionVars(session), &mut ctx.scratch);
+            (i, pick.pool)
+        });
         ctx.snap = Some(snap);
         match found {
             Some((loc, pool)) => {
