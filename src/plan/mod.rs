@@ -5,6 +5,8 @@
 //! runs half-configured. A plan is immutable; a reload compiles a new one and swaps it in whole.
 
 mod canary;
+#[cfg(test)]
+mod canary_tests;
 mod pool;
 mod server;
 mod settings;
@@ -214,7 +216,7 @@ impl Plan {
         let canaries = canary::compile_canaries(l, &pool_names, prev, &mut probs);
         let admin = canary::compile_admin(l, &mut probs);
         let mut shared = server::Shared {
-            targets: server::Targets::new(&pool_names, &canaries),
+            targets: server::Targets::new(&pool_names, c.canaries.keys().map(String::as_str)),
             demos: &demos,
             listening: HashMap::new(),
         };

@@ -6,19 +6,22 @@ use std::net::SocketAddr;
 use crate::config::{parse_addr, Loaded, Location, Problems, Server};
 
 use super::settings::check_log_dir;
-use super::{
-    check_above_zero, CanaryPlan, Demo, LocationPlan, Match, ServerPlan, Target, Template, Timeouts,
-};
+use super::{check_above_zero, Demo, LocationPlan, Match, ServerPlan, Target, Template, Timeouts};
 
 /// What `proxy_pass` may name: pools and canaries.
 pub(super) struct Targets<'a>(HashMap<&'a str, Target>);
 
 impl<'a> Targets<'a> {
-    pub fn new(pools: &HashMap<&'a str, usize>, canaries: &'a [CanaryPlan]) -> Targets<'a> {
+    /// `canaries` are the names in the file, in order: a canary with a mistake still counts as
+    /// known (one mistake, one message), and when every canary compiles their indexes match.
+    pub fn new(
+        pools: &HashMap<&'a str, usize>,
+        canaries: impl Iterator<Item = &'a str>,
+    ) -> Targets<'a> {
         let mut t: HashMap<&str, Target> =
             pools.iter().map(|(n, &i)| (*n, Target::Pool(i))).collect();
-        for (i, c) in canaries.iter().enumerate() {
-            t.entry(c.name.as_str()).or_insert(Target::Canary(i));
+        for (i, c) in canaries.enumerate() {
+            t.entry(c).or_insert(Target::Canary(i));
         }
         Targets(t)
     }
