@@ -10,6 +10,7 @@
 //! changes them in `crate::admin`.
 
 mod bucket;
+pub mod persist;
 mod state;
 pub mod store;
 
