@@ -100,7 +100,7 @@ impl ServeHttp for Admin {
             return respond(
                 200,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                crate::metrics::encode(&snap.plan),
+                crate::metrics::encode_plan(&snap.plan),
             );
         }
         drop(snap);

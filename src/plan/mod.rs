@@ -164,6 +164,8 @@ pub struct Plan {
     /// The text this plan was compiled from, so that a live weight change recompiles exactly
     /// what runs (not a file edited since).
     pub source: Source,
+    /// The request counters this plan's requests can touch, resolved once.
+    pub metrics: crate::metrics::Handles,
     /// Whether log directories may be created (only for the embedded default).
     pub create_log_dirs: bool,
 }
@@ -251,7 +253,9 @@ impl Plan {
         }
         canary::apply_file_values(&canaries);
         store.set_weights(prev_state.kept_weights());
+        let metrics = crate::metrics::Handles::build(&servers, &pools, &canaries);
         Ok(Plan {
+            metrics,
             settings,
             demos,
             pools,
