@@ -348,8 +348,14 @@ fn live_state_survives_an_upgrade_and_a_restart() {
         "key: $remote_addr, percent: 3",
     );
     std::fs::write(&s.conf, y).expect("edit config");
-    let (ok, out) = ctl(&["-s", "reload", "-c", &conf]);
-    assert!(ok, "{out}");
+    // A master that just started answers "busy" until its worker reported ready.
+    let mut out = String::new();
+    wait_for("reload accepted", Duration::from_secs(20), || {
+        let (ok, o) = ctl(&["-s", "reload", "-c", &conf]);
+        out = o;
+        ok || !out.contains("busy")
+    });
+    assert!(out.contains("reloaded"), "{out}");
     let st = s.cli(&["canary", "status", "byip"]);
     assert!(
         st.contains(" 3% to new") && st.contains("configuration file changed"),
