@@ -47,6 +47,10 @@ pub struct Ctx {
     snap: Option<Arc<Snapshot>>,
     location: usize,
     pool: usize,
+    /// The canary and side that chose `pool`, if a canary did (issue 15).
+    canary: Option<(usize, crate::canary::Side)>,
+    /// Whether a location took the request (only those are counted in metrics).
+    routed: bool,
     attempt: Attempt,
     peer: Option<usize>,
     /// Reused buffer for rendering header values.
@@ -141,12 +145,21 @@ impl ProxyHttp for Gateway {
             let path = session.req_header().uri.path();
             s.locations.iter().position(|l| l.matches(path))
         });
-        let found = route.map(|i| (i, snap.plan.servers[self.server].locations[i].pool));
+        // A location names a pool or a canary; a canary picks this request's side (issue 15).
+        let found = route.map(|i| {
+            let target = snap.plan.servers[self.server].locations[i].target;
+            let pick = snap
+                .plan
+                .route(target, &SessionVars(session), &mut ctx.scratch);
+            (i, pick)
+        });
         ctx.snap = Some(snap);
         match found {
-            Some((loc, pool)) => {
+            Some((loc, pick)) => {
                 ctx.location = loc;
-                ctx.pool = pool;
+                ctx.pool = pick.pool;
+                ctx.canary = pick.canary;
+                ctx.routed = true;
                 Ok(false)
             }
             None => {
@@ -357,6 +370,11 @@ impl ProxyHttp for Gateway {
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
+        if ctx.routed {
+            snap.plan
+                .metrics
+                .request(self.server, ctx.pool, ctx.canary, ctx.peer, status);
+        }
         let Some(Some(log)) = snap.access_logs.get(self.server) else {
             return;
         };
