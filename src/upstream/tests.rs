@@ -208,3 +208,95 @@ fn a_new_pool_carries_no_stale_selection_state() {
         }
     }
 }
+
+/// Plays one case of tests/data/passive_vectors.txt: the pool stands in for nginx's upstream
+/// module, the loop below for its `proxy_next_upstream error timeout http_503` (a failing
+/// server's 503 is a failed attempt while nginx has tries left, else the response).
+fn play(name: &str, pool: &Pool, steps: &[&str]) {
+    let tries_at_start = pool.peers.iter().filter(|p| !p.down).count();
+    let mut now = 1_000_000u64;
+    for (n, line) in steps.iter().enumerate() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f[0] == "sleep" {
+            now += f[1].parse::<u64>().unwrap();
+            continue;
+        }
+        let src: IpAddr = f[1].parse().unwrap();
+        let fails: Vec<usize> = match f[2] {
+            "-" => vec![],
+            s => s.split(',').map(|x| x.parse().unwrap()).collect(),
+        };
+        let mut a = Attempt::default();
+        let mut tries = tries_at_start;
+        let mut tried = Vec::new();
+        let status = loop {
+            now += 1;
+            let Some(i) = pool.select_at(Key::Ip(src), &mut a, now) else {
+                tried.push("none".to_string());
+                break "502";
+            };
+            tried.push(i.to_string());
+            if !fails.contains(&i) {
+                pool.succeeded(i);
+                break "200";
+            }
+            if tries <= 1 {
+                pool.succeeded(i);
+                break "503";
+            }
+            pool.failed_at(i, now);
+            tries -= 1;
+        };
+        assert_eq!(
+            (tried.join(","), status),
+            (f[3].to_string(), f[4]),
+            "case {name}, step {n}: {line}"
+        );
+    }
+}
+
+#[test]
+fn passive_health_matches_nginx_sequences() {
+    let text = include_str!("../../tests/data/passive_vectors.txt");
+    let mut lines = text.lines().filter(|l| !l.starts_with('#'));
+    let mut cases = 0;
+    while let Some(head) = lines.next() {
+        let h: Vec<&str> = head.split_whitespace().collect();
+        assert_eq!(h[0], "case", "{head}");
+        let policy = match h[2] {
+            "ip_hash" => Policy::IpHash,
+            _ => Policy::RoundRobin,
+        };
+        let mut ps = Vec::new();
+        let mut steps = Vec::new();
+        for line in lines.by_ref() {
+            if line == "end" {
+                break;
+            }
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f[0] != "server" {
+                steps.push(line);
+                continue;
+            }
+            let num = |k: &str| -> u32 {
+                f.iter()
+                    .find_map(|x| x.strip_prefix(k))
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            let i = ps.len();
+            let mut p = Peer::new(SocketAddr::from(([127, 0, 0, 1], 30000 + i as u16)), 0);
+            p.weight = num("weight=");
+            p.max_fails = num("max_fails=");
+            p.fail_timeout = Duration::from_secs(num("fail_timeout=").into());
+            p.down = f.contains(&"down");
+            p.backup = f.contains(&"backup");
+            ps.push(p);
+        }
+        let pool = Pool::new(h[1].into(), policy, ps);
+        play(h[1], &pool, &steps);
+        cases += 1;
+    }
+    assert!(cases >= 10, "only {cases} cases");
+}
