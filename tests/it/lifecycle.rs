@@ -1,11 +1,9 @@
 //! Zero-downtime lifecycle under a real concurrent keep-alive load: binary upgrade, reload
 //! (good, broken, and one that changes listeners), log reopen, graceful quit.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 struct Env {
     dir: TempDir,
@@ -253,15 +251,23 @@ fn failed_upgrade_leaves_the_running_generation_untouched() {
     // Run from a copy of the binary so that the copy can be broken, as a bad deploy would.
     let bin = e.dir.path("graygate");
     std::fs::copy(graygate(), &bin).unwrap();
-    let child = std::process::Command::new(&bin)
-        .arg("-c")
-        .arg(&e.conf)
-        .spawn()
-        .unwrap();
-    let _gw = Proc {
-        child,
-        conf: e.conf.clone(),
-    };
+    // Another test thread forking just now inherits the copy's write handle until its exec:
+    // until then exec fails with "text file busy" (ETXTBSY), so try again briefly.
+    let mut spawned = None;
+    wait_for("exec of the copy", Duration::from_secs(10), || {
+        match std::process::Command::new(&bin)
+            .arg("-c")
+            .arg(&e.conf)
+            .spawn()
+        {
+            Ok(c) => spawned = Some(c),
+            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy => {}
+            Err(err) => panic!("spawn {}: {err}", bin.display()),
+        }
+        spawned.is_some()
+    });
+    let child = spawned.unwrap();
+    let _gw = Proc { child };
     wait_for("gateway", Duration::from_secs(20), || {
         port_open(e.port) && e.dir.path("gw.pid").exists()
     });

@@ -2,12 +2,10 @@
 //! supervisord: upgrades keep the program RUNNING with the same pid, a crashed worker is seen
 //! and restarted, and a stop really stops the serving generation.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn supervisorctl(conf: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new("supervisorctl")
@@ -63,10 +61,7 @@ fn supervisor_sees_upgrades_crashes_and_stops_truthfully() {
         .arg(&sup_conf)
         .spawn()
         .expect("supervisord (Debian package supervisor)");
-    let _sup = Proc {
-        child,
-        conf: sup_conf.clone(),
-    };
+    let _sup = Proc { child };
 
     wait_for("RUNNING", Duration::from_secs(30), || {
         status(&sup_conf).0 == "RUNNING" && port_open(port)
@@ -90,7 +85,7 @@ fn supervisor_sees_upgrades_crashes_and_stops_truthfully() {
     assert_ne!(worker, first_worker);
 
     // A crash of the serving worker is seen and the program restarted.
-    kill_pid(worker[0], SIGKILL);
+    signal(worker[0], SIGKILL).expect("kill the serving worker");
     wait_for("restart after crash", Duration::from_secs(30), || {
         let (state, pid) = status(&sup_conf);
         state == "RUNNING" && pid != master && pid != 0 && port_open(port)
@@ -114,15 +109,4 @@ fn supervisor_sees_upgrades_crashes_and_stops_truthfully() {
     );
     assert!(!port_open(port), "port still open after stop");
     supervisorctl(&sup_conf, &["shutdown"]);
-}
-
-fn kill_pid(pid: i32, sig: i32) {
-    // Via the shell's kill, to keep the test free of unsafe code.
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "kill -{sig} {pid}");
 }

@@ -1,13 +1,11 @@
 //! Upstream pools that never strand a user: a dying server, health checks bringing it back,
 //! backups, and consistent hashing that moves the fewest keys.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use graygate::config::Policy;
 use graygate::upstream::{maglev, Attempt, Key, Peer, Pool};
 

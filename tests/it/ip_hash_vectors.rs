@@ -28,7 +28,10 @@ fn nums(s: &str) -> Vec<usize> {
 
 #[test]
 fn matches_nginx_for_every_recorded_client() {
-    let text = include_str!("data/ip_hash_vectors.txt");
+    let text = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/ip_hash_vectors.txt"
+    ));
     let mut checked = 0;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let f: Vec<&str> = line.split_whitespace().collect();

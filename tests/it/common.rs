@@ -1,11 +1,12 @@
 //! Test harness: the real graygate binary, real backend processes, real sockets on loopback.
-#![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
@@ -52,12 +53,20 @@ impl Drop for TempDir {
     }
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago and that no other test in this process was given: all
+/// tests share one process, and a port handed out twice lets one test's gateway start on top of
+/// another's (start() then sees the other one's port open).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Polls `cond` until it holds; panics with `what` after `limit`.
@@ -82,7 +91,6 @@ pub fn port_open(port: u16) -> bool {
 /// A child process killed when dropped.
 pub struct Proc {
     pub child: Child,
-    pub conf: PathBuf,
 }
 
 impl Proc {
@@ -90,32 +98,38 @@ impl Proc {
         self.child.id() as i32
     }
 
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc_kill(self.pid(), sig) };
-    }
-
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 }
 
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
+pub use libc::SIGKILL;
 
-pub const SIGKILL: i32 = 9;
-pub const SIGTERM: i32 = 15;
+/// Sends `sig` to process `pid`: the one way tests signal processes.
+pub fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // A dead server dies whole: its workers too, not only the master.
-        for c in children(self.pid()) {
-            unsafe { libc_kill(c, SIGKILL) };
+        // A dead server dies whole: its workers too, not only the master. And it is dead when
+        // drop returns: SIGKILL only starts an exit, and a worker still holding its listener
+        // would take (and then reset) the next test request meant to find the port closed.
+        let workers = children(self.pid());
+        for &w in &workers {
+            // Already gone is fine: this only makes sure.
+            let _ = signal(w, SIGKILL);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        wait_for("killed workers gone", Duration::from_secs(10), || {
+            workers.iter().all(|&w| !alive(w))
+        });
     }
 }
 
@@ -137,10 +151,7 @@ pub fn start(conf: &Path, ports: &[u16]) -> Proc {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn graygate");
-    let mut p = Proc {
-        child,
-        conf: conf.to_path_buf(),
-    };
+    let mut p = Proc { child };
     for &port in ports {
         wait_for(&format!("port {port}"), Duration::from_secs(20), || {
             assert!(
@@ -360,15 +371,21 @@ pub fn children(pid: i32) -> Vec<i32> {
     out
 }
 
-/// Whether process `pid` exists (and is not a zombie).
+/// Whether any thread of process `pid` still runs. The main thread alone is not enough: after a
+/// SIGKILL it can be a zombie while other threads are still exiting and still hold the
+/// process's sockets; the open files go only with the last thread.
 pub fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+            // The command name is in parentheses and may hold spaces: the state follows the last ')'.
             s.rsplit_once(')')
-                .map(|(_, r)| !r.trim_start().starts_with('Z'))
-                .unwrap_or(false)
+                .and_then(|(_, r)| r.trim_start().chars().next())
+                .is_some_and(|state| !matches!(state, 'Z' | 'X'))
         })
-        .unwrap_or(false)
+    })
 }
 
 /// Outcome of a client load.
