@@ -2,6 +2,7 @@
 //! and every helper in it has a user.
 
 mod common;
+mod faults;
 mod gateway;
 mod ip_hash_vectors;
 mod lifecycle;
