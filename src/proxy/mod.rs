@@ -17,10 +17,10 @@
 //! 8. `logging`: the access log line (499 for a client that gave up); a request that ended
 //!    without a server fault is a success for nginx's passive health.
 
+mod ctx;
 mod errors;
 mod vars;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -31,9 +31,10 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::logs::access;
-use crate::plan::PoolPlan;
 use crate::snapshot::{Live, Snapshot};
-use crate::upstream::{maglev, Attempt, Key, Peer, PeerState, Pool};
+use crate::upstream::{maglev, Key};
+pub use ctx::Ctx;
+use ctx::{hold, pool_plan};
 pub use errors::status_for;
 use errors::Phase;
 use vars::{client_addr, request_line, SessionVars};
@@ -46,67 +47,6 @@ pub struct Gateway {
     pub live: Live,
     /// Set when this generation stops accepting: every response then closes its connection.
     pub draining: Arc<AtomicBool>,
-}
-
-/// Per-request state.
-#[derive(Default)]
-pub struct Ctx {
-    /// The snapshot this request runs on, from its first phase to its last.
-    snap: Option<Arc<Snapshot>>,
-    location: usize,
-    pool: usize,
-    attempt: Attempt,
-    peer: Option<usize>,
-    /// Reused buffer for rendering header values.
-    scratch: Vec<u8>,
-    /// The server whose `active` count this request holds (for `max_conns`).
-    held: Option<Arc<PeerState>>,
-}
-
-/// Moves a request's `active` slot to `state` (or releases it).
-fn hold(held: &mut Option<Arc<PeerState>>, state: Option<&Arc<PeerState>>) {
-    if let Some(old) = held.take() {
-        old.active.fetch_sub(1, Ordering::Relaxed);
-    }
-    if let Some(new) = state {
-        new.active.fetch_add(1, Ordering::Relaxed);
-        *held = Some(new.clone());
-    }
-}
-
-impl Drop for Ctx {
-    fn drop(&mut self) {
-        hold(&mut self.held, None);
-    }
-}
-
-/// The pool plan a request was routed to, in its snapshot.
-fn pool_plan(snap: &Option<Arc<Snapshot>>, pool: usize) -> Option<&PoolPlan> {
-    snap.as_ref().and_then(|s| s.plan.pools.get(pool))
-}
-
-impl Ctx {
-    fn pool_plan(&self) -> Option<&PoolPlan> {
-        pool_plan(&self.snap, self.pool)
-    }
-
-    fn pool(&self) -> Option<&Pool> {
-        self.pool_plan().map(|p| &*p.pool)
-    }
-
-    fn peer(&self) -> Option<&Peer> {
-        self.pool()
-            .and_then(|p| self.peer.and_then(|i| p.peers.get(i)))
-    }
-
-    fn peer_addr(&self) -> Option<SocketAddr> {
-        self.peer().map(|p| p.addr)
-    }
-
-    /// Whether the pool has a server left that could take this request.
-    fn can_retry(&self) -> bool {
-        self.pool().is_some_and(|p| p.can_retry(&self.attempt))
-    }
 }
 
 impl Gateway {
