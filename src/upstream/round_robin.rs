@@ -11,14 +11,18 @@
 //! periodic, so it is computed once and a pick is one atomic increment. The first pick that
 //! finds a server out of that state hands over to [`Smooth`], with the `current` weights the
 //! schedule had reached; once every server is steady again the schedule is rebuilt from the
-//! weights `Smooth` reached, so the sequence stays nginx's across both.
+//! weights `Smooth` reached, so the sequence stays nginx's across both (see [`MAX_REBUILD`]
+//! for very large pools).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Longest schedule kept; larger total weights use [`Smooth`] only.
-const MAX_SCHEDULE: u64 = 1 << 16;
-/// Largest `period * servers` for a schedule: rebuilding one costs that many steps.
+const MAX_SCHEDULE: u64 = 1 << 20;
+/// Largest `period * servers` for which the schedule is rebuilt from the state `Smooth`
+/// reached (that many steps, under the lock). Larger pools go back to the schedule's own
+/// start instead: the same smooth sequence and shares, though not the order nginx would have
+/// continued in after the disturbance (which no client of a pool that size could tell).
 const MAX_REBUILD: u64 = 1 << 22;
 
 /// What the pick needs to know about the servers, from the pool and the request.
@@ -138,11 +142,7 @@ impl Schedule {
     /// The schedule for `smooth`'s weights, starting from all-zero `current` weights as nginx
     /// does; `steady` says whether every server is steady now (after a reload it may not be).
     pub fn build(smooth: &Smooth, steady: bool) -> Schedule {
-        let n = smooth.weights.len() as u64;
-        if smooth.total == 0
-            || smooth.total > MAX_SCHEDULE
-            || smooth.total.saturating_mul(n) > MAX_REBUILD
-        {
+        if smooth.total == 0 || smooth.total > MAX_SCHEDULE {
             return Schedule::default();
         }
         let mut current = vec![0i64; smooth.weights.len()];
@@ -241,6 +241,13 @@ impl Schedule {
             return;
         }
         st.rebuild_in = smooth.total;
+        if smooth.total.saturating_mul(smooth.weights.len() as u64) > MAX_REBUILD {
+            st.current
+                .clone_from(&self.base.lock().unwrap_or_else(|e| e.into_inner()));
+            self.cursor.store(0, Ordering::Relaxed);
+            self.synced.store(true, Ordering::Release);
+            return;
+        }
         let total = smooth.total as i64;
         let mut cur = st.current.clone();
         let mut seq = Vec::with_capacity(self.seq.len());
