@@ -3,6 +3,7 @@
 
 mod canary;
 mod common;
+mod faults;
 mod gateway;
 mod ip_hash_vectors;
 mod lifecycle;
