@@ -16,11 +16,14 @@
 //!
 //! `docs/architecture.md` walks through them with a request, a reload and an upgrade.
 
+pub mod admin;
+pub mod canary;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod lifecycle;
 pub mod logs;
+pub mod metrics;
 pub mod plan;
 pub mod proxy;
 pub mod snapshot;
@@ -42,7 +45,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
         logs::error::install(log::LevelFilter::Info);
         return exit(lifecycle::run_worker());
     }
-    if !cli.test && cli.signal.is_none() {
+    if !cli.test && cli.signal.is_none() && cli.command.is_none() {
         // The master reads and checks the file itself and keeps those exact bytes.
         logs::error::install(log::LevelFilter::Info);
         return exit(lifecycle::run_master(cli.conf, cli.daemon));
@@ -68,6 +71,9 @@ pub fn main_with(cli: Cli) -> ExitCode {
         println!("graygate: the configuration file {name} syntax is ok");
         println!("graygate: configuration file {name} test is successful");
         return ExitCode::SUCCESS;
+    }
+    if let Some(cmd) = &cli.command {
+        return admin::client::run(cmd, &plan, &name);
     }
     let Some(cmd) = cli.signal else {
         return ExitCode::FAILURE;

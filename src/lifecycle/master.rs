@@ -160,7 +160,7 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 
 pub(super) fn open_error_log(plan: &Plan) -> Result<(), Error> {
     if let Some(p) = &plan.settings.error_log {
-        let f = crate::logs::open(p, plan.create_log_dirs).map_err(|err| Error::Log {
+        let f = crate::snapshot::open_log(p, plan.create_log_dirs).map_err(|err| Error::Log {
             path: p.clone(),
             err,
         })?;

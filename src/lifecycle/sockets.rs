@@ -24,6 +24,7 @@ pub fn plan_addrs(plan: &Plan) -> Vec<SocketAddr> {
         .iter()
         .flat_map(|s| s.listen.iter().copied())
         .chain(plan.demos.iter().map(|d| d.listen))
+        .chain(plan.admin.as_ref().map(|a| a.listen))
         .collect();
     v.sort();
     v.dedup();

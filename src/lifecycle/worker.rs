@@ -151,6 +151,8 @@ pub fn run() -> Result<(), Error> {
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(fds));
 
     let settings = plan.settings.clone();
+    // Live canary percents and weights carry over restarts and upgrades (issue 15).
+    let plan = crate::canary::persist::restore(plan);
     let snapshot = Snapshot::activate(plan).map_err(|err| Error::Log {
         path: "of the configuration".into(),
         err,
@@ -173,7 +175,10 @@ pub fn run() -> Result<(), Error> {
 
     let services = snap.plan.servers.len() + snap.plan.demos.len();
     let coord = Coordinator::new(services, settings.grace_period, settings.shutdown_timeout);
-    let ready = Arc::new(Readiness(AtomicUsize::new(services + 1)));
+    let admin = snap.plan.admin.as_ref().map(|a| a.listen);
+    let ready = Arc::new(Readiness(AtomicUsize::new(
+        services + 1 + usize::from(admin.is_some()),
+    )));
     let (stop_accepting, shutdown) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     fn wrap<S>(
@@ -215,6 +220,11 @@ pub fn run() -> Result<(), Error> {
             Drained::new(demo, coord.clone()),
         );
         svc.add_listener(listener(&d.listen));
+        server.add_service(wrap(svc, &fds, &shutdown, &ready));
+    }
+    // The admin API (issue 15), on a socket the master owns like the servers'.
+    if let Some(listen) = admin {
+        let svc = crate::admin::service(listen, live.clone());
         server.add_service(wrap(svc, &fds, &shutdown, &ready));
     }
     // Always running (idle without checks), so that a reload may add health checks.
