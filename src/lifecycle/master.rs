@@ -100,8 +100,8 @@ pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
         err,
     })?;
     let source = Source::read(conf.as_deref()).map_err(|p| Error::Config(p.to_string()))?;
-    let plan = source
-        .compile(None)
+    let (plan, notes) = source
+        .compile_noting(None)
         .map_err(|p| Error::Config(p.to_string()))?;
     // Before anything else: a second instance must refuse without touching the first's files.
     let pidfile = PidFile::lock(&plan.settings.pid_file)?;
@@ -119,6 +119,9 @@ pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
     open_error_log(&plan)?;
     if let Some(notice) = &pidfile.stale {
         log::info!("{notice}");
+    }
+    for n in notes {
+        log::info!("{n}");
     }
     let rt = runtime()?;
     let code = rt.block_on(async move {

@@ -449,6 +449,15 @@ fn master_reopens_its_error_log_and_upgrades_log_nothing_false() {
     ] {
         assert!(!all.contains(false_line), "{false_line:?} in:\n{all}");
     }
+    // The config sets the obsolete `upgrade_sock`: said once, at the start, not per image.
+    assert_eq!(
+        all.matches(
+            "upgrade_sock is ignored (listening sockets pass from the master by inheritance)"
+        )
+        .count(),
+        1,
+        "{all}"
+    );
 }
 
 #[test]
