@@ -438,7 +438,26 @@ fn master_reopens_its_error_log_and_upgrades_log_nothing_false() {
     std::fs::rename(g.dir.path("error.log"), g.dir.path("error.log.1")).unwrap();
     let (ok, out) = ctl(&["-s", "reopen", "-c", g.c()]);
     assert!(ok, "{out}");
+    assert!(
+        out.contains("reopen: reopened"),
+        "the master answers: {out}"
+    );
     master_writes_to_new_log(&g, master);
+    // Without the control socket, `-s reopen` still reaches the master, by signal.
+    std::fs::remove_file(g.dir.path("gw.pid.ctl")).unwrap();
+    let (ok, out) = ctl(&["-s", "reopen", "-c", g.c()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("signal sent to {master}")) && out.contains("unreachable"),
+        "{out}"
+    );
+    let line = format!("{master}#0: reopening logs");
+    wait_for("the signalled reopen", Duration::from_secs(10), || {
+        (read(&g.dir.path("error.log.1")) + &g.log())
+            .matches(&line)
+            .count()
+            == 2
+    });
     signal(master, SIGQUIT).unwrap();
     wait_for("exit", Duration::from_secs(30), || gw.exited());
     let all = read(&g.dir.path("error.log.1")) + &g.log();
