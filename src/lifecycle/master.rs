@@ -91,7 +91,7 @@ pub(super) struct Master {
 /// Starts the master: a fresh start, or the second half of a re-exec (`upgrade`).
 pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
     if let Some(inherit) = Inherit::from_env() {
-        return super::upgrade::resume(inherit, conf);
+        return super::upgrade::resume(inherit);
     }
     // An absolute config path keeps working after daemon() and for every generation.
     let conf = conf.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
@@ -197,16 +197,22 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         })
 }
 
+/// Opens the error log (stderr stays the log if it fails) and starts the log writer.
 pub(super) fn open_error_log(plan: &Plan) -> Result<(), Error> {
+    let mut r = Ok(());
     if let Some(p) = &plan.settings.error_log {
-        let f = crate::snapshot::open_log(p, plan.create_log_dirs).map_err(|err| Error::Log {
-            path: p.clone(),
-            err,
-        })?;
-        crate::logs::error::set_process_file(f);
+        match crate::snapshot::open_log(p, plan.create_log_dirs) {
+            Ok(f) => crate::logs::error::set_process_file(f),
+            Err(err) => {
+                r = Err(Error::Log {
+                    path: p.clone(),
+                    err,
+                })
+            }
+        }
     }
     crate::logs::start_writer();
-    Ok(())
+    r
 }
 
 impl Master {
