@@ -626,12 +626,12 @@ fn an_upgrade_runs_the_new_symlink_target_with_the_checked_bytes() {
     let mut gw = Proc { child };
     let master = g.master();
     let before = g.worker(master);
-    // v2 checks like the real one, but when run as the master it notes that it ran and breaks
-    // the config file first: as if the file were saved right after the upgrade's check.
+    // v2 checks and serves like the real one, but when run as the master it notes that it ran
+    // and breaks the config file first: as if the file were saved right after the check.
     let v2 = g.dir.path("graygate-v2");
     let marker = g.dir.path("v2-ran");
     let script = format!(
-        "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -t ] && exec {real} \"$@\"; done\necho $$ > {marker}\necho 'this: is: not: yaml: [' > {conf}\nexec {real} \"$@\"\n",
+        "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in -t|--worker) exec {real} \"$@\";; esac; done\necho $$ > {marker}\necho 'this: is: not: yaml: [' > {conf}\nexec {real} \"$@\"\n",
         real = graygate(),
         marker = marker.display(),
         conf = g.conf.display(),
