@@ -150,6 +150,15 @@ pub fn serve(plan: Plan, start: Start) -> Result<(), String> {
         "health checks",
         checker,
     ));
+    // The canaries' automatic ramps (issue 16); a draining generation stops driving them.
+    let ramp = crate::canary::ramp::Ramp {
+        live: live.clone(),
+        draining: draining.clone(),
+    };
+    server.add_service(pingora::services::background::background_service(
+        "canary ramp",
+        ramp,
+    ));
     let snap_listen: Vec<std::net::SocketAddr> = snap
         .plan
         .servers

@@ -51,6 +51,8 @@ pub struct Ctx {
     canary: Option<(usize, crate::canary::Side)>,
     /// Whether a location took the request (only those are counted in metrics).
     routed: bool,
+    /// When the request's header had been read (for its duration; issue 16).
+    started: Option<std::time::Instant>,
     attempt: Attempt,
     peer: Option<usize>,
     /// Reused buffer for rendering header values.
@@ -140,6 +142,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.started = Some(std::time::Instant::now());
         let snap = self.live.load_full();
         let route = snap.plan.servers.get(self.server).and_then(|s| {
             let path = session.req_header().uri.path();
@@ -370,10 +373,11 @@ impl ProxyHttp for Gateway {
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
-        if ctx.routed {
-            snap.plan
-                .metrics
-                .request(self.server, ctx.pool, ctx.canary, ctx.peer, status);
+        if let (true, Some(t)) = (ctx.routed, ctx.started) {
+            let (srv, took) = (self.server, t.elapsed());
+            crate::metrics::record(
+                &snap.plan, srv, ctx.pool, ctx.canary, ctx.peer, status, took,
+            );
         }
         let Some(Some(log)) = snap.access_logs.get(self.server) else {
             return;
