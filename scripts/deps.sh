@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing graygate needs on a fresh Debian machine:
-# cmake (Pingora's zlib-ng), supervisor (for its integration test), and with --bench also nginx and wrk for the side-by-side benchmarks.
+# cmake (Pingora's zlib-ng), supervisor (for its integration test), chromium (the canary page test), and with --bench also nginx and wrk for the side-by-side benchmarks.
 set -euo pipefail
 
 need=()
@@ -8,6 +8,9 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 # The supervisor integration test runs Debian's supervisord for real.
 command -v supervisord >/dev/null 2>&1 || need+=(supervisor)
+# The canary page test drives Debian's chromium headless (no browser download at test time).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [[ "${1:-}" == "--bench" ]]; then
   command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
