@@ -389,8 +389,8 @@ fn pool_json(plan: &Plan, name: &str) -> Value {
                 "backup": p.backup,
                 "healthy": p.state.healthy.load(Ordering::Relaxed),
                 "in_flight": p.state.active.load(Ordering::Relaxed),
-                "requests": p.state.requests.load(Ordering::Relaxed),
-                "failures": p.state.failures.load(Ordering::Relaxed),
+                // Consecutive failures (nginx's `fails`); request counts are in /metrics.
+                "fails": p.fails(),
             })
         })
         .collect();

@@ -218,13 +218,13 @@ fn describe_pool(p: &Value) -> String {
         let n = |k: &str| srv.get(k).and_then(Value::as_u64).unwrap_or(0);
         let b = |k: &str| srv.get(k).and_then(Value::as_bool).unwrap_or(false);
         out.push_str(&format!(
-            "  {} weight {}{}{} requests {} failures {}\n",
+            "  {} weight {}{}{} in flight {} fails {}\n",
             srv.get("addr").and_then(Value::as_str).unwrap_or("-"),
             n("weight"),
             if b("healthy") { "" } else { " unhealthy" },
             if b("down") { " down" } else { "" },
-            n("requests"),
-            n("failures"),
+            n("in_flight"),
+            n("fails"),
         ));
     }
     out

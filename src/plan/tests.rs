@@ -214,7 +214,7 @@ servers:
 fn a_reload_keeps_each_servers_state() {
     let src = with_pool("    servers: [{ addr: 127.0.0.1:2 }, { addr: 127.0.0.1:3 }]\n");
     let first = compile(&src);
-    first.pools[0].pool.peers[1].record_failure();
+    first.pools[0].pool.failed(1);
     let again = compile_with(&src, Some(&first)).unwrap();
     assert!(Arc::ptr_eq(
         &first.pools[0].pool.peers[1].state,
