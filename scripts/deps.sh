@@ -23,7 +23,10 @@ if ((${#need[@]})); then
   [[ $(id -u) -eq 0 ]] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  # A package's post-install script can fail once on a fresh machine (seen with chromium);
+  # a second run finishes its configuration.
+  $sudo apt-get install -y -qq "${need[@]}" >/dev/null ||
+    { $sudo dpkg --configure -a && $sudo apt-get install -y -qq "${need[@]}" >/dev/null; }
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "deps: cargo not found; install Rust (https://rustup.rs) and run again" >&2
