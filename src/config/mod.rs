@@ -6,7 +6,7 @@
 //! outside lookup is [`resolve_addrs`], the host names of addresses, which plan asks for.
 
 mod addr;
-mod canary;
+pub mod canary;
 mod duration;
 mod problem;
 mod spans;

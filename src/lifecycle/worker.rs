@@ -236,6 +236,15 @@ pub fn run() -> Result<(), Error> {
         "health checks",
         checker,
     ));
+    // The canaries' automatic ramps (issue 16); a draining generation stops driving them.
+    let ramp = crate::canary::ramp::Ramp {
+        live: live.clone(),
+        draining: draining.clone(),
+    };
+    server.add_service(pingora::services::background::background_service(
+        "canary ramp",
+        ramp,
+    ));
     drop(snap);
 
     let signals = Signals {

@@ -5,6 +5,7 @@
 //! runs half-configured. A plan is immutable; a reload compiles a new one and swaps it in whole.
 
 mod canary;
+mod canary_ramp;
 #[cfg(test)]
 mod canary_tests;
 mod pool;
@@ -25,6 +26,7 @@ use crate::config::{Loaded, Problems};
 use crate::upstream::health::Check;
 use crate::upstream::{maglev, Key, Pool};
 pub use canary::{AdminPlan, CanaryPlan, Pick, Target};
+pub use canary_ramp::RampPlan;
 pub use template::{Template, Vars};
 
 /// Largest weight of one server: a sanity bound per server (weights are shares, and 1000 allows

@@ -19,6 +19,8 @@ pub struct Ctx {
     pub(super) canary: Option<(usize, crate::canary::Side)>,
     /// Whether a location took the request (only those are counted in metrics).
     pub(super) routed: bool,
+    /// When the request's header had been read (for its duration; issue 16).
+    pub(super) started: Option<std::time::Instant>,
     pub(super) attempt: Attempt,
     pub(super) peer: Option<usize>,
     /// Reused buffer for rendering header values.

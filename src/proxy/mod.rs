@@ -91,6 +91,7 @@ impl ProxyHttp for Gateway {
     /// Takes the current snapshot for the whole request and routes the path to a location
     /// (404 when none matches).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.started = Some(std::time::Instant::now());
         let snap = self.live.load_full();
         let route = snap.plan.servers.get(self.server).and_then(|s| {
             let path = session.req_header().uri.path();
@@ -332,10 +333,11 @@ impl ProxyHttp for Gateway {
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
-        if ctx.routed {
-            snap.plan
-                .metrics
-                .request(self.server, ctx.pool, ctx.canary, ctx.peer, status);
+        if let (true, Some(t)) = (ctx.routed, ctx.started) {
+            let (srv, took) = (self.server, t.elapsed());
+            crate::metrics::record(
+                &snap.plan, srv, ctx.pool, ctx.canary, ctx.peer, status, took,
+            );
         }
         let Some(Some(log)) = snap.access_logs.get(self.server) else {
             return;

@@ -2,6 +2,8 @@
 //! and every helper in it has a user.
 
 mod canary;
+mod canary_page;
+mod canary_ramp;
 mod common;
 mod faults;
 mod gateway;
