@@ -36,8 +36,8 @@ pub struct Config {
     /// Where the master writes its pid; `-s` finds it there.
     #[serde(default = "default_pid_file")]
     pub pid_file: String,
-    /// Unix socket over which listening sockets pass to a new binary on upgrade; by default
-    /// derived from `pid_file` (see [`default_upgrade_sock`]), so that each instance has its own.
+    /// Ignored, accepted so that older files still load: listening sockets no longer pass over
+    /// a socket on upgrade but by inheritance from the master (a notice says so at start).
     #[serde(default)]
     pub upgrade_sock: Option<String>,
     /// Process-wide log (start-up, signals, internal errors).
@@ -207,13 +207,6 @@ pub struct Location {
 
 fn default_pid_file() -> String {
     "/tmp/graygate.pid".into()
-}
-/// The upgrade socket of an instance whose pid file is `pid_file`: beside it, named after it
-/// (`/run/graygate.pid` gives `/run/graygate_upgrade.sock`; the default pid file gives the
-/// former fixed default, `/tmp/graygate_upgrade.sock`).
-pub fn default_upgrade_sock(pid_file: &str) -> String {
-    let stem = pid_file.strip_suffix(".pid").unwrap_or(pid_file);
-    format!("{stem}_upgrade.sock")
 }
 fn default_threads() -> i64 {
     1

@@ -44,7 +44,6 @@ pub const MAX_TRIES: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub pid_file: String,
-    pub upgrade_sock: String,
     pub error_log: Option<String>,
     pub threads: usize,
     pub daemon: bool,

@@ -17,30 +17,19 @@ pub(super) fn compile_settings(l: &Loaded, probs: &mut Problems) -> Settings {
         check_log_dir(l, p, "error_log", probs);
     }
     check_dir(l, &c.pid_file, "pid_file", "pid file", probs);
-    let upgrade_sock = match &c.upgrade_sock {
-        Some(s) => {
-            check_dir(l, s, "upgrade_sock", "upgrade socket", probs);
-            s.clone()
-        }
-        None => config::default_upgrade_sock(&c.pid_file),
-    };
-    if upgrade_sock.len() > MAX_SOCKET_PATH {
-        let at = if c.upgrade_sock.is_some() {
-            "upgrade_sock"
-        } else {
-            "pid_file"
-        };
+    // The control socket `<pid_file>.ctl` is bound at start; `-t` finds a path too long for it.
+    let ctl = format!("{}.ctl", c.pid_file);
+    if ctl.len() > MAX_SOCKET_PATH {
         probs.push(l.problem_at(
-            at,
+            "pid_file",
             format!(
-                "upgrade socket path {upgrade_sock} is {} bytes long; a Unix socket path has at most {MAX_SOCKET_PATH}",
-                upgrade_sock.len()
+                "control socket path {ctl} is {} bytes long; a Unix socket path has at most {MAX_SOCKET_PATH}",
+                ctl.len()
             ),
         ));
     }
     Settings {
         pid_file: c.pid_file.clone(),
-        upgrade_sock,
         error_log: c.error_log.clone().filter(|p| p != "off"),
         threads: c.threads.clamp(1, 1024) as usize,
         daemon: c.daemon,
