@@ -65,12 +65,17 @@ impl Gateway {
             pool.failed(i);
         }
         hold(&mut ctx.held, None);
+        self.log_line(session, ctx, &errors::describe(e, phase));
+    }
+
+    /// One `[error]` line about this request in the server block's error log.
+    fn log_line(&self, session: &Session, ctx: &Ctx, what: &str) {
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
         if let Some(Some(log)) = snap.error_logs.get(self.server) {
             let name = self.server_name(snap);
-            errors::log_failure(log, session, name, ctx.peer_addr(), e, phase);
+            errors::log_attempt(log, session, name, ctx.peer_addr(), what);
         }
     }
 }
@@ -263,10 +268,14 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e;
-        if e.esource() == &ErrorSource::Downstream {
-            // The client closed or broke its side (nginx: "client prematurely closed
-            // connection", at info level, not shown by default). The server did nothing
-            // wrong: no error line, no failure, no retry; `logging` writes 499.
+        if e.esource() != &ErrorSource::Upstream {
+            // Not the server's doing: no failure counted, no retry. A client that closed or
+            // broke its side (nginx: "client prematurely closed connection", at info level,
+            // not shown by default) gets no line; `logging` writes 499. Anything else failed
+            // in graygate itself and is logged as such.
+            if !errors::client_gone(&e) {
+                self.log_line(session, ctx, &errors::describe_own(&e));
+            }
             e.set_retry(false);
             return e;
         }
