@@ -2,8 +2,11 @@
 //!
 //! This module only parses: the types mirror the file one to one (unknown keys are errors), and
 //! [`load`] keeps the source positions so that later checks in [`crate::plan`] can point at the
-//! offending line and column. Nothing here opens sockets or files other than the config itself.
+//! offending line and column. Nothing here opens files other than the config itself; the only
+//! outside lookup is [`resolve_addrs`], the host names of addresses, which plan asks for.
 
+mod addr;
+mod canary;
 mod duration;
 mod problem;
 mod spans;
@@ -13,6 +16,10 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+#[cfg(test)]
+pub use addr::test_hosts;
+pub use addr::{parse_addr, resolve_addrs};
+pub use canary::{Admin, Canary};
 pub use duration::TimeValue;
 pub use problem::{Problem, Problems};
 pub use spans::{Pos, Spans};
@@ -26,12 +33,13 @@ pub const EMBEDDED_NAME: &str = "conf/graygate.yaml (embedded)";
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where the serving process writes its pid; `-s` finds it there.
+    /// Where the master writes its pid; `-s` finds it there.
     #[serde(default = "default_pid_file")]
     pub pid_file: String,
-    /// Unix socket over which listening sockets pass to a new binary on upgrade.
-    #[serde(default = "default_upgrade_sock")]
-    pub upgrade_sock: String,
+    /// Unix socket over which listening sockets pass to a new binary on upgrade; by default
+    /// derived from `pid_file` (see [`default_upgrade_sock`]), so that each instance has its own.
+    #[serde(default)]
+    pub upgrade_sock: Option<String>,
     /// Process-wide log (start-up, signals, internal errors).
     #[serde(default)]
     pub error_log: Option<String>,
@@ -56,6 +64,12 @@ pub struct Config {
     /// Named virtual servers, the `server` blocks of nginx.
     #[serde(default)]
     pub servers: IndexMap<String, Server>,
+    /// The admin listener (JSON API, metrics); off when absent.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// Sticky splits between two pools, named like pools in `proxy_pass`.
+    #[serde(default)]
+    pub canaries: IndexMap<String, Canary>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,8 +208,12 @@ pub struct Location {
 fn default_pid_file() -> String {
     "/tmp/graygate.pid".into()
 }
-fn default_upgrade_sock() -> String {
-    "/tmp/graygate_upgrade.sock".into()
+/// The upgrade socket of an instance whose pid file is `pid_file`: beside it, named after it
+/// (`/run/graygate.pid` gives `/run/graygate_upgrade.sock`; the default pid file gives the
+/// former fixed default, `/tmp/graygate_upgrade.sock`).
+pub fn default_upgrade_sock(pid_file: &str) -> String {
+    let stem = pid_file.strip_suffix(".pid").unwrap_or(pid_file);
+    format!("{stem}_upgrade.sock")
 }
 fn default_threads() -> i64 {
     1
@@ -261,6 +279,8 @@ pub struct Loaded {
     pub spans: Spans,
     /// True for the built-in default (its log directories are created on start).
     pub embedded: bool,
+    /// The text parsed (a live weight change recompiles it).
+    pub text: std::sync::Arc<str>,
 }
 
 impl Loaded {
@@ -318,6 +338,7 @@ pub fn parse(name: String, src: &str, embedded: bool) -> Result<Loaded, Problems
         config,
         spans: Spans::index(src),
         embedded,
+        text: src.into(),
     })
 }
 
@@ -329,7 +350,7 @@ fn tidy_serde_message(msg: &str) -> String {
     }
 }
 
-/// The directory a log path lives in, for the "missing log directory" check.
+/// The directory a file path lives in, for the "missing directory" checks.
 pub fn log_dir(path: &str) -> PathBuf {
     match Path::new(path).parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -102,7 +102,14 @@ impl Recorder {
             Some(Frame::Map { path, key }) => match key.take() {
                 Some(k) => Some(join(path, &k)),
                 None => {
-                    // A key: remember it and where it stands.
+                    // A key: remember it and where it stands. yaml-rust2 marks a block
+                    // mapping's start after its first key, so the first key is where the
+                    // mapping starts.
+                    if let Some(start) = self.spans.values.get_mut(path.as_str()) {
+                        if (pos.line, pos.col) < (start.line, start.col) {
+                            *start = pos;
+                        }
+                    }
                     let k = scalar.unwrap_or("?").to_string();
                     self.spans.keys.insert(join(path, &k), pos);
                     *key = Some(k);
@@ -160,5 +167,15 @@ mod tests {
         assert_eq!(s.value("a.c.1"), Pos { line: 5, col: 7 });
         // Unknown paths fall back to the nearest parent.
         assert_eq!(s.value("a.c.1.zz"), Pos { line: 5, col: 7 });
+    }
+
+    #[test]
+    fn a_mapping_starts_at_its_first_key() {
+        let s = Spans::index("a:\n  b: 1\n  c:\n    - x: 2\nd: { e: 1 }\n");
+        assert_eq!(s.value(""), Pos { line: 1, col: 1 });
+        assert_eq!(s.value("a"), Pos { line: 2, col: 3 });
+        assert_eq!(s.value("a.c"), Pos { line: 4, col: 5 });
+        assert_eq!(s.value("a.c.0"), Pos { line: 4, col: 7 });
+        assert_eq!(s.value("d"), Pos { line: 5, col: 4 });
     }
 }

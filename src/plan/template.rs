@@ -78,6 +78,11 @@ impl Template {
         Ok(Template { segs })
     }
 
+    /// Whether any part depends on the request (else every request renders the same text).
+    pub fn has_vars(&self) -> bool {
+        self.segs.iter().any(|s| matches!(s, Seg::Var(_)))
+    }
+
     /// Appends the value for this request to `out`.
     pub fn render(&self, v: &dyn Vars, out: &mut Vec<u8>) {
         use std::io::Write;

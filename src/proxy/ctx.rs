@@ -15,6 +15,10 @@ pub struct Ctx {
     pub(super) snap: Option<Arc<Snapshot>>,
     pub(super) location: usize,
     pub(super) pool: usize,
+    /// The canary and side that chose `pool`, if a canary did.
+    pub(super) canary: Option<(usize, crate::canary::Side)>,
+    /// Whether a location took the request (only those are counted in metrics).
+    pub(super) routed: bool,
     pub(super) attempt: Attempt,
     pub(super) peer: Option<usize>,
     /// Reused buffer for rendering header values.

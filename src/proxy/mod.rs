@@ -32,7 +32,6 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::logs::access;
 use crate::snapshot::{Live, Snapshot};
-use crate::upstream::{maglev, Key};
 pub use ctx::Ctx;
 use ctx::{hold, pool_plan};
 pub use errors::status_for;
@@ -100,16 +99,23 @@ impl ProxyHttp for Gateway {
         let snap = self.live.load_full();
         let route = snap.plan.servers.get(self.server).and_then(|s| {
             let path = session.req_header().uri.path();
-            s.locations
-                .iter()
-                .position(|l| l.matches(path))
-                .map(|i| (i, s.locations[i].pool))
+            s.locations.iter().position(|l| l.matches(path))
+        });
+        // A location names a pool or a canary; a canary picks this request's side (issue 15).
+        let found = route.map(|i| {
+            let target = snap.plan.servers[self.server].locations[i].target;
+            let pick = snap
+                .plan
+                .route(target, &SessionVars(session), &mut ctx.scratch);
+            (i, pick)
         });
         ctx.snap = Some(snap);
-        match route {
-            Some((loc, pool)) => {
+        match found {
+            Some((loc, pick)) => {
                 ctx.location = loc;
-                ctx.pool = pool;
+                ctx.pool = pick.pool;
+                ctx.canary = pick.canary;
+                ctx.routed = true;
                 Ok(false)
             }
             None => {
@@ -130,18 +136,12 @@ impl ProxyHttp for Gateway {
             peer,
             scratch,
             held,
+            ..
         } = ctx;
         let (Some(s), Some(pp)) = (snap.as_ref(), pool_plan(snap, *pool)) else {
             return Err(Error::explain(ErrorType::InternalError, "no pool"));
         };
-        let key = match &pp.hash_key {
-            Some(tpl) => {
-                scratch.clear();
-                tpl.render(&SessionVars(session), scratch);
-                Key::Hash(maglev::hash(scratch, 0))
-            }
-            None => Key::from(client_addr(session).map(|a| a.ip())),
-        };
+        let key = pp.placement(&SessionVars(session), scratch);
         let Some(i) = pp.pool.select(key, attempt) else {
             if let Some(Some(log)) = s.error_logs.get(self.server) {
                 let what = format!(
@@ -341,6 +341,11 @@ impl ProxyHttp for Gateway {
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
+        if ctx.routed {
+            snap.plan
+                .metrics
+                .request(self.server, ctx.pool, ctx.canary, ctx.peer, status);
+        }
         let Some(Some(log)) = snap.access_logs.get(self.server) else {
             return;
         };

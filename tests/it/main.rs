@@ -1,6 +1,7 @@
 //! graygate's integration tests, one binary (as ripgrep's `tests/`): `common` is compiled once
 //! and every helper in it has a user.
 
+mod canary;
 mod common;
 mod faults;
 mod gateway;

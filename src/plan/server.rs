@@ -1,0 +1,213 @@
+//! `servers.NAME`: a virtual server, its listen addresses and its locations.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use crate::config::{parse_addr, Loaded, Location, Problems, Server};
+
+use super::settings::check_log_dir;
+use super::{check_above_zero, Demo, LocationPlan, Match, ServerPlan, Target, Template, Timeouts};
+
+/// What `proxy_pass` may name: pools and canaries.
+pub(super) struct Targets<'a>(HashMap<&'a str, Target>);
+
+impl<'a> Targets<'a> {
+    /// `canaries` are the names in the file, in order: a canary with a mistake still counts as
+    /// known (one mistake, one message), and when every canary compiles their indexes match.
+    pub fn new(
+        pools: &HashMap<&'a str, usize>,
+        canaries: impl Iterator<Item = &'a str>,
+    ) -> Targets<'a> {
+        let mut t: HashMap<&str, Target> =
+            pools.iter().map(|(n, &i)| (*n, Target::Pool(i))).collect();
+        for (i, c) in canaries.enumerate() {
+            t.entry(c).or_insert(Target::Canary(i));
+        }
+        Targets(t)
+    }
+
+    /// Both kinds of names, sorted, for the "unknown" message.
+    fn known(&self) -> String {
+        let mut pools: Vec<&str> = Vec::new();
+        let mut canaries: Vec<&str> = Vec::new();
+        for (n, t) in &self.0 {
+            match t {
+                Target::Pool(_) => pools.push(n),
+                Target::Canary(_) => canaries.push(n),
+            }
+        }
+        pools.sort_unstable();
+        canaries.sort_unstable();
+        let list = |v: Vec<&str>| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        format!("upstreams: {}; canaries: {}", list(pools), list(canaries))
+    }
+}
+
+/// What the servers of one file share: what `proxy_pass` may name, and who listens where.
+pub(super) struct Shared<'a> {
+    pub targets: Targets<'a>,
+    pub demos: &'a [Demo],
+    /// Listen addresses taken so far, with the server that took each.
+    pub listening: HashMap<SocketAddr, String>,
+}
+
+/// The server `servers.NAME`.
+pub(super) fn compile_server(
+    l: &Loaded,
+    name: &str,
+    s: &Server,
+    shared: &mut Shared,
+    probs: &mut Problems,
+) -> ServerPlan {
+    let base = format!("servers.{name}");
+    if s.listen.is_empty() {
+        probs.push(l.problem_at_key(&base, format!("server \"{name}\" has no listen address")));
+    }
+    let mut listen = Vec::new();
+    for (i, a) in s.listen.iter().enumerate() {
+        let at = format!("{base}.listen.{i}");
+        match parse_addr(a, "0.0.0.0") {
+            Ok(addr) => {
+                if let Some(other) = shared.listening.get(&addr) {
+                    probs.push(l.problem_at(
+                        &at,
+                        format!(
+                            "duplicate listen address {addr} (already used by server \"{other}\")"
+                        ),
+                    ));
+                } else {
+                    shared.listening.insert(addr, name.to_string());
+                    listen.push(addr);
+                }
+            }
+            Err(e) => probs.push(l.problem_at(&at, e)),
+        }
+    }
+    for d in shared.demos {
+        if listen.contains(&d.listen) {
+            probs.push(l.problem_at(
+                &base,
+                format!(
+                    "demo backend {} listens on {}, like this server",
+                    d.name, d.listen
+                ),
+            ));
+        }
+    }
+    if let Some(p) = &s.access_log {
+        check_log_dir(l, p, &format!("{base}.access_log"), probs);
+    }
+    if let Some(p) = &s.error_log {
+        check_log_dir(l, p, &format!("{base}.error_log"), probs);
+    }
+    let mut locations = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, loc) in s.locations.iter().enumerate() {
+        let at = format!("{base}.locations.{i}");
+        if let Some(lp) = compile_location(l, &at, loc, &shared.targets, &mut seen, probs) {
+            locations.push(lp);
+        }
+    }
+    // nginx's order: exact matches first, then prefixes longest first; the first hit wins.
+    locations.sort_by_key(|l| match &l.matcher {
+        Match::Exact(_) => (0, 0),
+        Match::Prefix(p) => (1, usize::MAX - p.len()),
+    });
+    ServerPlan {
+        name: name.to_string(),
+        listen,
+        access_log: s.access_log.clone().filter(|p| p != "off"),
+        error_log: s.error_log.clone().filter(|p| p != "off"),
+        locations,
+    }
+}
+
+/// One location, at the dotted path `at`; `None` (with a problem) if it cannot be routed.
+/// `seen` holds the patterns of the server's earlier locations.
+pub(super) fn compile_location(
+    l: &Loaded,
+    at: &str,
+    loc: &Location,
+    targets: &Targets,
+    seen: &mut HashSet<Match>,
+    probs: &mut Problems,
+) -> Option<LocationPlan> {
+    let matcher = match parse_match(&loc.matcher) {
+        Ok(m) => m,
+        Err(e) => {
+            probs.push(l.problem_at(&format!("{at}.match"), e));
+            return None;
+        }
+    };
+    if !seen.insert(matcher.clone()) {
+        probs.push(l.problem_at(
+            &format!("{at}.match"),
+            format!("duplicate location \"{}\"", loc.matcher),
+        ));
+    }
+    let Some(&target) = targets.0.get(loc.proxy_pass.as_str()) else {
+        probs.push(l.problem_at(
+            &format!("{at}.proxy_pass"),
+            format!(
+                "unknown upstream or canary \"{}\" in proxy_pass ({})",
+                loc.proxy_pass,
+                targets.known()
+            ),
+        ));
+        return None;
+    };
+    let mut set_headers = Vec::new();
+    for (h, v) in &loc.proxy_set_header {
+        let hat = format!("{at}.proxy_set_header.{h}");
+        let Ok(hname) = http::HeaderName::from_bytes(h.as_bytes()) else {
+            probs.push(l.problem_at_key(&hat, format!("invalid header name \"{h}\"")));
+            continue;
+        };
+        match Template::compile(v) {
+            Ok(t) => set_headers.push((hname, t)),
+            Err(e) => probs.push(l.problem_at(&hat, e)),
+        }
+    }
+    for (key, t) in [
+        ("connect_timeout", loc.connect_timeout),
+        ("read_timeout", loc.read_timeout),
+        ("send_timeout", loc.send_timeout),
+    ] {
+        if let Some(t) = t {
+            check_above_zero(l, &format!("{at}.{key}"), t.0, probs);
+        }
+    }
+    let timeouts = Timeouts {
+        connect: loc.connect_timeout.map(|t| t.0),
+        read: loc.read_timeout.map(|t| t.0),
+        send: loc.send_timeout.map(|t| t.0),
+    };
+    Some(LocationPlan {
+        matcher,
+        target,
+        set_headers,
+        timeouts,
+    })
+}
+
+/// `/prefix` or `= /exact`, as nginx's `location`.
+fn parse_match(text: &str) -> Result<Match, String> {
+    let t = text.trim();
+    if let Some(exact) = t.strip_prefix('=') {
+        let p = exact.trim();
+        if p.starts_with('/') {
+            return Ok(Match::Exact(p.to_string()));
+        }
+    } else if t.starts_with('/') {
+        return Ok(Match::Prefix(t.to_string()));
+    }
+    Err(format!(
+        "invalid location \"{text}\" (expected \"/prefix\" or \"= /exact/path\")"
+    ))
+}

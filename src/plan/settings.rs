@@ -1,0 +1,95 @@
+//! The top level of the file: process settings and the built-in demo backends.
+
+use crate::config::{self, parse_addr, Loaded, Problems};
+
+use super::{Demo, Settings};
+
+/// Process settings (`threads`, `error_log`, `pid_file`, ...), at the top level of the file.
+pub(super) fn compile_settings(l: &Loaded, probs: &mut Problems) -> Settings {
+    let c = &l.config;
+    if c.threads < 1 || c.threads > 1024 {
+        probs.push(l.problem_at(
+            "threads",
+            format!("threads must be 1..1024, not {}", c.threads),
+        ));
+    }
+    if let Some(p) = &c.error_log {
+        check_log_dir(l, p, "error_log", probs);
+    }
+    check_dir(l, &c.pid_file, "pid_file", "pid file", probs);
+    let upgrade_sock = match &c.upgrade_sock {
+        Some(s) => {
+            check_dir(l, s, "upgrade_sock", "upgrade socket", probs);
+            s.clone()
+        }
+        None => config::default_upgrade_sock(&c.pid_file),
+    };
+    if upgrade_sock.len() > MAX_SOCKET_PATH {
+        let at = if c.upgrade_sock.is_some() {
+            "upgrade_sock"
+        } else {
+            "pid_file"
+        };
+        probs.push(l.problem_at(
+            at,
+            format!(
+                "upgrade socket path {upgrade_sock} is {} bytes long; a Unix socket path has at most {MAX_SOCKET_PATH}",
+                upgrade_sock.len()
+            ),
+        ));
+    }
+    Settings {
+        pid_file: c.pid_file.clone(),
+        upgrade_sock,
+        error_log: c.error_log.clone().filter(|p| p != "off"),
+        threads: c.threads.clamp(1, 1024) as usize,
+        daemon: c.daemon,
+        grace_period: c.grace_period.0,
+        shutdown_timeout: c.shutdown_timeout.0,
+    }
+}
+
+/// The `demo_backends` list.
+pub(super) fn compile_demos(l: &Loaded, probs: &mut Problems) -> Vec<Demo> {
+    let mut demos = Vec::new();
+    for (i, d) in l.config.demo_backends.iter().enumerate() {
+        match parse_addr(&d.listen, "127.0.0.1") {
+            Ok(listen) => demos.push(Demo {
+                listen,
+                name: d.name.clone(),
+            }),
+            Err(e) => probs.push(l.problem_at(&format!("demo_backends.{i}.listen"), e)),
+        }
+    }
+    demos
+}
+
+/// Longest path a Unix socket can bind to (`sun_path` holds 108 bytes with the final NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The file at `path` (`what`, named at the dotted `at`) will be created by the master, so its
+/// directory must exist; `-t` says so rather than the start failing.
+fn check_dir(l: &Loaded, path: &str, at: &str, what: &str, probs: &mut Problems) {
+    let dir = config::log_dir(path);
+    if !dir.is_dir() {
+        probs.push(l.problem_at(
+            at,
+            format!("{what} directory {} does not exist", dir.display()),
+        ));
+    }
+}
+
+/// A log file at `path` (named at the dotted `at`) needs an existing directory, except `off`
+/// and the embedded default's logs, whose directories are created on start.
+pub(super) fn check_log_dir(l: &Loaded, path: &str, at: &str, probs: &mut Problems) {
+    if path == "off" || l.embedded {
+        return;
+    }
+    let dir = config::log_dir(path);
+    if !dir.is_dir() {
+        probs.push(l.problem_at(
+            at,
+            format!("log directory {} does not exist", dir.display()),
+        ));
+    }
+}
