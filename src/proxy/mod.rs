@@ -1,9 +1,10 @@
 //! The proxy hooks: one [`Gateway`] per server block, plugged into Pingora's request phases.
 //!
 //! The path of a request through the phases:
-//! 1. `request_filter`: take the current snapshot, route the path to a location (404 if none).
-//! 2. `upstream_peer`: the location's pool picks a server (ip_hash, round robin, or consistent
-//!    on the rendered `hash_key`).
+//! 1. `request_filter`: take the current snapshot, route the path to a location (404 if none);
+//!    a location that names a canary picks the request's side, hence its pool.
+//! 2. `upstream_peer`: the pool picks a server (ip_hash, round robin, or consistent on the
+//!    rendered `hash_key`).
 //! 3. `upstream_request_filter`: `proxy_set_header`, and drop the client's `Connection` header
 //!    so upstream keep-alive survives a client that closes.
 //! 4. `upstream_response_filter`: a status in `retry_on_status` becomes a failed attempt while
@@ -14,8 +15,8 @@
 //!    nobody's fault but its own: not logged as an upstream error, not counted.
 //! 6. `response_filter`: `Connection: close` while the generation drains.
 //! 7. `fail_to_proxy`: 502 / 504 like nginx (nothing if the response had started).
-//! 8. `logging`: the access log line (499 for a client that gave up); a request that ended
-//!    without a server fault is a success for nginx's passive health.
+//! 8. `logging`: the request metrics and the access log line (499 for a client that gave up);
+//!    a request that ended without a server fault is a success for nginx's passive health.
 
 mod ctx;
 mod errors;
@@ -93,8 +94,8 @@ impl ProxyHttp for Gateway {
     /// `gzip`.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
-    /// Takes the current snapshot for the whole request and routes the path to a location
-    /// (404 when none matches).
+    /// Takes the current snapshot for the whole request, routes the path to a location (404
+    /// when none matches) and the location to a pool (through its canary, if it names one).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.live.load_full();
         let route = snap.plan.servers.get(self.server).and_then(|s| {
@@ -324,8 +325,8 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Writes the access log line and, for a request no server failed, nginx's success
-    /// bookkeeping.
+    /// Counts the request in the metrics, writes the access log line and, for a request no
+    /// server failed, does nginx's success bookkeeping.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = match session.response_written() {
             Some(r) => r.status.as_u16(),
