@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing graygate needs on a fresh Debian machine:
-# cmake (Pingora's zlib-ng), supervisor (for its integration test), and with --bench also nginx and wrk for the side-by-side benchmarks.
+# cmake (Pingora's zlib-ng), supervisor and logrotate (for their integration tests), and with --bench also nginx and wrk for the side-by-side benchmarks.
 set -euo pipefail
 
 need=()
@@ -8,6 +8,8 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 # The supervisor integration test runs Debian's supervisord for real.
 command -v supervisord >/dev/null 2>&1 || need+=(supervisor)
+# The logrotate integration test runs the shipped snippet with Debian's logrotate.
+command -v logrotate >/dev/null 2>&1 || need+=(logrotate)
 if [[ "${1:-}" == "--bench" ]]; then
   command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)

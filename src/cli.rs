@@ -30,11 +30,8 @@ pub struct Cli {
     #[arg(short = 's', long = "signal", value_name = "SIGNAL")]
     pub signal: Option<Command>,
 
-    /// Take over the listening sockets of the running generation (set by the master).
-    #[arg(short = 'u', long = "upgrade", hide = true)]
-    pub upgrade: bool,
-
-    /// Serve as a worker generation of a master (set by the master).
+    /// Serve as a worker of a master, on the sockets and config bytes it hands down (set by
+    /// the master; a worker started by hand refuses to run).
     #[arg(long = "worker", hide = true)]
     pub worker: bool,
 

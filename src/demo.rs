@@ -11,7 +11,6 @@ use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use pingora::services::listening::Service;
 
 /// One demo backend.
 pub struct Demo {
@@ -59,16 +58,4 @@ impl ServeHttp for Demo {
             .body(body)
             .unwrap_or_else(|_| Response::new(Vec::new()))
     }
-}
-
-/// A Pingora service serving the demo backend `name` on `addr`.
-pub fn service(name: &str, addr: &str) -> Service<Demo> {
-    let mut s = Service::new(
-        format!("demo {name}"),
-        Demo {
-            name: name.to_string(),
-        },
-    );
-    s.add_tcp(addr);
-    s
 }

@@ -10,7 +10,8 @@
 //! - [`proxy`]: Pingora's request phases: routing, headers, retries, error pages, access log.
 //! - [`upstream`]: pools and selection (nginx-exact ip_hash, smooth weighted round robin).
 //! - [`logs`]: nginx-format access and error logs, written off the request path.
-//! - [`lifecycle`]: running a generation: signals, reload, drain, pid file, `-s` control.
+//! - [`lifecycle`]: the processes: a master that owns the sockets and pid file, worker
+//!   generations, signals, reload, upgrade, drain, `-s` control.
 //! - [`demo`]: the built-in demo backends.
 //!
 //! `docs/architecture.md` walks through them with a request, a reload and an upgrade.
@@ -39,6 +40,16 @@ pub fn main_with(cli: Cli) -> ExitCode {
         println!("graygate version {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    if cli.worker {
+        // A worker applies the bytes its master checked, not the file (see lifecycle::source).
+        logs::error::install(log::LevelFilter::Info);
+        return exit(lifecycle::run_worker());
+    }
+    if !cli.test && cli.signal.is_none() && cli.command.is_none() {
+        // The master reads and checks the file itself and keeps those exact bytes.
+        logs::error::install(log::LevelFilter::Info);
+        return exit(lifecycle::run_master(cli.conf, cli.daemon));
+    }
     let loaded = config::load_from(cli.conf.as_deref());
     let name = cli
         .conf
@@ -64,34 +75,28 @@ pub fn main_with(cli: Cli) -> ExitCode {
     if let Some(cmd) = &cli.command {
         return admin::client::run(cmd, &plan, &name);
     }
-    if let Some(cmd) = cli.signal {
-        return match lifecycle::send(cmd, &plan.settings.pid_file) {
-            Ok(msg) => {
-                println!("graygate: {cmd}: {msg}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("graygate: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    logs::error::install(log::LevelFilter::Info);
-    let result = if cli.worker {
-        lifecycle::serve(
-            plan,
-            lifecycle::Start {
-                path: cli.conf,
-                upgrade: cli.upgrade,
-            },
-        )
-    } else {
-        lifecycle::run_master(plan, cli.conf, cli.daemon)
+    let Some(cmd) = cli.signal else {
+        return ExitCode::FAILURE;
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    match lifecycle::send(cmd, &plan.settings.pid_file, cli.conf.as_deref()) {
+        Ok(msg) => {
+            println!("graygate: {cmd}: {msg}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("graygate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// nginx's way of failing a start: `graygate: [emerg] MESSAGE` on stderr, exit 1.
+fn exit(r: Result<(), lifecycle::Error>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            crate::logs::flush_all();
+            eprintln!("graygate: [emerg] {e}");
             ExitCode::FAILURE
         }
     }

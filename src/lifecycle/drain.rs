@@ -26,28 +26,21 @@ pub struct Coordinator {
     services_left: AtomicUsize,
     pub grace: Duration,
     pub shutdown_timeout: Duration,
-    pid_file: String,
 }
 
 impl Coordinator {
-    pub fn new(
-        services: usize,
-        grace: Duration,
-        shutdown_timeout: Duration,
-        pid_file: String,
-    ) -> Arc<Self> {
+    pub fn new(services: usize, grace: Duration, shutdown_timeout: Duration) -> Arc<Self> {
         Arc::new(Coordinator {
             services_left: AtomicUsize::new(services),
             grace,
             shutdown_timeout,
-            pid_file,
         })
     }
 
     fn service_done(&self) {
         if self.services_left.fetch_sub(1, Ordering::AcqRel) == 1 {
             log::info!("all connections drained, exiting");
-            super::exit_cleanly(&self.pid_file, 0);
+            super::worker::exit(0);
         }
     }
 }

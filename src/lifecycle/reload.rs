@@ -1,50 +1,46 @@
-//! Reload in place: compile the file again and swap the snapshot.
+//! Reload in place: compile the bytes the master checked and swap the snapshot.
 
-use std::path::PathBuf;
+use std::fs::File;
 use std::sync::Arc;
 
-use crate::config;
-use crate::plan::Plan;
+use super::control::{report, Message};
+use super::source::Source;
 use crate::snapshot::{Live, Snapshot};
 
-/// Where the config came from, and the live snapshot it feeds.
+/// The worker's config memfd (rewritten by the master before each SIGHUP) and the live
+/// snapshot it feeds.
 pub struct Reloader {
-    /// `None` for the embedded default.
-    pub path: Option<PathBuf>,
+    pub conf: File,
     pub live: Live,
 }
 
 impl Reloader {
-    /// Applies the file if it is valid and needs no new sockets; otherwise keeps the running
-    /// config and says why in the process log.
+    /// Applies the handed-over config if it needs no new sockets; otherwise keeps the running
+    /// one. Either way the master hears how it went.
     pub fn reload(&self) {
-        let loaded = config::load_from(self.path.as_deref());
+        let outcome = self.apply();
+        match &outcome {
+            Ok(()) => log::info!("configuration reloaded"),
+            Err(e) => log::error!("reload rejected, configuration unchanged: {e}"),
+        }
+        let pid = std::process::id() as i32;
+        report(&Message::Reloaded(
+            pid,
+            outcome.err().unwrap_or_else(|| "ok".into()),
+        ));
+    }
+
+    fn apply(&self) -> Result<(), String> {
+        let source = Source::read_from(&self.conf).map_err(|e| format!("config hand-over: {e}"))?;
         let current = self.live.load_full();
-        let plan = match loaded.and_then(|l| Plan::compile(&l, Some(&current.plan))) {
-            Ok(p) => p,
-            Err(probs) => {
-                log::error!("reload rejected, configuration unchanged:\n{probs}");
-                super::master::report_reloaded(&format!("configuration unchanged: {probs}"));
-                return;
-            }
-        };
+        let plan = source
+            .compile(Some(&current.plan))
+            .map_err(|p| p.to_string())?;
         if !plan.same_listeners(&current.plan) {
-            log::error!(
-                "reload rejected: listeners or process settings changed; run `graygate -s upgrade` to apply them"
-            );
-            super::master::report_reloaded("listeners or process settings changed");
-            return;
+            return Err("listeners or process settings changed (the master starts a new generation for that)".into());
         }
-        match Snapshot::activate(plan) {
-            Ok(s) => {
-                self.live.store(Arc::new(s));
-                log::info!("configuration reloaded");
-                super::master::report_reloaded("ok");
-            }
-            Err(e) => {
-                log::error!("reload rejected: {e}");
-                super::master::report_reloaded(&format!("cannot open a log file: {e}"));
-            }
-        }
+        let s = Snapshot::activate(plan).map_err(|e| format!("cannot open a log file: {e}"))?;
+        self.live.store(Arc::new(s));
+        Ok(())
     }
 }

@@ -1,15 +1,15 @@
-//! Signals of a running generation, in nginx's meaning.
+//! A worker's signals, in nginx's meaning (the master sends them; so may an operator).
 //!
-//! | signal | `-s`     | effect                                                        |
-//! |--------|----------|---------------------------------------------------------------|
-//! | HUP    | reload   | re-read the config and swap it in atomically                   |
-//! | USR1   | reopen   | reopen every log file (logrotate)                              |
-//! | QUIT   | quit     | stop accepting, drain, exit                                     |
-//! | TERM   | stop     | exit now (as nginx; INT too)                                    |
-//! | USR2   | (upgrade)| hand the listening sockets to a new binary, then drain          |
+//! | signal | effect                                                               |
+//! |--------|----------------------------------------------------------------------|
+//! | HUP    | apply the config bytes the master just wrote to our memfd, in place  |
+//! | USR1   | reopen every log file (logrotate)                                    |
+//! | QUIT   | stop accepting, drain, exit (TERM/INT still stop at once meanwhile)  |
+//! | TERM   | exit now (INT too)                                                   |
 //!
-//! Pingora's own watcher gives SIGQUIT to upgrades and SIGTERM to graceful stops; we take over
-//! its [`ShutdownSignalWatch`] so that nginx users' habits hold and HUP / USR1 are served too.
+//! We take over Pingora's [`ShutdownSignalWatch`] and never return from it: the graceful
+//! stop closes our own listeners' shutdown watch (see `worker`), so a fast stop can still
+//! win during a drain, and Pingora's fixed grace-period sleep never runs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,55 +17,29 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 
 use super::reload::Reloader;
+use super::worker::Readiness;
 
 pub struct Signals {
     pub reloader: Reloader,
+    /// Tells the proxy to answer with `Connection: close`.
     pub draining: Arc<AtomicBool>,
-    pub pid_file: String,
-    /// Every address this generation listens on: readiness waits until each accepts.
-    pub listen: Vec<std::net::SocketAddr>,
-}
-
-/// Waits (up to 10 s) until every listener accepts connections: Pingora binds new listeners in
-/// its service runtimes, possibly after this watcher starts, and the master must not call an
-/// upgrade done before the new ports answer.
-async fn wait_listening(addrs: &[std::net::SocketAddr]) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    for a in addrs {
-        let mut target = *a;
-        if target.ip().is_unspecified() {
-            target.set_ip(if a.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
-        while tokio::net::TcpStream::connect(target).await.is_err() {
-            if tokio::time::Instant::now() > deadline {
-                log::warn!("{a} does not accept connections yet");
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }
+    /// Stops the listening services (our shutdown watch).
+    pub stop_accepting: watch::Sender<bool>,
+    pub ready: Arc<Readiness>,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        // Runs once the services have started, after daemonizing: the final process.
-        crate::logs::start_writer();
-        wait_listening(&self.listen).await;
-        super::master::report_ready();
         let kinds = [
             SignalKind::hangup(),
             SignalKind::user_defined1(),
             SignalKind::quit(),
             SignalKind::terminate(),
             SignalKind::interrupt(),
-            SignalKind::user_defined2(),
         ];
         let mut streams = Vec::new();
         for k in kinds {
@@ -77,10 +51,10 @@ impl ShutdownSignalWatch for Signals {
                 }
             }
         }
-        let [hup, usr1, quit, term, int, usr2] = &mut streams[..] else {
+        let [hup, usr1, quit, term, int] = &mut streams[..] else {
             return ShutdownSignal::FastShutdown;
         };
-        log::info!("graygate started, pid {}", std::process::id());
+        self.ready.done();
         loop {
             tokio::select! {
                 _ = hup.recv() => self.reloader.reload(),
@@ -89,22 +63,18 @@ impl ShutdownSignalWatch for Signals {
                     crate::logs::reopen_all();
                 }
                 _ = quit.recv() => {
-                    log::info!("SIGQUIT: draining and exiting");
-                    self.draining.store(true, Ordering::Release);
-                    return ShutdownSignal::GracefulTerminate;
-                }
-                _ = usr2.recv() => {
-                    log::info!("SIGUSR2: handing listening sockets to the new binary, then draining");
-                    self.draining.store(true, Ordering::Release);
-                    return ShutdownSignal::GracefulUpgrade;
+                    if !self.draining.swap(true, Ordering::AcqRel) {
+                        log::info!("gracefully shutting down (SIGQUIT): draining connections");
+                        self.stop_accepting.send_replace(true);
+                    }
                 }
                 _ = term.recv() => {
-                    log::info!("SIGTERM: exiting now");
-                    super::exit_cleanly(&self.pid_file, 0);
+                    log::info!("exiting (SIGTERM)");
+                    super::worker::exit(0);
                 }
                 _ = int.recv() => {
-                    log::info!("SIGINT: exiting now");
-                    super::exit_cleanly(&self.pid_file, 0);
+                    log::info!("exiting (SIGINT)");
+                    super::worker::exit(0);
                 }
             }
         }

@@ -8,4 +8,5 @@ mod gateway;
 mod ip_hash_vectors;
 mod lifecycle;
 mod pools;
+mod processes;
 mod supervisor;

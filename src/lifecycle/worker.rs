@@ -1,0 +1,254 @@
+//! A worker generation: the Pingora server that serves a plan on the master's sockets.
+//!
+//! The worker binds nothing. It reads the config bytes the master checked (see `source`) and
+//! takes the listening sockets it inherited from the master (see `sockets`).
+//!
+//! How the sockets reach Pingora: Pingora's own path is its upgrade socket (`-u`), where a new
+//! process receives the fds from the *old process* over SCM_RIGHTS with a blocking
+//! accept-and-sleep loop (it logs `[error] No incoming socket transfer, sleep 1s` on nearly
+//! every hand-over). Its `Fds` table and each listening service's `start_service(fds, ..)` are
+//! public, though, and a service looks an address up in the table it is given before binding.
+//! So each listening service is wrapped in [`Inherited`], which hands it our own table of the
+//! inherited fds and our own shutdown watch: no upgrade socket, no sleeps, nothing to hand
+//! over when a worker goes, and the graceful stop is ours to trigger (so Pingora's "SIGTERM
+//! received" and fixed grace-period sleep never happen).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Fds, ListenFds, RunArgs, Server, ShutdownWatch};
+use pingora::services::listening::Service;
+use pingora::services::Service as ServiceTrait;
+use tokio::sync::watch;
+
+use super::control::{self, Message};
+use super::drain::{Coordinator, Drained};
+use super::error::Error;
+use super::os;
+use super::reload::Reloader;
+use super::signals::Signals;
+use super::sockets::{self, LISTEN_FDS_ENV};
+use super::source::{Source, CONF_FD_ENV};
+use crate::snapshot::Snapshot;
+
+/// Flushes the logs and exits (a worker has no pid file: the master owns it).
+pub(crate) fn exit(code: i32) -> ! {
+    crate::logs::flush_all();
+    std::process::exit(code)
+}
+
+/// Counts down the parts that must run before the worker reports `ready`: every listening
+/// service and the signal handlers (a reload's SIGHUP must find its handler).
+pub struct Readiness(AtomicUsize);
+
+impl Readiness {
+    pub fn done(&self) {
+        if self.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            log::info!("worker {} serving", std::process::id());
+            control::report(&Message::Ready(std::process::id() as i32));
+        }
+    }
+}
+
+/// A listening service started on the master's sockets and on our shutdown watch.
+struct Inherited<S> {
+    inner: S,
+    fds: ListenFds,
+    shutdown: ShutdownWatch,
+    ready: Arc<Readiness>,
+}
+
+#[async_trait]
+impl<S: ServiceTrait> ServiceTrait for Inherited<S> {
+    async fn start_service(
+        &mut self,
+        _pingora_fds: Option<ListenFds>,
+        _pingora_shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        self.ready.done();
+        self.inner
+            .start_service(
+                Some(self.fds.clone()),
+                self.shutdown.clone(),
+                listeners_per_fd,
+            )
+            .await
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.inner.threads()
+    }
+}
+
+/// A TCP listener without Pingora's default 64 KiB read buffer per connection: the HTTP
+/// session reads into its own (per request) buffer anyway, and the fixed buffer would make
+/// every idle keep-alive connection cost 64 KiB (nginx: about 1 KiB).
+fn listener(addr: &std::net::SocketAddr) -> ListenerConfig {
+    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::new(0, 1460))
+}
+
+/// The config memfd and listening sockets the master handed down.
+fn inherited() -> Result<(std::fs::File, Vec<(String, i32)>), Error> {
+    let bad = |what: &'static str| {
+        Error::Worker(format!(
+            "{what} (a worker is started by the master; run graygate without --worker)"
+        ))
+    };
+    let conf_fd = std::env::var(CONF_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad("no config hand-over"))?;
+    let conf = os::adopt_fd(conf_fd).map_err(|err| Error::Os {
+        what: "config hand-over",
+        err,
+    })?;
+    let listen = sockets::parse_env(&std::env::var(LISTEN_FDS_ENV).unwrap_or_default());
+    for (_, fd) in &listen {
+        // Pingora owns them from here; no child of ours may inherit them.
+        os::set_inheritable(*fd, false).map_err(|err| Error::Os {
+            what: "inherited listening socket",
+            err,
+        })?;
+    }
+    Ok((std::fs::File::from(conf), listen))
+}
+
+/// Runs one worker generation until a signal ends it. Returns only on a start-up error.
+pub fn run() -> Result<(), Error> {
+    // Until our handlers are installed, a reload or reopen signal must not kill us.
+    os::ignore_signals(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2]);
+    // A worker must not outlive its master (a SIGKILLed master would leave it serving).
+    os::die_with_parent(libc::SIGQUIT);
+    os::set_name();
+    let (conf_file, listen) = inherited()?;
+    let source = Source::read_from(&conf_file).map_err(|err| Error::Os {
+        what: "reading the config hand-over",
+        err,
+    })?;
+    let plan = source
+        .compile(None)
+        .map_err(|p| Error::Config(p.to_string()))?;
+    let mut fds = Fds::new();
+    for (a, fd) in &listen {
+        fds.add(a.clone(), *fd);
+    }
+    for a in sockets::plan_addrs(&plan) {
+        if fds.get(&a.to_string()).is_none() {
+            return Err(Error::Worker(format!(
+                "{a} was not handed over by the master"
+            )));
+        }
+    }
+    let fds: ListenFds = Arc::new(parking_lot::Mutex::new(fds));
+
+    let settings = plan.settings.clone();
+    // Live canary percents and weights carry over restarts and upgrades (issue 15).
+    let plan = crate::canary::persist::restore(plan);
+    let snapshot = Snapshot::activate(plan).map_err(|err| Error::Log {
+        path: "of the configuration".into(),
+        err,
+    })?;
+    if let Some(f) = &snapshot.process_log {
+        crate::logs::error::set_process_file(f.clone());
+    }
+    // Workers never fork (the master daemonizes), so the writer thread starts here.
+    crate::logs::start_writer();
+    let live = Arc::new(ArcSwap::from_pointee(snapshot));
+    let snap = live.load_full();
+
+    let conf = ServerConf {
+        threads: settings.threads,
+        daemon: false,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let conf = server.configuration.clone();
+
+    let services = snap.plan.servers.len() + snap.plan.demos.len();
+    let coord = Coordinator::new(services, settings.grace_period, settings.shutdown_timeout);
+    let admin = snap.plan.admin.as_ref().map(|a| a.listen);
+    let ready = Arc::new(Readiness(AtomicUsize::new(
+        services + 1 + usize::from(admin.is_some()),
+    )));
+    let (stop_accepting, shutdown) = watch::channel(false);
+    let draining = Arc::new(AtomicBool::new(false));
+    fn wrap<S>(
+        inner: S,
+        fds: &ListenFds,
+        shutdown: &ShutdownWatch,
+        ready: &Arc<Readiness>,
+    ) -> Inherited<S> {
+        Inherited {
+            inner,
+            fds: fds.clone(),
+            shutdown: shutdown.clone(),
+            ready: ready.clone(),
+        }
+    }
+
+    for (i, s) in snap.plan.servers.iter().enumerate() {
+        let gw = crate::proxy::Gateway {
+            server: i,
+            live: live.clone(),
+            draining: draining.clone(),
+        };
+        let proxy = pingora_proxy::http_proxy(&conf, gw);
+        let mut svc = Service::new(
+            format!("server {}", s.name),
+            Drained::new(proxy, coord.clone()),
+        );
+        for a in &s.listen {
+            svc.add_listener(listener(a));
+        }
+        server.add_service(wrap(svc, &fds, &shutdown, &ready));
+    }
+    for d in &snap.plan.demos {
+        let demo = crate::demo::Demo {
+            name: d.name.clone(),
+        };
+        let mut svc = Service::new(
+            format!("demo {}", d.name),
+            Drained::new(demo, coord.clone()),
+        );
+        svc.add_listener(listener(&d.listen));
+        server.add_service(wrap(svc, &fds, &shutdown, &ready));
+    }
+    // The admin API (issue 15), on a socket the master owns like the servers'.
+    if let Some(listen) = admin {
+        let svc = crate::admin::service(listen, live.clone());
+        server.add_service(wrap(svc, &fds, &shutdown, &ready));
+    }
+    // Always running (idle without checks), so that a reload may add health checks.
+    let checker = crate::upstream::health::Checker::new({
+        let live = live.clone();
+        move || live.load().plan.health_targets()
+    });
+    server.add_service(pingora::services::background::background_service(
+        "health checks",
+        checker,
+    ));
+    drop(snap);
+
+    let signals = Signals {
+        reloader: Reloader {
+            conf: conf_file,
+            live,
+        },
+        draining,
+        stop_accepting,
+        ready,
+    };
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    exit(0)
+}
