@@ -38,8 +38,22 @@ pub enum Phase {
     Body,
 }
 
+/// Whether `e` is the client's side going away (closed, reset, unwritable).
+pub fn client_gone(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
+        || matches!(
+            e.etype(),
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+        )
+}
+
+/// A failure that is neither the server's nor the client's going away.
+pub fn describe_own(e: &Error) -> String {
+    format!("{} ({}) while proxying", e.etype().as_str(), e.root_cause())
+}
+
 /// nginx's wording for an upstream failure, so existing alerts and greps keep matching.
-fn describe(e: &Error, phase: Phase) -> String {
+pub fn describe(e: &Error, phase: Phase) -> String {
     let phase = match phase {
         Phase::Connecting => "while connecting to upstream",
         Phase::Header => "while reading response header from upstream",
@@ -91,16 +105,4 @@ pub fn log_attempt(
         }
         out.push(b'\n');
     });
-}
-
-/// Logs a failed attempt with nginx's description of `e`.
-pub fn log_failure(
-    log: &LogFile,
-    session: &Session,
-    server: &str,
-    upstream: Option<std::net::SocketAddr>,
-    e: &Error,
-    phase: Phase,
-) {
-    log_attempt(log, session, server, upstream, &describe(e, phase));
 }

@@ -1,9 +1,10 @@
 //! The proxy hooks: one [`Gateway`] per server block, plugged into Pingora's request phases.
 //!
 //! The path of a request through the phases:
-//! 1. `request_filter`: take the current snapshot, route the path to a location (404 if none).
-//! 2. `upstream_peer`: the location's pool picks a server (ip_hash, round robin, or consistent
-//!    on the rendered `hash_key`).
+//! 1. `request_filter`: take the current snapshot, route the path to a location (404 if none);
+//!    a location that names a canary picks the request's side, hence its pool.
+//! 2. `upstream_peer`: the pool picks a server (ip_hash, round robin, or consistent on the
+//!    rendered `hash_key`).
 //! 3. `upstream_request_filter`: `proxy_set_header`, and drop the client's `Connection` header
 //!    so upstream keep-alive survives a client that closes.
 //! 4. `upstream_response_filter`: a status in `retry_on_status` becomes a failed attempt while
@@ -14,8 +15,8 @@
 //!    nobody's fault but its own: not logged as an upstream error, not counted.
 //! 6. `response_filter`: `Connection: close` while the generation drains.
 //! 7. `fail_to_proxy`: 502 / 504 like nginx (nothing if the response had started).
-//! 8. `logging`: the access log line (499 for a client that gave up); a request that ended
-//!    without a server fault is a success for nginx's passive health.
+//! 8. `logging`: the request metrics and the access log line (499 for a client that gave up);
+//!    a request that ended without a server fault is a success for nginx's passive health.
 
 mod ctx;
 mod errors;
@@ -64,12 +65,17 @@ impl Gateway {
             pool.failed(i);
         }
         hold(&mut ctx.held, None);
+        self.log_line(session, ctx, &errors::describe(e, phase));
+    }
+
+    /// One `[error]` line about this request in the server block's error log.
+    fn log_line(&self, session: &Session, ctx: &Ctx, what: &str) {
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
         if let Some(Some(log)) = snap.error_logs.get(self.server) {
             let name = self.server_name(snap);
-            errors::log_failure(log, session, name, ctx.peer_addr(), e, phase);
+            errors::log_attempt(log, session, name, ctx.peer_addr(), what);
         }
     }
 }
@@ -88,8 +94,8 @@ impl ProxyHttp for Gateway {
     /// `gzip`.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
-    /// Takes the current snapshot for the whole request and routes the path to a location
-    /// (404 when none matches).
+    /// Takes the current snapshot for the whole request, routes the path to a location (404
+    /// when none matches) and the location to a pool (through its canary, if it names one).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.started = Some(std::time::Instant::now());
         let snap = self.live.load_full();
@@ -264,10 +270,14 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e;
-        if e.esource() == &ErrorSource::Downstream {
-            // The client closed or broke its side (nginx: "client prematurely closed
-            // connection", at info level, not shown by default). The server did nothing
-            // wrong: no error line, no failure, no retry; `logging` writes 499.
+        if e.esource() != &ErrorSource::Upstream {
+            // Not the server's doing: no failure counted, no retry. A client that closed or
+            // broke its side (nginx: "client prematurely closed connection", at info level,
+            // not shown by default) gets no line; `logging` writes 499. Anything else failed
+            // in graygate itself and is logged as such.
+            if !errors::client_gone(&e) {
+                self.log_line(session, ctx, &errors::describe_own(&e));
+            }
             e.set_retry(false);
             return e;
         }
@@ -316,8 +326,8 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Writes the access log line and, for a request no server failed, nginx's success
-    /// bookkeeping.
+    /// Counts the request in the metrics, writes the access log line and, for a request no
+    /// server failed, does nginx's success bookkeeping.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = match session.response_written() {
             Some(r) => r.status.as_u16(),

@@ -106,7 +106,12 @@ fn clients_that_give_up_sideline_no_server() {
     );
 }
 
-/// A server that sends the header and half the body, then stalls: Content-Length 100, 50 bytes.
+/// Body bytes the stalling server promises and sends: more than the 1,460 bytes Pingora's
+/// client connection buffers before writing, so the half body reaches the client at once.
+const PROMISED: usize = 20_000;
+const SENT: usize = 10_000;
+
+/// A server that sends the header and half the body, then stalls for 3 s and hangs up.
 fn stalling_backend() -> (u16, Arc<AtomicBool>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
@@ -124,9 +129,9 @@ fn stalling_backend() -> (u16, Arc<AtomicBool>) {
                 while r.read_line(&mut line).is_ok_and(|n| n > 2) {
                     line.clear();
                 }
-                let mut out = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n".to_vec();
-                out.extend_from_slice(&[b'x'; 50]);
-                let _ = s.write_all(&out);
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {PROMISED}\r\n\r\n");
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(&[b'x'; SENT]);
                 std::thread::sleep(Duration::from_secs(3));
             });
         }
@@ -156,13 +161,14 @@ fn a_server_that_stalls_mid_body_ends_the_response_never_splices_another() {
     let (head, body) = text.split_once("\r\n\r\n").expect("a response header");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
-        head.to_ascii_lowercase().contains("content-length: 100"),
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {PROMISED}")),
         "{head}"
     );
-    assert_eq!(
-        body,
-        "x".repeat(50),
-        "the first server's half body, nothing after it"
+    assert!(
+        body.len() == SENT && body.bytes().all(|b| b == b'x'),
+        "the first server's half body, nothing after it: {} bytes",
+        body.len()
     );
     assert!(
         !text.contains("backend: good"),
@@ -173,6 +179,51 @@ fn a_server_that_stalls_mid_body_ends_the_response_never_splices_another() {
         read(&dir.path("front.error.log"))
             .contains("upstream timed out (110: Connection timed out) while reading upstream")
     });
+    stop.store(true, Ordering::Relaxed);
+}
+
+/// Sends `GET path`, reads the header and, from the stalling server, part of the body; then
+/// hangs up. Returns the header.
+fn read_part_and_hang_up(port: u16, path: &str) -> String {
+    let mut s = connect(port, None).expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("send");
+    let mut r = BufReader::new(s);
+    let mut head = String::new();
+    while r.read_line(&mut head).is_ok_and(|k| k > 2) {}
+    if head.contains(&format!("Content-Length: {PROMISED}")) {
+        let mut body = vec![0; SENT / 2];
+        r.read_exact(&mut body).expect("part of the body");
+    }
+    head
+}
+
+#[test]
+fn a_client_that_hangs_up_mid_body_does_not_count_against_the_server() {
+    let dir = TempDir::new("midbody");
+    let (stall, stop) = stalling_backend();
+    let (good, port) = (free_port(), free_port());
+    let _b = backend(&dir, "good", good);
+    let servers = server(stall, "") + &server(good, "");
+    let conf = dir.write("gw.yaml", &yaml(&dir, port, "round_robin", &servers, ""));
+    let _gw = start(&conf, &[port]);
+    // Round robin from the start: stalling server, good, stalling server, ...
+    let promised = format!("Content-Length: {PROMISED}");
+    let head = read_part_and_hang_up(port, "/a");
+    assert!(head.contains(&promised), "{head}");
+    // Logged at once, long before the server's stall ends.
+    wait_for("the access line", Duration::from_secs(2), || {
+        read(&dir.path("access.log")).contains("\"GET /a HTTP/1.1\" 200 ")
+    });
+    assert_eq!(get(port, "/b").backend(), "good");
+    // Not sidelined (max_fails 1 would rest it for 10 s): its turn comes again.
+    let head = read_part_and_hang_up(port, "/c");
+    assert!(
+        head.contains(&promised),
+        "the stalling server's turn again:\n{head}"
+    );
+    let errors = read(&dir.path("front.error.log"));
+    assert!(!errors.contains("upstream"), "{errors}");
     stop.store(true, Ordering::Relaxed);
 }
 
