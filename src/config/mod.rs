@@ -7,6 +7,7 @@
 
 mod addr;
 mod duration;
+mod limits;
 mod problem;
 mod spans;
 
@@ -19,6 +20,7 @@ use serde::Deserialize;
 pub use addr::test_hosts;
 pub use addr::{parse_addr, resolve_addrs};
 pub use duration::TimeValue;
+pub use limits::{parse_buffers, parse_size, HeaderBuffers, RealIp, Size};
 pub use problem::{Problem, Problems};
 pub use spans::{Pos, Spans};
 
@@ -177,6 +179,26 @@ pub struct Server {
     pub error_log: Option<String>,
     #[serde(default)]
     pub locations: Vec<Location>,
+    // Client limits, nginx's directives of the same names (defaults in `plan::limits`).
+    #[serde(default)]
+    pub client_max_body_size: Option<Size>,
+    #[serde(default)]
+    pub large_client_header_buffers: Option<HeaderBuffers>,
+    /// Most header lines in a request (nginx has no such count; Pingora caps it at 256).
+    #[serde(default)]
+    pub max_headers: Option<i64>,
+    #[serde(default)]
+    pub client_header_timeout: Option<TimeValue>,
+    #[serde(default)]
+    pub client_body_timeout: Option<TimeValue>,
+    #[serde(default)]
+    pub keepalive_timeout: Option<TimeValue>,
+    #[serde(default)]
+    pub keepalive_requests: Option<i64>,
+    #[serde(default)]
+    pub underscores_in_headers: bool,
+    #[serde(default)]
+    pub real_ip: Option<RealIp>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,7 +17,7 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
 use crate::plan::Plan;
-use crate::proxy::Gateway;
+use crate::proxy::{Gateway, HeadGuard};
 use crate::snapshot::Snapshot;
 pub use control::{send, Command};
 use drain::{Coordinator, Drained};
@@ -115,7 +115,7 @@ pub fn serve(plan: Plan, start: Start) -> Result<(), String> {
         let proxy = pingora_proxy::http_proxy(&conf, gw);
         let mut svc = Service::new(
             format!("server {}", s.name),
-            Drained::new(proxy, coord.clone()),
+            Drained::new(proxy, coord.clone()).with_guard(HeadGuard::new(live.clone(), i)),
         );
         for a in &s.listen {
             svc.add_listener(listener(a));

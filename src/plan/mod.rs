@@ -4,6 +4,7 @@
 //! reported with its position, and a plan exists only if there were none, so the gateway never
 //! runs half-configured. A plan is immutable; a reload compiles a new one and swaps it in whole.
 
+pub mod limits;
 mod pool;
 mod server;
 mod settings;
@@ -134,6 +135,8 @@ pub struct ServerPlan {
     pub error_log: Option<String>,
     /// Exact matches first, then prefixes longest first: the first hit wins.
     pub locations: Vec<LocationPlan>,
+    /// Client limits and `real_ip`.
+    pub limits: limits::Limits,
 }
 
 impl LocationPlan {

@@ -12,6 +12,9 @@
 //! 7. `logging`: the access log line; the server's success resets its failure count.
 
 mod errors;
+mod guard;
+mod head;
+mod realip;
 mod vars;
 
 use std::net::SocketAddr;
@@ -28,6 +31,7 @@ use crate::logs::access;
 use crate::snapshot::{Live, Snapshot};
 use crate::upstream::{Attempt, Peer, Pool};
 pub use errors::status_for;
+pub use guard::HeadGuard;
 use vars::{client_addr, SessionVars};
 
 /// The proxy for one server block.
@@ -53,6 +57,8 @@ pub struct Ctx {
     scratch: Vec<u8>,
     /// The server whose `active` count this request holds (for `max_conns`).
     held: Option<Arc<crate::upstream::PeerState>>,
+    /// Request body bytes seen so far (`client_max_body_size` for chunked bodies).
+    body_seen: u64,
 }
 
 impl Ctx {
@@ -137,6 +143,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.live.load_full();
+        guard::on_request(session, &snap, self.server);
         let route = snap.plan.servers.get(self.server).and_then(|s| {
             let path = session.req_header().uri.path();
             s.locations.iter().position(|l| l.matches(path))
@@ -154,6 +161,22 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        guard::count_body(
+            session,
+            ctx.snap.as_deref(),
+            self.server,
+            body,
+            &mut ctx.body_seen,
+        )
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

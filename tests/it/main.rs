@@ -3,6 +3,7 @@
 
 mod common;
 mod gateway;
+mod hostile;
 mod ip_hash_vectors;
 mod lifecycle;
 mod pools;
