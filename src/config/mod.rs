@@ -9,6 +9,7 @@ mod addr;
 mod duration;
 mod limits;
 mod problem;
+mod runtime;
 mod spans;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub use addr::{parse_addr, resolve_addrs};
 pub use duration::TimeValue;
 pub use limits::{parse_buffers, parse_size, HeaderBuffers, RealIp, Size};
 pub use problem::{Problem, Problems};
+pub use runtime::{default_pid_file, runtime_dir};
 pub use spans::{Pos, Spans};
 
 /// The default configuration, built into the binary: the seed's layout with two demo backends.
@@ -219,12 +221,9 @@ pub struct Location {
     pub send_timeout: Option<TimeValue>,
 }
 
-fn default_pid_file() -> String {
-    "/tmp/graygate.pid".into()
-}
 /// The upgrade socket of an instance whose pid file is `pid_file`: beside it, named after it
-/// (`/run/graygate.pid` gives `/run/graygate_upgrade.sock`; the default pid file gives the
-/// former fixed default, `/tmp/graygate_upgrade.sock`).
+/// (`/run/graygate.pid` gives `/run/graygate_upgrade.sock`; the default pid file gives
+/// `graygate_upgrade.sock` in the private [`runtime_dir`]).
 pub fn default_upgrade_sock(pid_file: &str) -> String {
     let stem = pid_file.strip_suffix(".pid").unwrap_or(pid_file);
     format!("{stem}_upgrade.sock")

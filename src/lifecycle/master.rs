@@ -71,6 +71,7 @@ struct Master {
 
 /// Runs the master until a quit or stop, or until the serving worker dies.
 pub fn run(plan: Plan, conf: Option<PathBuf>, daemon: bool) -> Result<(), String> {
+    super::runtime_dir::prepare(&plan)?; // issue 14: private runtime files
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
     // An absolute config path keeps working after daemon() and for every generation.
     let conf = conf.map(|p| std::fs::canonicalize(&p).unwrap_or(p));

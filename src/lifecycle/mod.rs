@@ -4,6 +4,7 @@ mod control;
 mod drain;
 pub mod master;
 mod reload;
+pub mod runtime_dir;
 mod signals;
 
 use std::path::PathBuf;

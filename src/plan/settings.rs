@@ -71,7 +71,8 @@ const MAX_SOCKET_PATH: usize = 107;
 /// directory must exist; `-t` says so rather than the start failing.
 fn check_dir(l: &Loaded, path: &str, at: &str, what: &str, probs: &mut Problems) {
     let dir = config::log_dir(path);
-    if !dir.is_dir() {
+    // The private runtime directory is created by the master on start.
+    if !dir.is_dir() && dir != config::runtime_dir() {
         probs.push(l.problem_at(
             at,
             format!("{what} directory {} does not exist", dir.display()),

@@ -7,4 +7,5 @@ mod hostile;
 mod ip_hash_vectors;
 mod lifecycle;
 mod pools;
+mod runtime;
 mod supervisor;
