@@ -6,6 +6,8 @@
 
 pub mod limits;
 mod pool;
+#[cfg(test)]
+mod props;
 mod server;
 mod settings;
 pub mod template;

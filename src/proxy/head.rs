@@ -104,18 +104,20 @@ impl Scan {
             };
             let start = self.pos;
             let end = start + nl + 1;
+            // Sizes first, as for a line still arriving: the verdict must not depend on how
+            // the bytes were split into reads.
+            if nl > lim.line_max {
+                return Verdict::Reject(self.too_long());
+            }
+            if end > lim.head_max {
+                return Verdict::Reject(TOO_LARGE);
+            }
             // Bare LF: nginx accepts it, but a line ending that two parsers may read
             // differently has no place at the edge (RFC 9112 §2.2 lets a server refuse it).
             if nl == 0 || rest[nl - 1] != b'\r' {
                 return Verdict::Reject(BAD);
             }
             let line = &rest[..nl - 1];
-            if line.len() > lim.line_max {
-                return Verdict::Reject(self.too_long());
-            }
-            if end > lim.head_max {
-                return Verdict::Reject(TOO_LARGE);
-            }
             self.pos = end;
             if !self.seen_request_line {
                 if line.is_empty() {

@@ -13,7 +13,7 @@
 
 mod errors;
 mod guard;
-mod head;
+pub mod head;
 mod realip;
 mod vars;
 

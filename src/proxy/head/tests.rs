@@ -116,3 +116,69 @@ fn parts_of_a_bad_request_line() {
     );
     assert_eq!(request_parts(b""), (&b""[..], &b""[..], &b""[..]));
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GOOD: &[u8] =
+        b"POST /p?q=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nX_Y: z\r\n\r\nabc";
+
+    fn verdict_at_once(b: &[u8], lim: &Limits) -> Verdict {
+        Scan::default().feed(b, lim)
+    }
+
+    fn verdict_in_pieces(b: &[u8], cuts: &[usize], lim: &Limits) -> Verdict {
+        let mut scan = Scan::default();
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (b.len() + 1)).collect();
+        ends.push(b.len());
+        ends.sort_unstable();
+        let mut v = Verdict::More;
+        for e in ends {
+            v = scan.feed(&b[..e], lim);
+            if v != Verdict::More {
+                break;
+            }
+        }
+        v
+    }
+
+    fn small_limits() -> Limits {
+        Limits {
+            line_max: 40,
+            head_max: 120,
+            max_headers: 4,
+            max_body: 10,
+            ..Limits::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Whatever arrives, in whatever pieces: no panic, the same verdict, and a passed
+        /// head never longer than what was read nor than the limit.
+        #[test]
+        fn any_bytes_any_pieces(b in proptest::collection::vec(any::<u8>(), 0..200),
+                                cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+            for lim in [Limits::default(), small_limits()] {
+                let whole = verdict_at_once(&b, &lim);
+                prop_assert_eq!(&verdict_in_pieces(&b, &cuts, &lim), &whole);
+                if let Verdict::Done(h) = whole {
+                    prop_assert!(h.len <= b.len() && h.len <= lim.head_max);
+                }
+            }
+        }
+
+        /// A valid request with one byte changed: no panic, and the verdict does not depend
+        /// on how the bytes were split.
+        #[test]
+        fn one_byte_changed(at in 0..GOOD.len(), byte in any::<u8>(),
+                            cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+            let mut b = GOOD.to_vec();
+            b[at] = byte;
+            let lim = Limits::default();
+            prop_assert_eq!(verdict_in_pieces(&b, &cuts, &lim), verdict_at_once(&b, &lim));
+        }
+    }
+}
