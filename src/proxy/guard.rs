@@ -17,8 +17,9 @@ use crate::logs::access;
 use crate::plan::limits::Limits;
 use crate::snapshot::{Live, Snapshot};
 
-/// First allocation for a head; most fit (Pingora starts with the same).
-const HEAD_BUF: usize = 4096;
+/// First allocation for a head, grown as needed: nginx's `client_header_buffer_size` (1k),
+/// which most heads fit, so that a slow client holds little.
+const HEAD_BUF: usize = 1024;
 
 /// The limits of one server block, read from the current snapshot for each request.
 pub struct HeadGuard {
