@@ -57,6 +57,9 @@ pub struct Config {
     /// How long in-flight requests may take after the grace period before a forced exit.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: TimeValue,
+    /// Most client connections open at once per worker (nginx's `worker_connections`).
+    #[serde(default = "default_worker_connections")]
+    pub worker_connections: i64,
     /// Built-in demo backends ("old" and "new" in the default config).
     #[serde(default)]
     pub demo_backends: Vec<DemoBackend>,
@@ -227,6 +230,9 @@ pub struct Location {
 pub fn default_upgrade_sock(pid_file: &str) -> String {
     let stem = pid_file.strip_suffix(".pid").unwrap_or(pid_file);
     format!("{stem}_upgrade.sock")
+}
+fn default_worker_connections() -> i64 {
+    4096
 }
 fn default_threads() -> i64 {
     1

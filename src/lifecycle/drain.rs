@@ -112,6 +112,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Limits (issue 14): past `worker_connections` the connection is closed unanswered.
+        let _slot = match &self.guard {
+            Some(g) => Some(g.admit(&stream)?),
+            None => None,
+        };
         self.conns.fetch_add(1, Ordering::AcqRel);
         let _guard = ConnGuard(self.conns.clone());
         let mut close_idle = self.close_idle.subscribe();

@@ -46,6 +46,8 @@ pub struct Settings {
     pub daemon: bool,
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
+    /// Most client connections open at once in a worker, all server blocks together.
+    pub worker_connections: usize,
 }
 
 /// A built-in demo backend.

@@ -38,7 +38,17 @@ pub(super) fn compile_settings(l: &Loaded, probs: &mut Problems) -> Settings {
             ),
         ));
     }
+    if c.worker_connections < 1 || c.worker_connections > 1_000_000 {
+        probs.push(l.problem_at(
+            "worker_connections",
+            format!(
+                "worker_connections must be 1..1000000, not {}",
+                c.worker_connections
+            ),
+        ));
+    }
     Settings {
+        worker_connections: c.worker_connections.clamp(1, 1_000_000) as usize,
         pid_file: c.pid_file.clone(),
         upgrade_sock,
         error_log: c.error_log.clone().filter(|p| p != "off"),

@@ -4,6 +4,7 @@
 //! bytes. Called from the keep-alive loop of [`crate::lifecycle`]'s `Drained`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,19 @@ impl HeadGuard {
 
     fn limits<'a>(&self, snap: &'a Snapshot) -> Option<&'a Limits> {
         snap.plan.servers.get(self.server).map(|s| &s.limits)
+    }
+
+    /// Takes one of the worker's `worker_connections` slots for a new connection, or refuses
+    /// it (the caller closes it unanswered, as nginx does) with a line in the process log.
+    pub fn admit(&self, stream: &Stream) -> Option<ConnSlot> {
+        let max = self.live.load().plan.settings.worker_connections;
+        let open = OPEN.fetch_add(1, Ordering::AcqRel);
+        if open >= max {
+            OPEN.fetch_sub(1, Ordering::AcqRel);
+            refused(max, peer(stream));
+            return None;
+        }
+        Some(ConnSlot(()))
     }
 
     /// How long a connection may wait for its next request: `client_header_timeout` before
@@ -151,6 +165,36 @@ impl HeadGuard {
         if let ServerSession::H1(s) = session {
             s.set_pipelined_prefix(head.bytes);
         }
+    }
+}
+
+/// Client connections open in this worker process, all server blocks together.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// A connection's place among `worker_connections`, given back when it closes.
+pub struct ConnSlot(());
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Logs a refusal: the first of each second with the count since the last line, so that a
+/// flood of connections cannot flood the log.
+fn refused(max: usize, peer: Option<SocketAddr>) {
+    static SINCE_LAST: AtomicU64 = AtomicU64::new(0);
+    static LAST_SEC: AtomicU64 = AtomicU64::new(0);
+    let n = SINCE_LAST.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_SEC.swap(now, Ordering::Relaxed) != now {
+        SINCE_LAST.store(0, Ordering::Relaxed);
+        let who = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+        log::error!(
+            "{max} worker_connections are not enough: refused connection from {who} ({n} refused since the last such line)"
+        );
     }
 }
 

@@ -529,3 +529,36 @@ fn a_stalled_body_ends_after_client_body_timeout() {
     let log = log_lines(&f, 1);
     assert_eq!(log.lines().count(), 1, "{log}");
 }
+
+#[test]
+fn connections_past_worker_connections_are_refused_and_logged() {
+    let f = front("worker_connections: 3\n");
+    let get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let s = connect(f.port, None).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = std::io::BufReader::new(s);
+        w.write_all(get).unwrap();
+        assert_eq!(read_response(&mut r).unwrap().status, 200);
+        held.push(r);
+    }
+    // Three keep-alive connections hold every slot: the fourth is closed unanswered.
+    let r = raw(f.port, get);
+    assert!(r.closed && r.status.is_none(), "{r:?}");
+    let log = f.dir.path("error.log");
+    wait_for("refusal logged", Duration::from_secs(10), || {
+        read(&log)
+            .contains("3 worker_connections are not enough: refused connection from 127.0.0.1:")
+    });
+    // A closed connection gives its slot back.
+    drop(held.pop());
+    wait_for("a slot again", Duration::from_secs(10), || {
+        raw(
+            f.port,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .status
+            == Some(200)
+    });
+}
