@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use graygate::config::Policy;
-use graygate::logs::access::{self, Entry};
+use graygate::logs::access::{self, Entry, RequestLine};
 use graygate::plan::template::{Template, Vars};
 use graygate::upstream::{Attempt, Peer, Pool};
 
@@ -89,9 +89,11 @@ fn access_log(c: &mut Criterion) {
     let e = Entry {
         remote_addr: Some(IpAddr::from([127, 0, 0, 1])),
         authorization: None,
-        method: "GET",
-        uri: b"/api/items?page=2",
-        version: "HTTP/1.1",
+        request: RequestLine {
+            method: "GET",
+            uri: b"/api/items?page=2",
+            version: http::Version::HTTP_11,
+        },
         status: 200,
         body_bytes_sent: 9,
         referer: None,

@@ -15,7 +15,7 @@ use crate::lifecycle::Command;
 )]
 pub struct Cli {
     /// Configuration file (YAML). Without it, the embedded default (conf/graygate.yaml) runs.
-    #[arg(short = 'c', long = "conf", value_name = "FILE")]
+    #[arg(short = 'c', long = "conf", value_name = "FILE", global = true)]
     pub conf: Option<PathBuf>,
 
     /// Test the configuration and exit.
@@ -37,6 +37,10 @@ pub struct Cli {
     /// Serve as a worker generation of a master (set by the master).
     #[arg(long = "worker", hide = true)]
     pub worker: bool,
+
+    /// Live control through the admin listener: `canary ...`, `weight ...`.
+    #[command(subcommand)]
+    pub command: Option<crate::admin::client::Command>,
 
     /// Print the version and exit.
     #[arg(short = 'v', short_alias = 'V', long = "version")]

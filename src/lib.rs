@@ -15,11 +15,14 @@
 //!
 //! `docs/architecture.md` walks through them with a request, a reload and an upgrade.
 
+pub mod admin;
+pub mod canary;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod lifecycle;
 pub mod logs;
+pub mod metrics;
 pub mod plan;
 pub mod proxy;
 pub mod snapshot;
@@ -57,6 +60,9 @@ pub fn main_with(cli: Cli) -> ExitCode {
         println!("graygate: the configuration file {name} syntax is ok");
         println!("graygate: configuration file {name} test is successful");
         return ExitCode::SUCCESS;
+    }
+    if let Some(cmd) = &cli.command {
+        return admin::client::run(cmd, &plan, &name);
     }
     if let Some(cmd) = cli.signal {
         return match lifecycle::send(cmd, &plan.settings.pid_file) {

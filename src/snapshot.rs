@@ -11,6 +11,13 @@ use arc_swap::ArcSwap;
 use crate::logs::{self, LogFile};
 use crate::plan::Plan;
 
+/// Opens the log file at `path`; with `create_dirs` (the embedded default config) its
+/// directory is created first.
+pub fn open_log(path: &str, create_dirs: bool) -> std::io::Result<Arc<LogFile>> {
+    let dir = create_dirs.then(|| crate::config::log_dir(path));
+    logs::open(path, dir.as_deref())
+}
+
 #[derive(Debug)]
 pub struct Snapshot {
     pub plan: Plan,
@@ -27,7 +34,7 @@ impl Snapshot {
     /// Opens every log file of `plan` (sharing those already open) and wraps it.
     pub fn activate(plan: Plan) -> std::io::Result<Snapshot> {
         let create = plan.create_log_dirs;
-        let open = |p: &Option<String>| p.as_deref().map(|p| logs::open(p, create)).transpose();
+        let open = |p: &Option<String>| p.as_deref().map(|p| open_log(p, create)).transpose();
         let mut access_logs = Vec::new();
         let mut error_logs = Vec::new();
         for s in &plan.servers {

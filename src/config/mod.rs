@@ -6,6 +6,7 @@
 //! outside lookup is [`resolve_addrs`], the host names of addresses, which plan asks for.
 
 mod addr;
+mod canary;
 mod duration;
 mod limits;
 mod problem;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 #[cfg(test)]
 pub use addr::test_hosts;
 pub use addr::{parse_addr, resolve_addrs};
+pub use canary::{Admin, Canary};
 pub use duration::TimeValue;
 pub use limits::{parse_buffers, parse_size, HeaderBuffers, RealIp, Size};
 pub use problem::{Problem, Problems};
@@ -69,6 +71,12 @@ pub struct Config {
     /// Named virtual servers, the `server` blocks of nginx.
     #[serde(default)]
     pub servers: IndexMap<String, Server>,
+    /// The admin listener (JSON API, metrics); off when absent.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// Sticky splits between two pools, named like pools in `proxy_pass`.
+    #[serde(default)]
+    pub canaries: IndexMap<String, Canary>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -298,6 +306,8 @@ pub struct Loaded {
     pub spans: Spans,
     /// True for the built-in default (its log directories are created on start).
     pub embedded: bool,
+    /// The text parsed (a live weight change recompiles it).
+    pub text: std::sync::Arc<str>,
 }
 
 impl Loaded {
@@ -355,6 +365,7 @@ pub fn parse(name: String, src: &str, embedded: bool) -> Result<Loaded, Problems
         config,
         spans: Spans::index(src),
         embedded,
+        text: src.into(),
     })
 }
 

@@ -86,7 +86,7 @@ pub fn run(plan: Plan, conf: Option<PathBuf>, daemon: bool) -> Result<(), String
     }
     let settings = plan.settings.clone();
     if let Some(p) = &settings.error_log {
-        match crate::logs::open(p, plan.create_log_dirs) {
+        match crate::snapshot::open_log(p, plan.create_log_dirs) {
             Ok(f) => crate::logs::error::set_process_file(f),
             Err(e) => return Err(format!("cannot open {p}: {e}")),
         }

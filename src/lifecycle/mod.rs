@@ -67,6 +67,8 @@ pub fn serve(plan: Plan, start: Start) -> Result<(), String> {
     // ports): it then drains and exits.
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a process attribute.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) };
+    // Live canary percents and weights carry over restarts and upgrades (issue 15).
+    let plan = crate::canary::persist::restore(plan);
     let settings = plan.settings.clone();
     let snapshot = Snapshot::activate(plan).map_err(|e| format!("cannot open log file {e}"))?;
     if let Some(f) = &snapshot.process_log {
@@ -135,6 +137,10 @@ pub fn serve(plan: Plan, start: Start) -> Result<(), String> {
         );
         svc.add_listener(listener(&d.listen));
         server.add_service(svc);
+    }
+    // The admin API (issue 15); its socket passes on upgrade like the servers'.
+    if let Some(a) = &snap.plan.admin {
+        server.add_service(crate::admin::service(a.listen, live.clone()));
     }
     // Always running (idle without checks), so that a reload may add health checks.
     let checker = crate::upstream::health::Checker::new({

@@ -9,13 +9,41 @@ use std::net::IpAddr;
 
 use super::clock;
 
+/// `METHOD URI VERSION` as the client sent it (nginx's `$request`): the same in the access
+/// log and in the error log's `request: "..."`.
+pub struct RequestLine<'a> {
+    pub method: &'a str,
+    /// The raw request target, not re-encoded.
+    pub uri: &'a [u8],
+    pub version: http::Version,
+}
+
+impl RequestLine<'_> {
+    /// Appends the line, escaped as nginx escapes log values.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        escaped(out, self.method.as_bytes());
+        out.push(b' ');
+        escaped(out, self.uri);
+        out.push(b' ');
+        out.extend_from_slice(version_str(self.version).as_bytes());
+    }
+}
+
+fn version_str(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
 /// What one access log line says about a request.
 pub struct Entry<'a> {
     pub remote_addr: Option<IpAddr>,
     pub authorization: Option<&'a [u8]>,
-    pub method: &'a str,
-    pub uri: &'a [u8],
-    pub version: &'a str,
+    pub request: RequestLine<'a>,
     pub status: u16,
     pub body_bytes_sent: usize,
     pub referer: Option<&'a [u8]>,
@@ -58,11 +86,7 @@ pub fn combined(out: &mut Vec<u8>, e: &Entry<'_>) {
     out.extend_from_slice(b" [");
     clock::time_local(out);
     out.extend_from_slice(b"] \"");
-    escaped(out, e.method.as_bytes());
-    out.push(b' ');
-    escaped(out, e.uri);
-    out.push(b' ');
-    out.extend_from_slice(e.version.as_bytes());
+    e.request.write(out);
     let _ = write!(out, "\" {} {} ", e.status, e.body_bytes_sent);
     quoted_or_dash(out, e.referer);
     out.push(b' ');
@@ -123,9 +147,11 @@ mod tests {
             &Entry {
                 remote_addr: "127.0.0.9".parse().ok(),
                 authorization: Some(b"Basic YWxpY2U6c2VjcmV0"),
-                method: "GET",
-                uri: b"/a?q=\"x\"",
-                version: "HTTP/1.1",
+                request: RequestLine {
+                    method: "GET",
+                    uri: b"/a?q=\"x\"",
+                    version: http::Version::HTTP_11,
+                },
                 status: 200,
                 body_bytes_sent: 12,
                 referer: None,

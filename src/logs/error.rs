@@ -1,7 +1,8 @@
 //! Error log lines in nginx's layout, and the process-wide logger.
 //!
-//! Per-server lines look like nginx's so that existing greps keep working:
-//! `2026/11/25 04:35:56 [error] 812#0: *3 connect() failed (Connection refused) while
+//! Per-server lines look like nginx's so that existing greps keep working (without nginx's
+//! `*N` connection number):
+//! `2026/11/25 04:35:56 [error] 812#0: connect() failed (111: Connection refused) while
 //! connecting to upstream, client: 127.0.0.5, server: balance, request: "GET / HTTP/1.1",
 //! upstream: "http://127.0.0.1:11001/", host: "localhost:10001"`.
 

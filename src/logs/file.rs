@@ -78,15 +78,15 @@ fn registry() -> &'static Registry {
     R.get_or_init(Registry::default)
 }
 
-/// Opens (or shares the already open) log file at `path`, creating the directory if asked.
-pub fn open(path: &str, create_dir: bool) -> io::Result<Arc<LogFile>> {
+/// Opens (or shares the already open) log file at `path`, creating `create_dir` first if given.
+pub fn open(path: &str, create_dir: Option<&Path>) -> io::Result<Arc<LogFile>> {
     let p = PathBuf::from(path);
     let mut files = registry().files.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(f) = files.get(&p).and_then(Weak::upgrade) {
         return Ok(f);
     }
-    if create_dir {
-        std::fs::create_dir_all(crate::config::log_dir(path))?;
+    if let Some(dir) = create_dir {
+        std::fs::create_dir_all(dir)?;
     }
     let out = open_append(&p).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
     let f = Arc::new(LogFile {
@@ -162,7 +162,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("graygate-logfile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a.log");
-        let f = open(path.to_str().unwrap(), false).unwrap();
+        let f = open(path.to_str().unwrap(), None).unwrap();
         f.append(|b| b.extend_from_slice(b"one\n"));
         flush_all();
         std::fs::rename(&path, dir.join("a.log.1")).unwrap();

@@ -4,6 +4,9 @@
 //! reported with its position, and a plan exists only if there were none, so the gateway never
 //! runs half-configured. A plan is immutable; a reload compiles a new one and swaps it in whole.
 
+mod canary;
+#[cfg(test)]
+mod canary_tests;
 pub mod limits;
 mod pool;
 #[cfg(test)]
@@ -20,9 +23,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::canary::Store;
 use crate::config::{Loaded, Problems};
 use crate::upstream::health::Check;
 use crate::upstream::{maglev, Key, Pool};
+pub use canary::{AdminPlan, CanaryPlan, Pick, Target};
 pub use template::{Template, Vars};
 
 /// Largest weight of one server: a sanity bound per server (weights are shares, and 1000 allows
@@ -125,8 +130,8 @@ impl PoolPlan {
 #[derive(Debug)]
 pub struct LocationPlan {
     pub matcher: Match,
-    /// Index into [`Plan::pools`].
-    pub pool: usize,
+    /// The pool or canary of `proxy_pass`; [`Plan::route`] resolves it per request.
+    pub target: Target,
     pub set_headers: Vec<(http::HeaderName, Template)>,
     pub timeouts: Timeouts,
 }
@@ -158,8 +163,26 @@ pub struct Plan {
     pub demos: Vec<Demo>,
     pub pools: Vec<PoolPlan>,
     pub servers: Vec<ServerPlan>,
+    /// Sticky splits between two pools; [`Target::Canary`] indexes this.
+    pub canaries: Vec<CanaryPlan>,
+    pub admin: Option<AdminPlan>,
+    /// Live weight overrides and the state file, one per process, handed from plan to plan.
+    pub store: Arc<Store>,
+    /// The text this plan was compiled from, so that a live weight change recompiles exactly
+    /// what runs (not a file edited since).
+    pub source: Source,
+    /// The request counters this plan's requests can touch, resolved once.
+    pub metrics: crate::metrics::Handles,
     /// Whether log directories may be created (only for the embedded default).
     pub create_log_dirs: bool,
+}
+
+/// A config's text and name, as [`crate::config::parse`] takes them.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub text: Arc<str>,
+    pub embedded: bool,
 }
 
 /// A time value that must be above zero (a zero timeout fails every request), at the dotted
@@ -180,20 +203,29 @@ impl Plan {
         let settings = settings::compile_settings(l, &mut probs);
         let demos = settings::compile_demos(l, &mut probs);
 
-        let prev_state = pool::PrevState::of(prev);
+        let store = match prev {
+            Some(p) if p.settings.pid_file == settings.pid_file => Arc::clone(&p.store),
+            _ => Arc::new(Store::new(crate::canary::store::state_path(
+                &settings.pid_file,
+            ))),
+        };
+        let prev_state = pool::PrevState::of(prev, &store);
         let pools: Vec<PoolPlan> = c
             .upstreams
             .iter()
             .map(|(name, u)| pool::compile_pool(l, name, u, &prev_state, &mut probs))
             .collect();
 
+        let pool_names: HashMap<&str, usize> = c
+            .upstreams
+            .keys()
+            .enumerate()
+            .map(|(i, name)| (name.as_str(), i))
+            .collect();
+        let canaries = canary::compile_canaries(l, &pool_names, prev, &mut probs);
+        let admin = canary::compile_admin(l, &mut probs);
         let mut shared = server::Shared {
-            pools: c
-                .upstreams
-                .keys()
-                .enumerate()
-                .map(|(i, name)| (name.as_str(), i))
-                .collect(),
+            targets: server::Targets::new(&pool_names, c.canaries.keys().map(String::as_str)),
             demos: &demos,
             listening: HashMap::new(),
         };
@@ -204,6 +236,15 @@ impl Plan {
             .collect();
         if c.servers.is_empty() && demos.is_empty() {
             probs.push(l.problem_at("", "no servers: nothing would listen"));
+        }
+        if let Some(a) = &admin {
+            let taken = servers.iter().flat_map(|s| s.listen.iter().copied());
+            canary::check_admin_listen(
+                l,
+                a,
+                taken.chain(demos.iter().map(|d| d.listen)),
+                &mut probs,
+            );
         }
 
         if !probs.is_empty() {
@@ -217,11 +258,23 @@ impl Plan {
                 peer.state.healthy.store(true, Ordering::Relaxed);
             }
         }
+        canary::apply_file_values(&canaries);
+        store.set_weights(prev_state.kept_weights());
+        let metrics = crate::metrics::Handles::build(&servers, &pools, &canaries);
         Ok(Plan {
+            metrics,
             settings,
             demos,
             pools,
             servers,
+            canaries,
+            admin,
+            store,
+            source: Source {
+                name: l.name.clone(),
+                text: Arc::clone(&l.text),
+                embedded: l.embedded,
+            },
             create_log_dirs: l.embedded,
         })
     }
@@ -240,6 +293,7 @@ impl Plan {
     pub fn same_listeners(&self, other: &Plan) -> bool {
         self.settings == other.settings
             && self.demos == other.demos
+            && self.admin.as_ref().map(|a| a.listen) == other.admin.as_ref().map(|a| a.listen)
             && self.servers.len() == other.servers.len()
             && self
                 .servers

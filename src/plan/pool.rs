@@ -1,9 +1,12 @@
 //! `upstreams.NAME`: a pool, its servers and the rules around it.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::canary::store::WeightOverride;
+use crate::canary::Store;
 use crate::config::{
     resolve_addrs, HealthCheck, HealthCheckType, Loaded, Policy, Problems, Upstream, UpstreamServer,
 };
@@ -17,16 +20,20 @@ const IP_HASH_RANGE: u64 = 6271;
 
 /// Per-server state of the previous plan, by pool name and address, lent to the same servers
 /// of the new plan so that a reload keeps failure counts and health verdicts.
-#[derive(Default)]
-pub(super) struct PrevState<'a>(HashMap<(&'a str, SocketAddr), &'a Arc<PeerState>>);
+/// Also applies the weights changed live ([`Store`]) to servers whose config weight is still
+/// the one they replaced, and remembers which of them still apply.
+pub(super) struct PrevState<'a> {
+    peers: HashMap<(&'a str, SocketAddr), &'a Arc<PeerState>>,
+    store: &'a Store,
+    kept: RefCell<Vec<WeightOverride>>,
+}
 
 impl<'a> PrevState<'a> {
-    pub(super) fn of(prev: Option<&'a Plan>) -> PrevState<'a> {
-        let Some(p) = prev else {
-            return PrevState::default();
-        };
-        PrevState(
-            p.pools
+    pub(super) fn of(prev: Option<&'a Plan>, store: &'a Store) -> PrevState<'a> {
+        let peers = match prev {
+            None => HashMap::new(),
+            Some(p) => p
+                .pools
                 .iter()
                 .map(|pp| &pp.pool)
                 .flat_map(|pool| {
@@ -35,7 +42,29 @@ impl<'a> PrevState<'a> {
                         .map(|peer| ((pool.name.as_str(), peer.addr), &peer.state))
                 })
                 .collect(),
-        )
+        };
+        PrevState {
+            peers,
+            store,
+            kept: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The live weight of `pool`/`addr` if one was set over `file_weight`.
+    fn live_weight(&self, pool: &str, addr: SocketAddr, file_weight: u32) -> Option<u32> {
+        let w = self.store.weight(pool, addr, file_weight)?;
+        self.kept.borrow_mut().push(WeightOverride {
+            pool: pool.to_string(),
+            addr,
+            weight: w,
+            file_weight,
+        });
+        Some(w)
+    }
+
+    /// The live weights that still apply (the others' config weight changed: the file won).
+    pub(super) fn kept_weights(&self) -> Vec<WeightOverride> {
+        self.kept.take()
     }
 }
 
@@ -60,8 +89,11 @@ pub(super) fn compile_pool(
         };
         for addr in addrs {
             let mut peer = peer(addr, s, u);
-            if let Some(state) = prev.0.get(&(name, addr)) {
+            if let Some(state) = prev.peers.get(&(name, addr)) {
                 peer.state = Arc::clone(state);
+            }
+            if let Some(w) = prev.live_weight(name, addr, peer.weight) {
+                peer.weight = w;
             }
             peers.push(peer);
         }

@@ -6,11 +6,52 @@ use std::net::SocketAddr;
 use crate::config::{parse_addr, Loaded, Location, Problems, Server};
 
 use super::settings::check_log_dir;
-use super::{check_above_zero, Demo, LocationPlan, Match, ServerPlan, Template, Timeouts};
+use super::{check_above_zero, Demo, LocationPlan, Match, ServerPlan, Target, Template, Timeouts};
 
-/// What the servers of one file share: the pools by name, and who listens where.
+/// What `proxy_pass` may name: pools and canaries.
+pub(super) struct Targets<'a>(HashMap<&'a str, Target>);
+
+impl<'a> Targets<'a> {
+    /// `canaries` are the names in the file, in order: a canary with a mistake still counts as
+    /// known (one mistake, one message), and when every canary compiles their indexes match.
+    pub fn new(
+        pools: &HashMap<&'a str, usize>,
+        canaries: impl Iterator<Item = &'a str>,
+    ) -> Targets<'a> {
+        let mut t: HashMap<&str, Target> =
+            pools.iter().map(|(n, &i)| (*n, Target::Pool(i))).collect();
+        for (i, c) in canaries.enumerate() {
+            t.entry(c).or_insert(Target::Canary(i));
+        }
+        Targets(t)
+    }
+
+    /// Both kinds of names, sorted, for the "unknown" message.
+    fn known(&self) -> String {
+        let mut pools: Vec<&str> = Vec::new();
+        let mut canaries: Vec<&str> = Vec::new();
+        for (n, t) in &self.0 {
+            match t {
+                Target::Pool(_) => pools.push(n),
+                Target::Canary(_) => canaries.push(n),
+            }
+        }
+        pools.sort_unstable();
+        canaries.sort_unstable();
+        let list = |v: Vec<&str>| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        format!("upstreams: {}; canaries: {}", list(pools), list(canaries))
+    }
+}
+
+/// What the servers of one file share: what `proxy_pass` may name, and who listens where.
 pub(super) struct Shared<'a> {
-    pub pools: HashMap<&'a str, usize>,
+    pub targets: Targets<'a>,
     pub demos: &'a [Demo],
     /// Listen addresses taken so far, with the server that took each.
     pub listening: HashMap<SocketAddr, String>,
@@ -69,7 +110,7 @@ pub(super) fn compile_server(
     let mut seen = HashSet::new();
     for (i, loc) in s.locations.iter().enumerate() {
         let at = format!("{base}.locations.{i}");
-        if let Some(lp) = compile_location(l, &at, loc, &shared.pools, &mut seen, probs) {
+        if let Some(lp) = compile_location(l, &at, loc, &shared.targets, &mut seen, probs) {
             locations.push(lp);
         }
     }
@@ -94,7 +135,7 @@ pub(super) fn compile_location(
     l: &Loaded,
     at: &str,
     loc: &Location,
-    pools: &HashMap<&str, usize>,
+    targets: &Targets,
     seen: &mut HashSet<Match>,
     probs: &mut Problems,
 ) -> Option<LocationPlan> {
@@ -111,10 +152,14 @@ pub(super) fn compile_location(
             format!("duplicate location \"{}\"", loc.matcher),
         ));
     }
-    let Some(&pool) = pools.get(loc.proxy_pass.as_str()) else {
+    let Some(&target) = targets.0.get(loc.proxy_pass.as_str()) else {
         probs.push(l.problem_at(
             &format!("{at}.proxy_pass"),
-            format!("unknown upstream \"{}\" in proxy_pass", loc.proxy_pass),
+            format!(
+                "unknown upstream or canary \"{}\" in proxy_pass ({})",
+                loc.proxy_pass,
+                targets.known()
+            ),
         ));
         return None;
     };
@@ -146,7 +191,7 @@ pub(super) fn compile_location(
     };
     Some(LocationPlan {
         matcher,
-        pool,
+        target,
         set_headers,
         timeouts,
     })

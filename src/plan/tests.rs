@@ -169,7 +169,7 @@ servers:
             "9:16: log directory /nonexistent-graygate does not exist",
             "12:18: duplicate location \"/\"",
             "13:18: invalid location \"api\" (expected \"/prefix\" or \"= /exact/path\")",
-            "14:34: unknown upstream \"q\" in proxy_pass",
+            "14:34: unknown upstream or canary \"q\" in proxy_pass (upstreams: p; canaries: none)",
             "15:57: invalid header name \"bad name\"",
             "15:78: unknown variable \"$bogus\"",
             "17:14: duplicate listen address 127.0.0.1:1 (already used by server \"a\")",
@@ -214,7 +214,7 @@ servers:
 fn a_reload_keeps_each_servers_state() {
     let src = with_pool("    servers: [{ addr: 127.0.0.1:2 }, { addr: 127.0.0.1:3 }]\n");
     let first = compile(&src);
-    first.pools[0].pool.peers[1].record_failure();
+    first.pools[0].pool.failed(1);
     let again = compile_with(&src, Some(&first)).unwrap();
     assert!(Arc::ptr_eq(
         &first.pools[0].pool.peers[1].state,

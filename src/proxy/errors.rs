@@ -28,12 +28,22 @@ pub fn status_for(e: &Error) -> u16 {
     }
 }
 
+/// Where in the exchange with the server an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Connecting,
+    /// Sending the request or waiting for the response header.
+    Header,
+    /// Reading the response body, after the header went to the client.
+    Body,
+}
+
 /// nginx's wording for an upstream failure, so existing alerts and greps keep matching.
-fn describe(e: &Error, connecting: bool) -> String {
-    let phase = if connecting {
-        "while connecting to upstream"
-    } else {
-        "while reading response header from upstream"
+fn describe(e: &Error, phase: Phase) -> String {
+    let phase = match phase {
+        Phase::Connecting => "while connecting to upstream",
+        Phase::Header => "while reading response header from upstream",
+        Phase::Body => "while reading upstream",
     };
     match e.etype() {
         ErrorType::HTTPStatus(c) => format!("upstream returned status {c} {phase}"),
@@ -68,16 +78,9 @@ pub fn log_attempt(
             }
             None => out.push(b'-'),
         }
-        let _ = write!(out, ", server: {server}, request: \"{} ", req.method);
-        access::escaped(
-            out,
-            req.uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/")
-                .as_bytes(),
-        );
-        let _ = write!(out, " {:?}\"", req.version);
+        let _ = write!(out, ", server: {server}, request: \"");
+        super::vars::request_line(session).write(out);
+        out.push(b'"');
         if let Some(u) = upstream {
             let _ = write!(out, ", upstream: \"http://{u}/\"");
         }
@@ -97,7 +100,7 @@ pub fn log_failure(
     server: &str,
     upstream: Option<std::net::SocketAddr>,
     e: &Error,
-    connecting: bool,
+    phase: Phase,
 ) {
-    log_attempt(log, session, server, upstream, &describe(e, connecting));
+    log_attempt(log, session, server, upstream, &describe(e, phase));
 }

@@ -131,14 +131,22 @@ impl HeadGuard {
         };
         let (m, t, v) = head::request_parts(buf);
         let method = String::from_utf8_lossy(m);
-        let version = String::from_utf8_lossy(v);
-        let version: String = version.escape_default().collect();
+        // The log's version field knows the real versions only; others show as HTTP/1.1.
+        let version = match v {
+            b"HTTP/1.0" => http::Version::HTTP_10,
+            b"HTTP/0.9" => http::Version::HTTP_09,
+            b"HTTP/2.0" => http::Version::HTTP_2,
+            b"HTTP/3.0" => http::Version::HTTP_3,
+            _ => http::Version::HTTP_11,
+        };
         let entry = access::Entry {
             remote_addr: peer(stream).map(|a| a.ip()),
             authorization: None,
-            method: &method,
-            uri: t,
-            version: &version,
+            request: access::RequestLine {
+                method: &method,
+                uri: t,
+                version,
+            },
             status,
             body_bytes_sent: sent,
             referer: None,

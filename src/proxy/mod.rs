@@ -2,37 +2,45 @@
 //!
 //! The path of a request through the phases:
 //! 1. `request_filter`: take the current snapshot, route the path to a location (404 if none).
-//! 2. `upstream_peer`: the location's pool picks a server (ip_hash / round robin).
-//! 3. `fail_to_connect` / `error_while_proxy`: log the failed attempt, mark the server, and let
-//!    Pingora retry on the next server the policy picks, while untried servers remain.
-//! 4. `upstream_request_filter`: `proxy_set_header`, and drop the client's `Connection` header
+//! 2. `upstream_peer`: the location's pool picks a server (ip_hash, round robin, or consistent
+//!    on the rendered `hash_key`).
+//! 3. `upstream_request_filter`: `proxy_set_header`, and drop the client's `Connection` header
 //!    so upstream keep-alive survives a client that closes.
-//! 5. `response_filter`: `Connection: close` while the generation drains.
-//! 6. `fail_to_proxy`: 502 / 504 like nginx.
-//! 7. `logging`: the access log line; the server's success resets its failure count.
+//! 4. `upstream_response_filter`: a status in `retry_on_status` becomes a failed attempt while
+//!    another server can take the request; otherwise the response goes to the client as is.
+//! 5. `fail_to_connect` / `error_while_proxy`: a fault of the server is logged and counted
+//!    against it, and Pingora retries on the next server the policy picks while one is usable,
+//!    never once part of the response has gone to the client. A client that went away is
+//!    nobody's fault but its own: not logged as an upstream error, not counted.
+//! 6. `response_filter`: `Connection: close` while the generation drains.
+//! 7. `fail_to_proxy`: 502 / 504 like nginx (nothing if the response had started).
+//! 8. `logging`: the access log line (499 for a client that gave up); a request that ended
+//!    without a server fault is a success for nginx's passive health.
 
+mod ctx;
 mod errors;
 mod guard;
 pub mod head;
 mod realip;
 mod vars;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::logs::access;
 use crate::snapshot::{Live, Snapshot};
-use crate::upstream::{Attempt, Peer, Pool};
+pub use ctx::Ctx;
+use ctx::{hold, pool_plan};
 pub use errors::status_for;
+use errors::Phase;
 pub use guard::HeadGuard;
-use vars::{client_addr, SessionVars};
+use vars::{client_addr, request_line, SessionVars};
 
 /// The proxy for one server block.
 pub struct Gateway {
@@ -44,60 +52,6 @@ pub struct Gateway {
     pub draining: Arc<AtomicBool>,
 }
 
-/// Per-request state.
-#[derive(Default)]
-pub struct Ctx {
-    /// The snapshot this request runs on, from its first phase to its last.
-    snap: Option<Arc<Snapshot>>,
-    location: usize,
-    pool: usize,
-    attempt: Attempt,
-    peer: Option<usize>,
-    /// Reused buffer for rendering header values.
-    scratch: Vec<u8>,
-    /// The server whose `active` count this request holds (for `max_conns`).
-    held: Option<Arc<crate::upstream::PeerState>>,
-    /// Request body bytes seen so far (`client_max_body_size` for chunked bodies).
-    body_seen: u64,
-}
-
-impl Ctx {
-    /// Moves this request's `active` slot to `state` (or releases it).
-    fn hold(&mut self, state: Option<Arc<crate::upstream::PeerState>>) {
-        if let Some(old) = self.held.take() {
-            old.active.fetch_sub(1, Ordering::Relaxed);
-        }
-        if let Some(new) = state {
-            new.active.fetch_add(1, Ordering::Relaxed);
-            self.held = Some(new);
-        }
-    }
-}
-
-impl Drop for Ctx {
-    fn drop(&mut self) {
-        self.hold(None);
-    }
-}
-
-impl Ctx {
-    fn pool(&self) -> Option<&Pool> {
-        self.snap
-            .as_ref()
-            .and_then(|s| s.plan.pools.get(self.pool))
-            .map(|p| &*p.pool)
-    }
-
-    fn peer(&self) -> Option<&Peer> {
-        self.pool()
-            .and_then(|p| self.peer.and_then(|i| p.peers.get(i)))
-    }
-
-    fn peer_addr(&self) -> Option<SocketAddr> {
-        self.peer().map(|p| p.addr)
-    }
-}
-
 impl Gateway {
     fn server_name<'a>(&self, snap: &'a Snapshot) -> &'a str {
         snap.plan
@@ -107,23 +61,19 @@ impl Gateway {
             .unwrap_or("-")
     }
 
-    /// Logs a failed attempt in this server block's error log and marks the server.
-    fn attempt_failed(&self, session: &Session, ctx: &Ctx, e: &Error, connecting: bool) {
-        if let Some(p) = ctx.peer() {
-            p.record_failure();
+    /// A fault of the server: logged in this server block's error log, counted against the
+    /// server, and its `max_conns` slot given back at once.
+    fn attempt_failed(&self, session: &Session, ctx: &mut Ctx, e: &Error, phase: Phase) {
+        if let (Some(pool), Some(i)) = (ctx.pool(), ctx.peer) {
+            pool.failed(i);
         }
+        hold(&mut ctx.held, None);
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
         if let Some(Some(log)) = snap.error_logs.get(self.server) {
-            errors::log_failure(
-                log,
-                session,
-                self.server_name(snap),
-                ctx.peer_addr(),
-                e,
-                connecting,
-            );
+            let name = self.server_name(snap);
+            errors::log_failure(log, session, name, ctx.peer_addr(), e, phase);
         }
     }
 }
@@ -132,15 +82,18 @@ impl Gateway {
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
+    /// A fresh per-request state; the snapshot is taken in `request_filter`.
     fn new_ctx(&self) -> Ctx {
         Ctx::default()
     }
 
-    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
-        // Pingora adds a (disabled) compression module by default, which still costs a box and
-        // a filter call per request; graygate does not compress, like nginx without `gzip`.
-    }
+    /// No downstream modules: Pingora's default (disabled) compression module still costs a
+    /// box and a filter call per request, and graygate does not compress, like nginx without
+    /// `gzip`.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
+    /// Takes the current snapshot for the whole request and routes the path to a location
+    /// (404 when none matches).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.live.load_full();
         guard::on_request(session, &snap, self.server);
@@ -148,12 +101,21 @@ impl ProxyHttp for Gateway {
             let path = session.req_header().uri.path();
             s.locations.iter().position(|l| l.matches(path))
         });
-        let found = route.map(|i| (i, snap.plan.servers[self.server].locations[i].pool));
+        // A location names a pool or a canary; a canary picks this request's side (issue 15).
+        let found = route.map(|i| {
+            let target = snap.plan.servers[self.server].locations[i].target;
+            let pick = snap
+                .plan
+                .route(target, &SessionVars(session), &mut ctx.scratch);
+            (i, pick)
+        });
         ctx.snap = Some(snap);
         match found {
-            Some((loc, pool)) => {
+            Some((loc, pick)) => {
                 ctx.location = loc;
-                ctx.pool = pool;
+                ctx.pool = pick.pool;
+                ctx.canary = pick.canary;
+                ctx.routed = true;
                 Ok(false)
             }
             None => {
@@ -163,6 +125,9 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Picks the server for this attempt by the pool's policy, with the location's timeouts;
+    /// "no live upstreams" (502) when none is usable.
+    /// `client_max_body_size` for bodies that stream (chunked).
     async fn request_body_filter(
         &self,
         session: &mut Session,
@@ -180,48 +145,45 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let snap = ctx
-            .snap
-            .clone()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot"))?;
-        let pp = snap
-            .plan
-            .pools
-            .get(ctx.pool)
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no pool"))?;
-        let pool = &pp.pool;
-        let key = pp.placement(&SessionVars(session), &mut ctx.scratch);
-        match pool.select(key, &mut ctx.attempt) {
-            Some(i) => {
-                let p = &pool.peers[i];
-                let mut peer = Box::new(p.http.clone());
-                let t = snap.plan.servers[self.server].locations[ctx.location].timeouts;
-                if t.any() {
-                    t.apply(&mut peer.options);
-                }
-                ctx.peer = Some(i);
-                if p.max_conns > 0 {
-                    ctx.hold(Some(p.state.clone()));
-                }
-                Ok(peer)
+        let Ctx {
+            snap,
+            location,
+            pool,
+            attempt,
+            peer,
+            scratch,
+            held,
+            ..
+        } = ctx;
+        let (Some(s), Some(pp)) = (snap.as_ref(), pool_plan(snap, *pool)) else {
+            return Err(Error::explain(ErrorType::InternalError, "no pool"));
+        };
+        let key = pp.placement(&SessionVars(session), scratch);
+        let Some(i) = pp.pool.select(key, attempt) else {
+            if let Some(Some(log)) = s.error_logs.get(self.server) {
+                let what = format!(
+                    "no live upstreams while connecting to upstream \"{}\"",
+                    pp.pool.name
+                );
+                errors::log_attempt(log, session, self.server_name(s), None, &what);
             }
-            None => {
-                if let Some(Some(log)) = snap.error_logs.get(self.server) {
-                    let name = self.server_name(&snap);
-                    let what = format!(
-                        "no live upstreams while connecting to upstream \"{}\"",
-                        pool.name
-                    );
-                    errors::log_attempt(log, session, name, None, &what);
-                }
-                Err(Error::explain(
-                    ErrorType::HTTPStatus(502),
-                    "no live upstreams",
-                ))
-            }
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "no live upstreams",
+            ));
+        };
+        let p = &pp.pool.peers[i];
+        let mut http = Box::new(p.http.clone());
+        let t = s.plan.servers[self.server].locations[*location].timeouts;
+        if t.any() {
+            t.apply(&mut http.options);
         }
+        *peer = Some(i);
+        hold(held, (p.max_conns > 0).then_some(&p.state));
+        Ok(http)
     }
 
+    /// Applies `proxy_set_header` and keeps the upstream connection reusable.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -254,6 +216,8 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// Turns a `retry_on_status` status into a failed attempt while another server can take
+    /// the request; otherwise the server's own response goes to the client, as in nginx.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
@@ -264,15 +228,11 @@ impl ProxyHttp for Gateway {
         if status < 429 {
             return Ok(());
         }
-        let retry = ctx
-            .snap
-            .as_ref()
-            .and_then(|s| s.plan.pools.get(ctx.pool))
-            .is_some_and(|pp| {
-                pp.retry_on_status.contains(&status)
-                    && session.req_header().method.is_idempotent()
-                    && pp.pool.can_retry(&ctx.attempt)
-            });
+        let retry = ctx.pool_plan().is_some_and(|pp| {
+            pp.retry_on_status.contains(&status)
+                && session.req_header().method.is_idempotent()
+                && pp.pool.can_retry(&ctx.attempt)
+        });
         if retry {
             // Nothing has reached the client yet: drop this answer and try the next server.
             // (Pingora then cannot reuse this upstream connection, which is fine for an error.)
@@ -283,6 +243,7 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// Adds `Connection: close` while this generation drains.
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -297,6 +258,7 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// A connect failure: logged, counted against the server, retried on the next one.
     fn fail_to_connect(
         &self,
         session: &mut Session,
@@ -304,14 +266,16 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        self.attempt_failed(session, ctx, &e, true);
+        self.attempt_failed(session, ctx, &e, Phase::Connecting);
         // nginx's `proxy_next_upstream error timeout`: try the next server while any is left.
-        if ctx.pool().is_some_and(|p| p.can_retry(&ctx.attempt)) {
+        if ctx.can_retry() {
             e.set_retry(true);
         }
         e
     }
 
+    /// A failure after connecting: the server's faults are logged and counted and may be
+    /// retried until the response has started; a client that went away ends the request.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -320,28 +284,33 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        self.attempt_failed(session, ctx, &e, false);
+        let mut e = e;
+        if e.esource() == &ErrorSource::Downstream {
+            // The client closed or broke its side (nginx: "client prematurely closed
+            // connection", at info level, not shown by default). The server did nothing
+            // wrong: no error line, no failure, no retry; `logging` writes 499.
+            e.set_retry(false);
+            return e;
+        }
+        let started = session.response_written().is_some();
+        let phase = if started { Phase::Body } else { Phase::Header };
+        self.attempt_failed(session, ctx, &e, phase);
         let mut e = e.more_context(format!("Peer: {peer}"));
         let replayable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated();
-        let bad_status = matches!(e.etype(), ErrorType::HTTPStatus(_));
-        let timed_out = matches!(
-            e.etype(),
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        );
-        let can_retry = ctx.pool().is_some_and(|p| p.can_retry(&ctx.attempt));
-        if !replayable || !can_retry {
+        if started || !replayable || !ctx.can_retry() {
+            // Once a byte went to the client, another server's answer cannot follow it: the
+            // response ends here and the connection closes.
             e.set_retry(false);
-        } else if bad_status {
+        } else if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
             // Raised by `upstream_response_filter` only when this status is to be retried.
             e.set_retry(true);
-        } else if timed_out {
+        } else if matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        ) {
             // nginx's `proxy_next_upstream timeout`, for idempotent requests only.
-            let on = ctx
-                .snap
-                .as_ref()
-                .and_then(|s| s.plan.pools.get(ctx.pool))
-                .is_some_and(|p| p.retry_on_timeout);
+            let on = ctx.pool_plan().is_some_and(|p| p.retry_on_timeout);
             e.set_retry(on);
         } else {
             e.retry.decide_reuse(client_reused);
@@ -349,14 +318,17 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    /// Pingora's own error lines are off: failed attempts are already in the server block's
+    /// error log, in nginx's form.
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
-        // Failed attempts are already in the server block's own error log, in nginx's form.
         true
     }
 
+    /// Answers a request that failed for good: 502, or 504 after an upstream timeout; nothing
+    /// for a client that is gone or a response already under way (its connection closes).
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
         let code = status_for(e);
-        if code > 0 {
+        if code > 0 && session.response_written().is_none() {
             let _ = session.respond_error(code).await;
         }
         FailToProxy {
@@ -365,6 +337,8 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Writes the access log line and, for a request no server failed, nginx's success
+    /// bookkeeping.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = match session.response_written() {
             Some(r) => r.status.as_u16(),
@@ -373,13 +347,18 @@ impl ProxyHttp for Gateway {
             None => 0,
         };
         if e.is_none() {
-            if let Some(p) = ctx.peer() {
-                p.record_success();
+            if let (Some(pool), Some(i)) = (ctx.pool(), ctx.peer) {
+                pool.succeeded(i);
             }
         }
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
+        if ctx.routed {
+            snap.plan
+                .metrics
+                .request(self.server, ctx.pool, ctx.canary, ctx.peer, status);
+        }
         let Some(Some(log)) = snap.access_logs.get(self.server) else {
             return;
         };
@@ -388,24 +367,12 @@ impl ProxyHttp for Gateway {
         let entry = access::Entry {
             remote_addr: client_addr(session).map(|a| a.ip()),
             authorization: h(http::header::AUTHORIZATION),
-            method: req.method.as_str(),
-            uri: req.raw_path(),
-            version: version_str(req.version),
+            request: request_line(session),
             status,
             body_bytes_sent: session.body_bytes_sent(),
             referer: h(http::header::REFERER),
             user_agent: h(http::header::USER_AGENT),
         };
         log.append(|out| access::combined(out, &entry));
-    }
-}
-
-fn version_str(v: http::Version) -> &'static str {
-    match v {
-        http::Version::HTTP_09 => "HTTP/0.9",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_2 => "HTTP/2.0",
-        http::Version::HTTP_3 => "HTTP/3.0",
-        _ => "HTTP/1.1",
     }
 }

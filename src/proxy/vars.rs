@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use pingora_proxy::Session;
 
+use crate::logs::access::RequestLine;
 use crate::plan::template::Vars;
 
 /// A session seen through the variables a template may use.
@@ -16,6 +17,16 @@ pub fn client_addr(s: &Session) -> Option<SocketAddr> {
         return Some(r.0);
     }
     s.client_addr().and_then(|a| a.as_inet()).copied()
+}
+
+/// The request line as the client sent it, for both logs.
+pub fn request_line(s: &Session) -> RequestLine<'_> {
+    let req = s.req_header();
+    RequestLine {
+        method: req.method.as_str(),
+        uri: req.raw_path(),
+        version: req.version,
+    }
 }
 
 impl Vars for SessionVars<'_> {

@@ -13,6 +13,71 @@ pub const SEED: u32 = 89;
 /// nginx falls back to round robin after this many rehashes.
 pub const MAX_TRIES: u32 = 20;
 
+/// Where one request's hashing stands, across its retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    hash: u32,
+    rehashes: u32,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            hash: SEED,
+            rehashes: 0,
+        }
+    }
+}
+
+/// The primaries' weights in config order, as cumulative sums (down servers included: nginx
+/// walks them too and skips them after landing).
+#[derive(Debug)]
+pub struct Ring {
+    cumulative: Vec<u32>,
+}
+
+impl Ring {
+    /// `weights[i]` is server `i`'s weight, 0 for servers not in the primary list.
+    pub fn new(weights: &[u32]) -> Ring {
+        let cumulative = weights
+            .iter()
+            .scan(0u32, |s, &w| {
+                *s += w;
+                Some(*s)
+            })
+            .collect();
+        Ring { cumulative }
+    }
+
+    /// The client's server, or the one the hash lands on next while it cannot take the
+    /// request; `None` after [`MAX_TRIES`] rehashes, when nginx goes on with round robin.
+    pub fn select(
+        &self,
+        ip: IpAddr,
+        at: &mut Progress,
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        if at.rehashes > MAX_TRIES {
+            return None;
+        }
+        let (key, len) = key(ip);
+        let mut hash = at.hash;
+        loop {
+            hash = rehash(hash, &key[..len]);
+            let i = slot(hash, &self.cumulative);
+            if usable(i) {
+                at.hash = hash;
+                return Some(i);
+            }
+            at.rehashes += 1;
+            if at.rehashes > MAX_TRIES {
+                at.hash = hash;
+                return None;
+            }
+        }
+    }
+}
+
 /// The bytes nginx hashes for `ip`: three octets of IPv4 (IPv4-mapped IPv6 included), or all 16
 /// of IPv6. Returns the buffer and how many bytes of it count.
 pub fn key(ip: IpAddr) -> ([u8; 16], usize) {
@@ -95,12 +160,31 @@ mod tests {
         assert_eq!(&k[..n], &[10, 20, 30]);
         let (_, n) = key("2001:db8::1".parse().unwrap());
         assert_eq!(n, 16);
-        // Worked by hand: ((89*113+10)%6271*113+20)%6271 ...
-        let h = rehash(SEED, &[10, 20, 30]);
-        let mut e = 89u32;
-        for b in [10u32, 20, 30] {
-            e = (e * 113 + b) % 6271;
-        }
-        assert_eq!(h, e);
+    }
+
+    #[test]
+    fn hash_values_worked_from_nginx_formula() {
+        // (89*113 + 10) % 6271 = 3796; (3796*113 + 20) % 6271 = 2540;
+        // (2540*113 + 30) % 6271 = 4855.
+        assert_eq!(rehash(SEED, &[10, 20, 30]), 4855);
+        // The retry continues from there: the same three octets again.
+        assert_eq!(rehash(4855, &[10, 20, 30]), 4376);
+        assert_eq!(rehash(SEED, &[127, 0, 0]), 4040);
+        let (k, n) = key("2001:db8::1".parse().unwrap());
+        assert_eq!(rehash(SEED, &k[..n]), 2600);
+    }
+
+    #[test]
+    fn select_rehashes_from_the_last_hash() {
+        // Weights 1,1,1: 4855 % 3 = 1, then 4376 % 3 = 2.
+        let ring = Ring::new(&[1, 1, 1]);
+        let ip: IpAddr = "10.20.30.40".parse().unwrap();
+        let mut at = Progress::default();
+        assert_eq!(ring.select(ip, &mut at, |_| true), Some(1));
+        let mut at = Progress::default();
+        assert_eq!(ring.select(ip, &mut at, |i| i != 1), Some(2));
+        let mut at = Progress::default();
+        assert_eq!(ring.select(ip, &mut at, |_| false), None);
+        assert_eq!(at.rehashes, MAX_TRIES + 1);
     }
 }

@@ -7,6 +7,15 @@
 //! unit, leaves servers about 5% off their weight; rendezvous hashing is exact but O(n) per
 //! request.
 
+use std::io::Write;
+use std::net::IpAddr;
+
+/// Rehashes after a key's own slot before the pick falls back to round robin. When a share `f`
+/// of the table belongs to servers that cannot take the request, `k` lookups all miss with
+/// probability `f^k`: 21 lookups keep that under one in a million while half of the weight is
+/// out, and cost little when every server is out.
+const MAX_REHASHES: u32 = 20;
+
 /// FNV-1a with a murmur3 finalizer: stable across builds and processes, so the same key maps to
 /// the same server in every generation of the gateway.
 pub fn hash(bytes: &[u8], seed: u64) -> u64 {
@@ -25,6 +34,16 @@ pub fn mix(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^ (h >> 33)
+}
+
+/// The key of a client address when `hash_key` is not set: the hash of its text form
+/// (`10.0.0.1`, `2001:db8::1`), formatted on the stack.
+pub fn hash_ip(ip: IpAddr) -> u64 {
+    let mut buf = [0u8; 48];
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{ip}");
+    let len = 48 - w.len();
+    hash(&buf[..len], 0)
 }
 
 const PRIMES: [u64; 6] = [65_537, 131_071, 262_139, 524_287, 1_048_573, 2_097_143];
@@ -98,6 +117,20 @@ impl Table {
         }
         Some(self.slots[(h % self.slots.len() as u64) as usize] as usize)
     }
+
+    /// The key's server, or, if it cannot take the request, the next one the same key rehashes
+    /// to: keys of usable servers never move. `None` sends the pick to round robin.
+    pub fn select(&self, key: u64, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let mut h = key;
+        for t in 0..=MAX_REHASHES {
+            let i = self.get(h)?;
+            if usable(i) {
+                return Some(i);
+            }
+            h = mix(key ^ u64::from(t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +162,23 @@ mod tests {
                 share(i)
             );
         }
+    }
+
+    #[test]
+    fn ip_key_is_the_hash_of_its_text() {
+        for ip in [
+            "10.0.0.1",
+            "255.255.255.255",
+            "2001:db8::1",
+            "::ffff:10.1.2.3",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(hash_ip(ip), hash(ip.to_string().as_bytes(), 0));
+        }
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap();
+        assert_eq!(hash_ip(longest), hash(longest.to_string().as_bytes(), 0));
     }
 
     #[test]

@@ -487,7 +487,8 @@ fn rss_kb(pid: i32) -> u64 {
 
 #[test]
 fn five_thousand_slow_clients_cost_no_thread_and_do_not_block_others() {
-    let f = front("");
+    // Above the default 4096, which would refuse the normal clients below.
+    let f = front("worker_connections: 6000\n");
     let worker = children(f.gw.pid())[0];
     assert_eq!(get(f.port, "/").status, 200);
     let (threads_before, rss_before) = (threads(worker), rss_kb(worker));

@@ -1,7 +1,9 @@
 //! graygate's integration tests, one binary (as ripgrep's `tests/`): `common` is compiled once
 //! and every helper in it has a user.
 
+mod canary;
 mod common;
+mod faults;
 mod gateway;
 mod hostile;
 mod ip_hash_vectors;

@@ -1,0 +1,327 @@
+//! The JSON API: `GET /api/status`, `PUT /api/canaries/NAME {"percent": N}`,
+//! `POST /api/canaries/NAME/{pause,resume,abort,promote}`,
+//! `PUT /api/upstreams/POOL/servers/ADDR {"weight": N}`.
+//!
+//! A change is made under the store's lock, logged as one line in the process error log (who,
+//! old -> new) and written to the state file before the answer. A canary change is two atomic
+//! stores the next request reads; a weight change compiles the running config again with the
+//! new weight and swaps the snapshot, as a reload does, so requests in flight keep their plan.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::{Method, Response};
+use serde_json::{json, Value};
+
+use crate::canary::persist::{recompile, save};
+use crate::canary::store::WeightOverride;
+use crate::canary::{percent_bp, percent_text, unix_now, Phase, Status};
+use crate::plan::{CanaryPlan, Plan, MAX_WEIGHT};
+use crate::snapshot::{Live, Snapshot};
+
+use super::json;
+
+/// Who asked for a change, for the log line.
+pub struct Who {
+    pub cli: bool,
+    pub addr: Option<IpAddr>,
+}
+
+impl std::fmt::Display for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.cli { "CLI" } else { "API" })?;
+        match self.addr {
+            Some(a) => write!(f, " from {a}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A 4xx answer naming the field at fault.
+pub fn error(status: u16, field: &str, msg: &str) -> Response<Vec<u8>> {
+    json(status, &json!({ "error": msg, "field": field }))
+}
+
+/// A 4xx answer before it is a response.
+pub struct ApiError {
+    status: u16,
+    field: &'static str,
+    msg: String,
+}
+
+impl From<ApiError> for Response<Vec<u8>> {
+    fn from(e: ApiError) -> Self {
+        error(e.status, e.field, &e.msg)
+    }
+}
+
+fn fail(status: u16, field: &'static str, msg: String) -> ApiError {
+    ApiError { status, field, msg }
+}
+
+/// Routes one API request.
+pub fn handle(
+    live: &Live,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+    who: &Who,
+) -> Response<Vec<u8>> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        (&Method::GET, ["api", "status"]) => json(200, &status(&live.load().plan)),
+        (&Method::GET, ["api", "canaries", name]) => {
+            let snap = live.load();
+            match find(&snap.plan, name) {
+                Ok(c) => json(200, &canary_json(&snap.plan, c)),
+                Err(e) => e.into(),
+            }
+        }
+        (&Method::PUT, ["api", "canaries", name]) => match number(body, "percent") {
+            Ok(p) => match percent_bp(p) {
+                Ok(bp) => change(live, name, who, |_| (bp, Phase::Manual)),
+                Err(e) => error(400, "percent", &e),
+            },
+            Err(e) => e.into(),
+        },
+        (&Method::POST, ["api", "canaries", name, op]) => {
+            let f: fn(&Status) -> (u32, Phase) = match *op {
+                "pause" => |s| (s.percent_bp, Phase::Paused),
+                "resume" => |s| (s.percent_bp, Phase::Manual),
+                "abort" => |_| (0, Phase::Aborted),
+                "promote" => |_| (crate::canary::BUCKETS, Phase::Promoted),
+                _ => {
+                    return error(
+                        404,
+                        "operation",
+                        &format!("unknown operation \"{op}\" (pause, resume, abort, promote)"),
+                    )
+                }
+            };
+            change(live, name, who, f)
+        }
+        (&Method::PUT, ["api", "upstreams", pool, "servers", addr]) => match number(body, "weight")
+        {
+            Ok(w) => set_weight(live, pool, addr, w, who),
+            Err(e) => e.into(),
+        },
+        (_, ["api", ..]) => error(404, "path", &format!("no API endpoint {method} {path}")),
+        _ => error(404, "path", &format!("not found: {path}")),
+    }
+}
+
+/// The number in field `field` of a JSON object body.
+fn number(body: &[u8], field: &'static str) -> Result<f64, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| fail(400, "body", format!("invalid JSON: {e}")))?;
+    match v.get(field) {
+        Some(n) => n
+            .as_f64()
+            .ok_or_else(|| fail(400, field, format!("{field} must be a number"))),
+        None => Err(fail(400, field, format!("missing field \"{field}\""))),
+    }
+}
+
+fn find<'a>(plan: &'a Plan, name: &str) -> Result<&'a CanaryPlan, ApiError> {
+    plan.canaries
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = plan.canaries.iter().map(|c| c.name.as_str()).collect();
+            fail(
+                404,
+                "name",
+                format!("unknown canary \"{name}\" (canaries: {})", list(&known)),
+            )
+        })
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Applies `f` (old status -> new percent and phase) to canary `name`.
+fn change(
+    live: &Live,
+    name: &str,
+    who: &Who,
+    f: impl FnOnce(&Status) -> (u32, Phase),
+) -> Response<Vec<u8>> {
+    let snap = live.load_full();
+    let store = Arc::clone(&snap.plan.store);
+    let _changing = store.changing.lock().unwrap_or_else(|e| e.into_inner());
+    let c = match find(&snap.plan, name) {
+        Ok(c) => c,
+        Err(e) => return e.into(),
+    };
+    let old = c.state.status();
+    let (bp, phase) = f(&old);
+    let new = Status {
+        percent_bp: bp,
+        phase,
+        since: unix_now(),
+        why: format!("set by {who}"),
+    };
+    c.state.set(&new);
+    log::warn!(
+        "canary \"{name}\": percent {} -> {}, state {} -> {} (by {who})",
+        percent_text(old.percent_bp),
+        percent_text(bp),
+        old.phase.name(),
+        phase.name()
+    );
+    save(&snap.plan);
+    json(200, &canary_json(&snap.plan, c))
+}
+
+fn set_weight(live: &Live, pool: &str, addr: &str, w: f64, who: &Who) -> Response<Vec<u8>> {
+    if w.fract() != 0.0 || !(0.0..=MAX_WEIGHT as f64).contains(&w) {
+        return error(
+            400,
+            "weight",
+            &format!("weight must be a whole number 0..{MAX_WEIGHT}, not {w}"),
+        );
+    }
+    let weight = w as u32;
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        return error(
+            400,
+            "addr",
+            &format!("invalid server address \"{addr}\" (IP:PORT)"),
+        );
+    };
+    let cur = live.load_full();
+    let store = Arc::clone(&cur.plan.store);
+    let _changing = store.changing.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(pp) = cur.plan.pools.iter().find(|pp| pp.pool.name == pool) else {
+        let known: Vec<&str> = cur
+            .plan
+            .pools
+            .iter()
+            .map(|p| p.pool.name.as_str())
+            .collect();
+        return error(
+            404,
+            "pool",
+            &format!("unknown upstream \"{pool}\" (upstreams: {})", list(&known)),
+        );
+    };
+    let Some(peer) = pp.pool.peers.iter().find(|p| p.addr == addr) else {
+        return error(
+            404,
+            "addr",
+            &format!("upstream \"{pool}\" has no server {addr}"),
+        );
+    };
+    let old = peer.weight;
+    let before = store.weights();
+    let mut after: Vec<WeightOverride> = before
+        .iter()
+        .filter(|o| !(o.pool == pool && o.addr == addr))
+        .cloned()
+        .collect();
+    let file_weight = before
+        .iter()
+        .find(|o| o.pool == pool && o.addr == addr)
+        .map_or(old, |o| o.file_weight);
+    if weight != file_weight {
+        after.push(WeightOverride {
+            pool: pool.to_string(),
+            addr,
+            weight,
+            file_weight,
+        });
+    }
+    store.set_weights(after);
+    // Reloads race with us: retry on the newest snapshot until ours is the one swapped in.
+    let mut base = cur;
+    let plan = loop {
+        let plan = match recompile(&base.plan) {
+            Ok(p) => p,
+            Err(e) => {
+                store.set_weights(before);
+                return error(400, "weight", &e);
+            }
+        };
+        let snap = match Snapshot::activate(plan) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                store.set_weights(before);
+                return error(500, "weight", &format!("cannot open a log file: {e}"));
+            }
+        };
+        let prev = live.compare_and_swap(&base, Arc::clone(&snap));
+        if Arc::ptr_eq(&prev, &base) {
+            break snap;
+        }
+        base = live.load_full();
+    };
+    log::warn!("upstream \"{pool}\" server {addr}: weight {old} -> {weight} (by {who})");
+    save(&plan.plan);
+    json(200, &pool_json(&plan.plan, pool))
+}
+
+/// A time as RFC 3339 in UTC.
+fn time(unix: u64) -> String {
+    chrono::DateTime::from_timestamp(unix as i64, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}
+
+fn canary_json(plan: &Plan, c: &CanaryPlan) -> Value {
+    let s = c.state.status();
+    let pool = |i: usize| plan.pools.get(i).map(|p| p.pool.name.clone());
+    json!({
+        "name": c.name,
+        "stable": pool(c.pools[0]),
+        "canary": pool(c.pools[1]),
+        "percent": s.percent_bp as f64 / 100.0,
+        "state": s.phase.name(),
+        "since": time(s.since),
+        "why": s.why,
+        "fallbacks": {
+            "stable": c.state.fallbacks[0].load(Ordering::Relaxed),
+            "canary": c.state.fallbacks[1].load(Ordering::Relaxed),
+        },
+    })
+}
+
+fn pool_json(plan: &Plan, name: &str) -> Value {
+    let Some(pp) = plan.pools.iter().find(|p| p.pool.name == name) else {
+        return Value::Null;
+    };
+    let servers: Vec<Value> = pp
+        .pool
+        .peers
+        .iter()
+        .map(|p| {
+            json!({
+                "addr": p.addr.to_string(),
+                "weight": p.weight,
+                "down": p.down,
+                "backup": p.backup,
+                "healthy": p.state.healthy.load(Ordering::Relaxed),
+                "in_flight": p.state.active.load(Ordering::Relaxed),
+                // Consecutive failures (nginx's `fails`); request counts are in /metrics.
+                "fails": p.fails(),
+            })
+        })
+        .collect();
+    json!({ "name": name, "servers": servers })
+}
+
+/// `GET /api/status`: every pool and every canary.
+pub fn status(plan: &Plan) -> Value {
+    let pools: Vec<Value> = plan
+        .pools
+        .iter()
+        .map(|p| pool_json(plan, &p.pool.name))
+        .collect();
+    let canaries: Vec<Value> = plan.canaries.iter().map(|c| canary_json(plan, c)).collect();
+    json!({ "pools": pools, "canaries": canaries })
+}

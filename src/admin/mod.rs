@@ -1,0 +1,109 @@
+//! The admin listener: a small HTTP/1.1 server (a Pingora `ServeHttp` service in the worker, so
+//! its socket passes to a new binary on upgrade like the others) for the JSON API that changes
+//! canaries and weights live, and `/metrics`.
+//!
+//! - [`api`]: the JSON endpoints and the changes they make.
+//! - [`client`]: the `graygate canary ...` / `graygate weight ...` commands, which call the API
+//!   of the instance that `-c FILE` names.
+//!
+//! A listener with a token (required when not on loopback) answers 401 to any request without
+//! `Authorization: Bearer TOKEN`, and says nothing else.
+
+pub mod api;
+pub mod client;
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::services::listening::Service;
+
+use crate::snapshot::Live;
+
+/// Largest request body the API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+/// The admin HTTP app.
+pub struct Admin {
+    pub live: Live,
+}
+
+/// A Pingora service serving the admin API on `listen`.
+pub fn service(listen: SocketAddr, live: Live) -> Service<Admin> {
+    let mut s = Service::new("admin".to_string(), Admin { live });
+    s.add_tcp(&listen.to_string());
+    s
+}
+
+/// Compares without an early exit, so response time says nothing about the token.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// A JSON response.
+pub(crate) fn json(status: u16, body: &serde_json::Value) -> Response<Vec<u8>> {
+    let mut text = serde_json::to_vec_pretty(body).unwrap_or_default();
+    text.push(b'\n');
+    respond(status, "application/json", text)
+}
+
+fn respond(status: u16, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::builder()
+        .status(status)
+        .header("Content-Type", ctype)
+        .header("Content-Length", body.len())
+        .header("Cache-Control", "no-store");
+    if status == 401 {
+        r = r.header("WWW-Authenticate", "Bearer");
+    }
+    r.body(body).unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        let mut body = Vec::new();
+        let mut too_big = false;
+        while let Ok(Some(chunk)) = s.read_request_body().await {
+            if body.len() + chunk.len() > MAX_BODY {
+                too_big = true;
+            } else {
+                body.extend_from_slice(&chunk);
+            }
+        }
+        let snap = self.live.load_full();
+        let req = s.req_header();
+        if let Some(token) = snap.plan.admin.as_ref().and_then(|a| a.token.as_deref()) {
+            let given = req
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            if !given.is_some_and(|g| same(g.trim_ascii(), token.as_bytes())) {
+                return json(401, &serde_json::json!({ "error": "unauthorized" }));
+            }
+        }
+        if too_big {
+            return api::error(413, "body", "request body too large");
+        }
+        let who = api::Who {
+            cli: req
+                .headers
+                .get("x-graygate-client")
+                .is_some_and(|v| v == "cli"),
+            addr: s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+        };
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        if method == http::Method::GET && path == "/metrics" {
+            return respond(
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                crate::metrics::encode_plan(&snap.plan),
+            );
+        }
+        drop(snap);
+        api::handle(&self.live, &method, &path, &body, &who)
+    }
+}

@@ -1,0 +1,19 @@
+//! Gray releases as one operation: sticky canary splits whose percent changes live.
+//!
+//! - [`bucket`]: the fixed hash of a user's key into 10,000 buckets (a user's side is `bucket <
+//!   percent * 100`, so raising the percent only moves users stable -> canary).
+//! - [`state`]: a canary's live percent and phase (atomics the request path reads lock-free).
+//! - [`store`]: live weight overrides and the state file that carries live values over upgrades
+//!   and restarts.
+//!
+//! The compiled canaries and the per-request choice live in `plan::canary`; the admin API that
+//! changes them in `crate::admin`.
+
+mod bucket;
+pub mod persist;
+mod state;
+pub mod store;
+
+pub use bucket::{bucket, BUCKETS};
+pub use state::{percent_bp, percent_text, unix_now, CanaryState, Phase, Side, Status};
+pub use store::Store;
