@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing graygate needs on a fresh Debian machine:
-# cmake (Pingora's zlib-ng), supervisor and logrotate (for their integration tests), chromium and chromium-driver (the canary page test), and with --bench also nginx and wrk for the side-by-side benchmarks.
+# cmake (Pingora's zlib-ng), supervisor and logrotate (for their integration tests), chromium and chromium-driver (the canary page test), and with --bench also nginx and wrk for the side-by-side benchmarks,
+# with --fuzz cargo-fuzz.
 set -euo pipefail
 
 need=()
@@ -31,4 +32,10 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "deps: cargo not found; install Rust (https://rustup.rs) and run again" >&2
   exit 1
+fi
+# With --fuzz: cargo-fuzz for the targets in fuzz/ (they build with a nightly toolchain).
+if [[ "${1:-}" == "--fuzz" ]]; then
+  command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+  rustup toolchain list 2>/dev/null | grep -q nightly ||
+    { echo "deps: fuzzing needs a nightly toolchain: rustup toolchain install nightly" >&2; exit 1; }
 fi

@@ -103,6 +103,8 @@ pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
     let (plan, notes) = source
         .compile_noting(None)
         .map_err(|p| Error::Config(p.to_string()))?;
+    // The private runtime directory is made safe before anything is written in it.
+    super::runtime_dir::prepare(&plan).map_err(Error::Refused)?;
     // Before anything else: a second instance must refuse without touching the first's files.
     let pidfile = PidFile::lock(&plan.settings.pid_file)?;
     let mut sockets = Sockets::default();

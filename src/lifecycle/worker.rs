@@ -204,7 +204,8 @@ pub fn run() -> Result<(), Error> {
         let proxy = pingora_proxy::http_proxy(&conf, gw);
         let mut svc = Service::new(
             format!("server {}", s.name),
-            Drained::new(proxy, coord.clone()),
+            Drained::new(proxy, coord.clone())
+                .with_guard(crate::proxy::HeadGuard::new(live.clone(), i)),
         );
         for a in &s.listen {
             svc.add_listener(listener(a));

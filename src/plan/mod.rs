@@ -8,7 +8,10 @@ mod canary;
 mod canary_ramp;
 #[cfg(test)]
 mod canary_tests;
+pub mod limits;
 mod pool;
+#[cfg(test)]
+mod props;
 mod server;
 mod settings;
 pub mod template;
@@ -49,6 +52,8 @@ pub struct Settings {
     pub daemon: bool,
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
+    /// Most client connections open at once in a worker, all server blocks together.
+    pub worker_connections: usize,
 }
 
 /// A built-in demo backend.
@@ -140,6 +145,8 @@ pub struct ServerPlan {
     pub error_log: Option<String>,
     /// Exact matches first, then prefixes longest first: the first hit wins.
     pub locations: Vec<LocationPlan>,
+    /// Client limits and `real_ip`.
+    pub limits: limits::Limits,
 }
 
 impl LocationPlan {

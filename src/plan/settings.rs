@@ -28,7 +28,17 @@ pub(super) fn compile_settings(l: &Loaded, probs: &mut Problems) -> Settings {
             ),
         ));
     }
+    if c.worker_connections < 1 || c.worker_connections > 1_000_000 {
+        probs.push(l.problem_at(
+            "worker_connections",
+            format!(
+                "worker_connections must be 1..1000000, not {}",
+                c.worker_connections
+            ),
+        ));
+    }
     Settings {
+        worker_connections: c.worker_connections.clamp(1, 1_000_000) as usize,
         pid_file: c.pid_file.clone(),
         error_log: c.error_log.clone().filter(|p| p != "off"),
         threads: c.threads.clamp(1, 1024) as usize,
@@ -60,7 +70,8 @@ const MAX_SOCKET_PATH: usize = 107;
 /// directory must exist; `-t` says so rather than the start failing.
 fn check_dir(l: &Loaded, path: &str, at: &str, what: &str, probs: &mut Problems) {
     let dir = config::log_dir(path);
-    if !dir.is_dir() {
+    // The private runtime directory is created by the master on start.
+    if !dir.is_dir() && dir != config::runtime_dir() {
         probs.push(l.problem_at(
             at,
             format!("{what} directory {} does not exist", dir.display()),

@@ -27,6 +27,8 @@ pub struct Ctx {
     pub(super) scratch: Vec<u8>,
     /// The server whose `active` count this request holds (for `max_conns`).
     pub(super) held: Option<Arc<PeerState>>,
+    /// Request body bytes seen so far (`client_max_body_size` for chunked bodies).
+    pub(super) body_seen: u64,
 }
 
 /// Moves a request's `active` slot to `state` (or releases it).
