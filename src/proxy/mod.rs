@@ -300,7 +300,16 @@ impl ProxyHttp for Gateway {
             // nginx's `proxy_next_upstream timeout`, for idempotent requests only.
             let on = ctx.pool_plan().is_some_and(|p| p.retry_on_timeout);
             e.set_retry(on);
+        } else if matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        ) {
+            // nginx's `proxy_next_upstream error`: the server reset or closed before the
+            // response began, on a fresh connection as on a reused one (a server killed with
+            // requests in flight must not fail them).
+            e.set_retry(true);
         } else {
+            // Anything else (an invalid response, ...): only if a pooled connection went stale.
             e.retry.decide_reuse(client_reused);
         }
         e
