@@ -1,5 +1,5 @@
 # The two commands a fresh machine needs: `make run` and `make test`.
-.PHONY: run test bench bench-lifecycle deps
+.PHONY: run test bench bench-lifecycle deps fuzz
 
 deps:
 	@scripts/deps.sh
@@ -25,3 +25,8 @@ bench:
 bench-lifecycle:
 	@scripts/deps.sh --bench
 	bench/lifecycle.sh
+
+# Each cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 60) seconds.
+fuzz:
+	@scripts/deps.sh --fuzz
+	fuzz/run.sh $${FUZZ_SECONDS:-60}

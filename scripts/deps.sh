@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing graygate needs on a fresh Debian machine:
-# cmake (Pingora's zlib-ng), supervisor and logrotate (for their integration tests), and with --bench also nginx and wrk for the side-by-side benchmarks.
+# cmake (Pingora's zlib-ng), supervisor and logrotate (for their integration tests), chromium and chromium-driver (the canary page test), and with --bench also nginx and wrk for the side-by-side benchmarks,
+# with --fuzz cargo-fuzz.
 set -euo pipefail
 
 need=()
@@ -8,6 +9,9 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 # The supervisor integration test runs Debian's supervisord for real.
 command -v supervisord >/dev/null 2>&1 || need+=(supervisor)
+# The canary page test drives Debian's chromium headless (no browser download at test time).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # The logrotate integration test runs the shipped snippet with Debian's logrotate.
 command -v logrotate >/dev/null 2>&1 || need+=(logrotate)
 if [[ "${1:-}" == "--bench" ]]; then
@@ -20,9 +24,18 @@ if ((${#need[@]})); then
   [[ $(id -u) -eq 0 ]] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  # A package's post-install script can fail once on a fresh machine (seen with chromium);
+  # a second run finishes its configuration.
+  $sudo apt-get install -y -qq "${need[@]}" >/dev/null ||
+    { $sudo dpkg --configure -a && $sudo apt-get install -y -qq "${need[@]}" >/dev/null; }
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "deps: cargo not found; install Rust (https://rustup.rs) and run again" >&2
   exit 1
+fi
+# With --fuzz: cargo-fuzz for the targets in fuzz/ (they build with a nightly toolchain).
+if [[ "${1:-}" == "--fuzz" ]]; then
+  command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+  rustup toolchain list 2>/dev/null | grep -q nightly ||
+    { echo "deps: fuzzing needs a nightly toolchain: rustup toolchain install nightly" >&2; exit 1; }
 fi

@@ -3,7 +3,7 @@
 //!
 //! A demo backend answers every request with its name and the request headers it received,
 //! adds the seed's CORS header, and takes query parameters for tests: `delay_ms=N` waits
-//! before answering, `status=N` answers with that status (`only=NAME`: on that backend alone).
+//! before answering (`delay_ms_NAME=N`: on backend NAME instead), `status=N` answers with that status (`only=NAME`: on that backend alone).
 
 use std::time::Duration;
 
@@ -32,7 +32,10 @@ impl ServeHttp for Demo {
         while let Ok(Some(_)) = s.read_request_body().await {}
         let req = s.req_header();
         let query = req.uri.query().unwrap_or("");
-        if let Some(ms) = query_param(query, "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
+        // `delay_ms_NAME=N` overrides `delay_ms` on backend NAME (a slower canary in tests).
+        let own_delay = format!("delay_ms_{}", self.name);
+        let delay = query_param(query, &own_delay).or_else(|| query_param(query, "delay_ms"));
+        if let Some(ms) = delay.and_then(|v| v.parse::<u64>().ok()) {
             tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
         }
         // `only=NAME`: the status applies to that backend alone (to test retries).

@@ -8,10 +8,16 @@
 //! - [`plan`]: the checked, compiled runtime plan; every config error is found here.
 //! - [`snapshot`]: the live plan plus its open log files, swapped atomically on reload.
 //! - [`proxy`]: Pingora's request phases: routing, headers, retries, error pages, access log.
-//! - [`upstream`]: pools and selection (nginx-exact ip_hash, smooth weighted round robin).
+//! - [`upstream`]: pools and selection (nginx-exact ip_hash, smooth weighted round robin,
+//!   `consistent` hashing on a Maglev table by client or `hash_key`), passive and active health.
+//! - [`canary`]: sticky canary splits whose percent changes live, the automatic ramp judged by
+//!   each side's numbers, and the state file that carries live values across upgrades.
+//! - [`admin`]: the admin listener: JSON API (canaries, weights), live page, CLI client.
+//! - [`metrics`]: Prometheus counters, gauges and a lock-free histogram on the admin listener.
 //! - [`logs`]: nginx-format access and error logs, written off the request path.
 //! - [`lifecycle`]: the processes: a master that owns the sockets and pid file, worker
 //!   generations, signals, reload, upgrade, drain, `-s` control.
+//! - [`cli`]: the nginx-shaped command line.
 //! - [`demo`]: the built-in demo backends.
 //!
 //! `docs/architecture.md` walks through them with a request, a reload and an upgrade.

@@ -1,5 +1,6 @@
 //! The JSON API: `GET /api/status`, `PUT /api/canaries/NAME {"percent": N}`,
-//! `POST /api/canaries/NAME/{pause,resume,abort,promote}`,
+//! `POST /api/canaries/NAME/{start,pause,resume,abort,promote}`,
+//! `GET /api/canaries/NAME/history` (the chart's samples of the last 30 minutes),
 //! `PUT /api/upstreams/POOL/servers/ADDR {"weight": N}`.
 //!
 //! A change is made under the store's lock, logged as one line in the process error log (who,
@@ -14,9 +15,10 @@ use std::sync::Arc;
 use http::{Method, Response};
 use serde_json::{json, Value};
 
+use crate::canary::analysis::Numbers;
 use crate::canary::persist::{recompile, save};
 use crate::canary::store::WeightOverride;
-use crate::canary::{percent_bp, percent_text, unix_now, Phase, Status};
+use crate::canary::{percent_bp, percent_text, ramp, unix_now, Phase, Position, Status, BUCKETS};
 use crate::plan::{CanaryPlan, Plan, MAX_WEIGHT};
 use crate::snapshot::{Live, Snapshot};
 
@@ -78,29 +80,57 @@ pub fn handle(
                 Err(e) => e.into(),
             }
         }
+        (&Method::GET, ["api", "canaries", name, "history"]) => {
+            let snap = live.load();
+            match find(&snap.plan, name) {
+                Ok(c) => json(200, &json!({ "samples": ramp::history(c) })),
+                Err(e) => e.into(),
+            }
+        }
         (&Method::PUT, ["api", "canaries", name]) => match number(body, "percent") {
             Ok(p) => match percent_bp(p) {
-                Ok(bp) => change(live, name, who, |_| (bp, Phase::Manual)),
+                Ok(bp) => change(live, name, who, |_, old, pos| {
+                    // A manual percent pauses a ramp; resume goes back to its step.
+                    let ramp =
+                        pos.step.is_some() && (old.phase.ramping() || old.phase == Phase::Paused);
+                    Ok(if ramp {
+                        (
+                            bp,
+                            Phase::Paused,
+                            format!("set by {who}: the ramp is paused"),
+                        )
+                    } else {
+                        (bp, Phase::Manual, format!("set by {who}"))
+                    })
+                }),
                 Err(e) => error(400, "percent", &e),
             },
             Err(e) => e.into(),
         },
-        (&Method::POST, ["api", "canaries", name, op]) => {
-            let f: fn(&Status) -> (u32, Phase) = match *op {
-                "pause" => |s| (s.percent_bp, Phase::Paused),
-                "resume" => |s| (s.percent_bp, Phase::Manual),
-                "abort" => |_| (0, Phase::Aborted),
-                "promote" => |_| (crate::canary::BUCKETS, Phase::Promoted),
-                _ => {
-                    return error(
-                        404,
-                        "operation",
-                        &format!("unknown operation \"{op}\" (pause, resume, abort, promote)"),
-                    )
-                }
-            };
-            change(live, name, who, f)
-        }
+        (&Method::POST, ["api", "canaries", name, op]) => match *op {
+            "start" => change(live, name, who, |c, _, pos| {
+                ramp::start(c, pos, &who.to_string()).map_err(|e| fail(409, "steps", e))
+            }),
+            "pause" => change(live, name, who, |_, old, _| {
+                Ok((old.percent_bp, Phase::Paused, format!("paused by {who}")))
+            }),
+            "resume" => change(live, name, who, |c, old, pos| {
+                Ok(ramp::resume(c, old, pos, &who.to_string()))
+            }),
+            "abort" => change(live, name, who, |_, _, pos| {
+                pos.step = None;
+                Ok((0, Phase::Aborted, format!("aborted by {who}")))
+            }),
+            "promote" => change(live, name, who, |_, _, pos| {
+                pos.step = None;
+                Ok((BUCKETS, Phase::Promoted, format!("promoted by {who}")))
+            }),
+            _ => error(
+                404,
+                "operation",
+                &format!("unknown operation \"{op}\" (start, pause, resume, abort, promote)"),
+            ),
+        },
         (&Method::PUT, ["api", "upstreams", pool, "servers", addr]) => match number(body, "weight")
         {
             Ok(w) => set_weight(live, pool, addr, w, who),
@@ -145,12 +175,13 @@ fn list(names: &[&str]) -> String {
     }
 }
 
-/// Applies `f` (old status -> new percent and phase) to canary `name`.
+/// Applies `f` to canary `name`: from its plan, old status and ramp position to the new
+/// percent, phase and why.
 fn change(
     live: &Live,
     name: &str,
     who: &Who,
-    f: impl FnOnce(&Status) -> (u32, Phase),
+    f: impl FnOnce(&CanaryPlan, &Status, &mut Position) -> Result<(u32, Phase, String), ApiError>,
 ) -> Response<Vec<u8>> {
     let snap = live.load_full();
     let store = Arc::clone(&snap.plan.store);
@@ -160,14 +191,22 @@ fn change(
         Err(e) => return e.into(),
     };
     let old = c.state.status();
-    let (bp, phase) = f(&old);
+    let made = {
+        let mut pos = c.state.position();
+        f(c, &old, &mut pos)
+    };
+    let (bp, phase, why) = match made {
+        Ok(m) => m,
+        Err(e) => return e.into(),
+    };
     let new = Status {
         percent_bp: bp,
         phase,
         since: unix_now(),
-        why: format!("set by {who}"),
+        why,
     };
     c.state.set(&new);
+    crate::metrics::transition(name, old.phase, phase);
     log::warn!(
         "canary \"{name}\": percent {} -> {}, state {} -> {} (by {who})",
         percent_text(old.percent_bp),
@@ -276,6 +315,43 @@ fn time(unix: u64) -> String {
 fn canary_json(plan: &Plan, c: &CanaryPlan) -> Value {
     let s = c.state.status();
     let pool = |i: usize| plan.pools.get(i).map(|p| p.pool.name.clone());
+    let (step, failures, window) = {
+        let p = c.state.position();
+        let w = p.window.as_ref().map(|w| {
+            let secs = w.started.elapsed().as_secs_f64();
+            let [st, ca] = w.counts(&c.state.sides);
+            json!({
+                "since": time(w.started_unix),
+                "seconds": secs,
+                "stable": st.numbers(secs),
+                "canary": ca.numbers(secs),
+            })
+        });
+        (p.step, p.failures, w)
+    };
+    let ramp_json = c.ramp.as_ref().map(|r| {
+        let a = &r.analysis;
+        json!({
+            "steps": r.steps.iter().map(|&bp| f64::from(bp) / 100.0).collect::<Vec<_>>(),
+            "interval_seconds": r.interval.as_secs_f64(),
+            "step": step.map(|i| i + 1),
+            "failures": failures,
+            "next_analysis_in": ramp::next_analysis_in(c),
+            "window": window,
+            "analysis": {
+                "min_requests": a.min_requests,
+                "max_error_rate": a.max_error_rate.map(|r| r * 100.0),
+                "max_error_rate_vs_stable": a.max_error_rate_vs_stable,
+                "max_p99_ms": a.max_p99.map(|d| d.as_secs_f64() * 1e3),
+                "max_p99_vs_stable": a.max_p99_vs_stable,
+                "failures_allowed": a.failures_allowed,
+            },
+        })
+    });
+    let latest = ramp::latest(c);
+    let side = |n: Option<&Numbers>| {
+        serde_json::to_value(n.cloned().unwrap_or_default()).unwrap_or_default()
+    };
     json!({
         "name": c.name,
         "stable": pool(c.pools[0]),
@@ -287,6 +363,12 @@ fn canary_json(plan: &Plan, c: &CanaryPlan) -> Value {
         "fallbacks": {
             "stable": c.state.fallbacks[0].load(Ordering::Relaxed),
             "canary": c.state.fallbacks[1].load(Ordering::Relaxed),
+        },
+        "ramp": ramp_json,
+        "live": {
+            "t": latest.as_ref().map(|l| l.t),
+            "stable": side(latest.as_ref().map(|l| &l.stable)),
+            "canary": side(latest.as_ref().map(|l| &l.canary)),
         },
     })
 }

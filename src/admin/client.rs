@@ -34,6 +34,8 @@ pub enum CanaryAction {
     Status { name: Option<String> },
     /// Set the percent of users on the canary side (0..100, two decimals).
     Set { name: String, percent: String },
+    /// Start the automatic ramp at its first step (a canary with `steps`).
+    Start { name: String },
     /// Hold the percent (the automatic ramp waits).
     Pause { name: String },
     /// Continue after a pause.
@@ -74,6 +76,7 @@ fn call(cmd: &Command, plan: &Plan, conf: &str) -> Result<String, String> {
                 let body = serde_json::json!({ "percent": p }).to_string();
                 ("PUT", format!("/api/canaries/{name}"), Some(body))
             }
+            CanaryAction::Start { name } => ("POST", format!("/api/canaries/{name}/start"), None),
             CanaryAction::Pause { name } => ("POST", format!("/api/canaries/{name}/pause"), None),
             CanaryAction::Resume { name } => ("POST", format!("/api/canaries/{name}/resume"), None),
             CanaryAction::Abort { name } => ("POST", format!("/api/canaries/{name}/abort"), None),
@@ -173,7 +176,7 @@ fn request(
 fn describe_canary(c: &Value) -> String {
     let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
     let percent = c.get("percent").and_then(Value::as_f64).unwrap_or(0.0);
-    format!(
+    let mut out = format!(
         "canary {}: {}% to {} (rest to {}), state {} since {} ({})\n",
         s("name"),
         percent,
@@ -182,7 +185,25 @@ fn describe_canary(c: &Value) -> String {
         s("state"),
         s("since"),
         s("why")
-    )
+    );
+    if let Some(r) = c.get("ramp").filter(|r| !r.is_null()) {
+        let steps: Vec<String> = r
+            .get("steps")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|v| format!("{v}%"))
+            .collect();
+        let step = r.get("step").and_then(Value::as_u64);
+        let next = r.get("next_analysis_in").and_then(Value::as_f64);
+        out.push_str(&format!(
+            "  ramp {}: {}{}\n",
+            steps.join(" -> "),
+            step.map_or("not running".into(), |i| format!("at step {i}")),
+            next.map_or(String::new(), |n| format!(", next analysis in {n:.0}s"))
+        ));
+    }
+    out
 }
 
 fn describe_pool(p: &Value) -> String {

@@ -3,6 +3,8 @@
 //! canaries and weights live, and `/metrics`.
 //!
 //! - [`api`]: the JSON endpoints and the changes they make.
+//! - `page.html`: the live page at `/` (percent, state, steps, both sides' numbers, a chart,
+//!   and the buttons), polling `/api/status` every second.
 //! - [`client`]: the `graygate canary ...` / `graygate weight ...` commands, which call the API
 //!   of the instance that `-c FILE` names.
 //!
@@ -21,6 +23,10 @@ use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
 
 use crate::snapshot::Live;
+
+/// The live page (issue 16): HTML, CSS and JS in one file, embedded; it fetches nothing but
+/// this listener's API.
+const PAGE: &str = include_str!("page.html");
 
 /// Largest request body the API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -73,8 +79,13 @@ impl ServeHttp for Admin {
                 body.extend_from_slice(&chunk);
             }
         }
-        let snap = self.live.load_full();
         let req = s.req_header();
+        // The page holds no state (its script asks the API, with the token), so it is served
+        // without one: the browser must load it before it can ask for the token.
+        if req.method == http::Method::GET && req.uri.path() == "/" {
+            return respond(200, "text/html; charset=utf-8", PAGE.as_bytes().to_vec());
+        }
+        let snap = self.live.load_full();
         if let Some(token) = snap.plan.admin.as_ref().and_then(|a| a.token.as_deref()) {
             let given = req
                 .headers

@@ -6,14 +6,19 @@
 //! - [`store`]: live weight overrides and the state file that carries live values over upgrades
 //!   and restarts.
 //!
+//! - [`analysis`]: per-side counts (requests, 5xx, durations), windows and the verdict.
+//! - [`ramp`]: the automatic ramp from step to step (a background service of the worker).
+//!
 //! The compiled canaries and the per-request choice live in `plan::canary`; the admin API that
 //! changes them in `crate::admin`.
 
+pub mod analysis;
 mod bucket;
 pub mod persist;
+pub mod ramp;
 mod state;
 pub mod store;
 
 pub use bucket::{bucket, BUCKETS};
-pub use state::{percent_bp, percent_text, unix_now, CanaryState, Phase, Side, Status};
+pub use state::{percent_bp, percent_text, unix_now, CanaryState, Phase, Position, Side, Status};
 pub use store::Store;

@@ -16,7 +16,13 @@ pub fn saved_of(plan: &Plan) -> Saved {
             .iter()
             .map(|c| {
                 let s = c.state.status();
+                let (step, failures) = {
+                    let p = c.state.position();
+                    (p.step, p.failures)
+                };
                 let saved = SavedCanary {
+                    step,
+                    failures,
                     percent_bp: s.percent_bp,
                     state: s.phase.name().to_string(),
                     since: s.since,
@@ -62,11 +68,27 @@ pub fn restore(plan: Plan) -> Plan {
             );
             continue;
         }
+        let phase = Phase::from_name(&sc.state).unwrap_or(Phase::Manual);
+        let mut why = sc.why.clone();
+        if let (Some(r), Some(i)) = (&c.ramp, sc.step) {
+            let mut pos = c.state.position();
+            pos.step = Some(i.min(r.steps.len().saturating_sub(1)));
+            pos.failures = sc.failures;
+            // The window's counts lived in the old process: a new window starts now.
+            if phase.ramping() {
+                why = format!(
+                    "resumed at step {} of {} after a restart (the analysis window restarted); before: {}",
+                    i + 1,
+                    r.steps.len(),
+                    sc.why.split("; before: ").last().unwrap_or("")
+                );
+            }
+        }
         c.state.set(&Status {
             percent_bp: sc.percent_bp,
-            phase: Phase::from_name(&sc.state).unwrap_or(Phase::Manual),
+            phase,
             since: sc.since,
-            why: sc.why.clone(),
+            why,
         });
         log::info!(
             "canary \"{}\": percent {} ({}) restored from {}",

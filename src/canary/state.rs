@@ -4,10 +4,23 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
+use super::analysis::{Sample, SideStats, Window};
 use super::bucket::BUCKETS;
 
-/// Where a canary stands. `Manual` is a percent set by hand (or by the file); the others are
-/// the outcome of an operation. The next issue's automatic ramp adds its own states here.
+/// Where the automatic ramp of a canary is.
+#[derive(Debug, Clone, Default)]
+pub struct Position {
+    /// Index into the canary's steps; `None` when no ramp was started (or it ended).
+    pub step: Option<usize>,
+    /// Failed analyses at this ramp so far.
+    pub failures: u32,
+    /// The current analysis window (not in the state file: a new process starts a new one).
+    pub window: Option<Window>,
+}
+
+/// Where a canary stands. `Manual` is a percent set by hand (or by the file); `Running` and
+/// `Waiting` are the automatic ramp at a step (waiting: too few requests for a verdict); the
+/// others are the outcome of an operation or of the ramp. The numbers are stable (metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Phase {
@@ -15,14 +28,20 @@ pub enum Phase {
     Paused = 1,
     Aborted = 2,
     Promoted = 3,
+    Running = 4,
+    Waiting = 5,
+    RolledBack = 6,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 4] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Manual,
         Phase::Paused,
         Phase::Aborted,
         Phase::Promoted,
+        Phase::Running,
+        Phase::Waiting,
+        Phase::RolledBack,
     ];
 
     pub fn name(self) -> &'static str {
@@ -31,7 +50,15 @@ impl Phase {
             Phase::Paused => "paused",
             Phase::Aborted => "aborted",
             Phase::Promoted => "promoted",
+            Phase::Running => "running",
+            Phase::Waiting => "waiting",
+            Phase::RolledBack => "rolled back",
         }
+    }
+
+    /// Whether the automatic ramp is driving the percent.
+    pub fn ramping(self) -> bool {
+        matches!(self, Phase::Running | Phase::Waiting)
     }
 
     pub fn from_name(s: &str) -> Option<Phase> {
@@ -87,6 +114,12 @@ pub struct CanaryState {
     pub fallbacks: [AtomicU64; 2],
     /// Whether the side is falling back now (to log the start and end once, not per request).
     falling_back: [AtomicBool; 2],
+    /// Answered requests of each side, cumulative (the analysis diffs copies).
+    pub sides: [SideStats; 2],
+    /// The automatic ramp (changed under the store's `changing` lock).
+    pub ramp: Mutex<Position>,
+    /// Samples of the last 30 minutes for the page's chart.
+    pub history: Mutex<std::collections::VecDeque<Sample>>,
 }
 
 /// A copy of the changeable part of a [`CanaryState`].
@@ -116,6 +149,9 @@ impl CanaryState {
             requests: Default::default(),
             fallbacks: Default::default(),
             falling_back: Default::default(),
+            sides: Default::default(),
+            ramp: Mutex::default(),
+            history: Mutex::default(),
         }
     }
 
@@ -143,6 +179,11 @@ impl CanaryState {
         if let Ok(mut w) = self.why.lock() {
             w.clone_from(&s.why);
         }
+    }
+
+    /// The ramp position (a poisoned lock still holds a usable value).
+    pub fn position(&self) -> std::sync::MutexGuard<'_, Position> {
+        self.ramp.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Notes whether `side` falls back now; true when that changed (to log once).

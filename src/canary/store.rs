@@ -32,6 +32,12 @@ pub struct SavedCanary {
     pub why: String,
     /// The config file's percent (basis points) when this was written.
     pub file_bp: u32,
+    /// The automatic ramp's step (index into `steps`), when one runs or is paused.
+    #[serde(default)]
+    pub step: Option<usize>,
+    /// Failed analyses of that ramp so far.
+    #[serde(default)]
+    pub failures: u32,
 }
 
 /// The state file's content.

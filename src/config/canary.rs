@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use super::TimeValue;
+
 /// `admin`: the admin HTTP listener (JSON API, `/metrics`). Off when absent.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +29,42 @@ pub struct Canary {
     /// Share of users on the canary side, 0..100, at most two decimals.
     #[serde(default)]
     pub percent: f64,
+    /// The automatic ramp's percents (issue 16); absent: manual mode.
+    #[serde(default)]
+    pub steps: Option<Vec<f64>>,
+    /// Time at each step before its analysis; required with `steps`.
+    #[serde(default)]
+    pub interval: Option<TimeValue>,
+    /// Bounds each step's analysis checks; every key optional.
+    #[serde(default)]
+    pub analysis: Option<Analysis>,
+}
+
+/// `canaries.NAME.analysis`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Analysis {
+    #[serde(default)]
+    pub min_requests: Option<u64>,
+    /// A percent written with its sign: `1%`, `0.5%`.
+    #[serde(default)]
+    pub max_error_rate: Option<Scalar>,
+    #[serde(default)]
+    pub max_error_rate_vs_stable: Option<f64>,
+    #[serde(default)]
+    pub max_p99: Option<TimeValue>,
+    #[serde(default)]
+    pub max_p99_vs_stable: Option<f64>,
+    #[serde(default)]
+    pub failures_allowed: Option<u32>,
+}
+
+/// A YAML scalar kept as written, checked by the plan (which knows its position).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Number(f64),
+    Text(String),
 }
 
 fn default_key() -> String {

@@ -6,9 +6,11 @@
 //! outside lookup is [`resolve_addrs`], the host names of addresses, which plan asks for.
 
 mod addr;
-mod canary;
+pub mod canary;
 mod duration;
+mod limits;
 mod problem;
+mod runtime;
 mod spans;
 
 use std::path::{Path, PathBuf};
@@ -21,7 +23,9 @@ pub use addr::test_hosts;
 pub use addr::{parse_addr, resolve_addrs};
 pub use canary::{Admin, Canary};
 pub use duration::TimeValue;
+pub use limits::{parse_buffers, parse_size, HeaderBuffers, RealIp, Size};
 pub use problem::{Problem, Problems};
+pub use runtime::{default_pid_file, runtime_dir};
 pub use spans::{Pos, Spans};
 
 /// The default configuration, built into the binary: the seed's layout with two demo backends.
@@ -36,8 +40,8 @@ pub struct Config {
     /// Where the master writes its pid; `-s` finds it there.
     #[serde(default = "default_pid_file")]
     pub pid_file: String,
-    /// Unix socket over which listening sockets pass to a new binary on upgrade; by default
-    /// derived from `pid_file` (see [`default_upgrade_sock`]), so that each instance has its own.
+    /// Ignored, accepted so that older files still load: listening sockets no longer pass over
+    /// a socket on upgrade but by inheritance from the master (a notice says so at start).
     #[serde(default)]
     pub upgrade_sock: Option<String>,
     /// Process-wide log (start-up, signals, internal errors).
@@ -55,6 +59,9 @@ pub struct Config {
     /// How long in-flight requests may take after the grace period before a forced exit.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: TimeValue,
+    /// Most client connections open at once per worker (nginx's `worker_connections`).
+    #[serde(default = "default_worker_connections")]
+    pub worker_connections: i64,
     /// Built-in demo backends ("old" and "new" in the default config).
     #[serde(default)]
     pub demo_backends: Vec<DemoBackend>,
@@ -185,6 +192,26 @@ pub struct Server {
     pub error_log: Option<String>,
     #[serde(default)]
     pub locations: Vec<Location>,
+    // Client limits, nginx's directives of the same names (defaults in `plan::limits`).
+    #[serde(default)]
+    pub client_max_body_size: Option<Size>,
+    #[serde(default)]
+    pub large_client_header_buffers: Option<HeaderBuffers>,
+    /// Most header lines in a request (nginx has no such count; Pingora caps it at 256).
+    #[serde(default)]
+    pub max_headers: Option<i64>,
+    #[serde(default)]
+    pub client_header_timeout: Option<TimeValue>,
+    #[serde(default)]
+    pub client_body_timeout: Option<TimeValue>,
+    #[serde(default)]
+    pub keepalive_timeout: Option<TimeValue>,
+    #[serde(default)]
+    pub keepalive_requests: Option<i64>,
+    #[serde(default)]
+    pub underscores_in_headers: bool,
+    #[serde(default)]
+    pub real_ip: Option<RealIp>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,15 +232,8 @@ pub struct Location {
     pub send_timeout: Option<TimeValue>,
 }
 
-fn default_pid_file() -> String {
-    "/tmp/graygate.pid".into()
-}
-/// The upgrade socket of an instance whose pid file is `pid_file`: beside it, named after it
-/// (`/run/graygate.pid` gives `/run/graygate_upgrade.sock`; the default pid file gives the
-/// former fixed default, `/tmp/graygate_upgrade.sock`).
-pub fn default_upgrade_sock(pid_file: &str) -> String {
-    let stem = pid_file.strip_suffix(".pid").unwrap_or(pid_file);
-    format!("{stem}_upgrade.sock")
+fn default_worker_connections() -> i64 {
+    4096
 }
 fn default_threads() -> i64 {
     1

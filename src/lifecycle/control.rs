@@ -10,8 +10,9 @@
 //! | `reloaded PID ok\|REASON`  | worker     | outcome of an in-place reload                   |
 //! | `ok TEXT` / `error TEXT`  | master     | the answer to a command                         |
 //!
-//! Reload and upgrade answer only once the change is live; `quit`, `stop` (and `reopen` when
-//! the master is not answering) are plain signals to the pid in the pid file.
+//! Reload and upgrade answer only once the change is live. `quit` and `stop` are plain signals
+//! to the pid in the pid file; so is `reopen`, but only when the control socket is unreachable
+//! (a master started before the socket existed, or its socket file removed).
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Write};
@@ -196,22 +197,36 @@ pub fn read_pid(pid_file: &str) -> Result<i32, Error> {
         .ok_or_else(|| Error::Refused(format!("invalid pid \"{}\" in {pid_file}", text.trim())))
 }
 
-/// Carries out `cmd` on the master named in `pid_file`. Reload and upgrade go through the
-/// control socket with the (absolute) config path, so that the master applies the file that
-/// was just checked here and says how it went; the others are plain signals.
+/// Carries out `cmd` on the master named in `pid_file`. Reload, upgrade and reopen go through
+/// the control socket (reload and upgrade with the absolute config path, so that the master
+/// applies the file that was just checked here) and say how it went; reopen falls back to
+/// SIGUSR1 when the socket is unreachable; quit and stop are plain signals.
 pub fn send(cmd: Command, pid_file: &str, conf: Option<&Path>) -> Result<String, Error> {
-    if matches!(cmd, Command::Reload | Command::Upgrade) {
-        let conf = conf.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()));
-        let m = if cmd == Command::Reload {
-            Message::Reload(conf)
-        } else {
-            Message::Upgrade(conf)
-        };
-        return match request(pid_file, &m)? {
-            Message::Ok(t) => Ok(t),
-            Message::Err(t) => Err(Error::Refused(t)),
-            other => Err(Error::Refused(format!("unexpected answer \"{other}\""))),
-        };
+    let conf = || conf.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()));
+    let m = match cmd {
+        Command::Reload => Some(Message::Reload(conf())),
+        Command::Upgrade => Some(Message::Upgrade(conf())),
+        Command::Reopen => Some(Message::Reopen),
+        Command::Quit | Command::Stop => None,
+    };
+    let mut why = String::new();
+    if let Some(m) = m {
+        match request(pid_file, &m) {
+            Ok(Message::Ok(t)) => return Ok(t),
+            Ok(Message::Err(t)) => return Err(Error::Refused(t)),
+            Ok(other) => return Err(Error::Refused(format!("unexpected answer \"{other}\""))),
+            // Nobody listens: a signal still reaches a master whose socket file is gone.
+            Err(Error::Control { path, err })
+                if cmd == Command::Reopen
+                    && matches!(
+                        err.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+            {
+                why = format!(" (control socket {} unreachable: {err})", path.display());
+            }
+            Err(e) => return Err(e),
+        }
     }
     let pid = read_pid(pid_file)?;
     os::kill(pid, cmd.signal()).map_err(|e| {
@@ -219,7 +234,7 @@ pub fn send(cmd: Command, pid_file: &str, conf: Option<&Path>) -> Result<String,
             "kill({pid}, {cmd}) failed: {e} (stale pid file {pid_file}?)"
         ))
     })?;
-    Ok(format!("signal sent to {pid}"))
+    Ok(format!("signal sent to {pid}{why}"))
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::sync::watch;
 
+use crate::proxy::HeadGuard;
+
 /// Shared by every service of the process.
 pub struct Coordinator {
     services_left: AtomicUsize,
@@ -52,6 +54,8 @@ pub struct Drained<A> {
     coord: Arc<Coordinator>,
     /// Flipped at the end of the grace period: idle connections close then.
     close_idle: watch::Sender<bool>,
+    /// Client limits of a proxy server block (see [`HeadGuard`]); none for demo backends.
+    guard: Option<HeadGuard>,
 }
 
 impl<A> Drained<A> {
@@ -61,7 +65,14 @@ impl<A> Drained<A> {
             conns: Arc::default(),
             coord,
             close_idle: watch::channel(false).0,
+            guard: None,
         }
+    }
+
+    /// Reads and checks each request head with `guard`'s limits before Pingora sees it.
+    pub fn with_guard(mut self, guard: HeadGuard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     async fn wait_idle(&self, limit: Duration) {
@@ -94,20 +105,34 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Limits (issue 14): past `worker_connections` the connection is closed unanswered.
+        let _slot = match &self.guard {
+            Some(g) => Some(g.admit(&stream)?),
+            None => None,
+        };
         self.conns.fetch_add(1, Ordering::AcqRel);
         let _guard = ConnGuard(self.conns.clone());
         let mut close_idle = self.close_idle.subscribe();
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
             let mut first = [0u8; 1];
+            let idle = self
+                .guard
+                .as_ref()
+                .map_or(KEEPALIVE, |g| g.idle_timeout(settings.is_none()));
             tokio::select! {
-                r = tokio::time::timeout(KEEPALIVE, stream.try_peek(&mut first)) => {
+                r = tokio::time::timeout(idle, stream.try_peek(&mut first)) => {
                     if !matches!(r, Ok(Ok(true))) {
                         return None; // idle too long, or the client closed
                     }
                 }
                 _ = close_idle.wait_for(|c| *c) => return None,
             }
+            // Limits (issue 14): the head is read and checked here; a bad one ends the loop.
+            let head = match &self.guard {
+                Some(g) => Some(g.read_head(&mut stream).await?),
+                None => None,
+            };
             let mut session = ServerSession::new_http1(stream);
             if *shutdown.borrow() {
                 session.set_keepalive(None);
@@ -121,6 +146,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
             );
             if let Some(s) = settings.take() {
                 s.apply_to_session(&mut session);
+            }
+            if let (Some(g), Some(h)) = (&self.guard, head) {
+                g.apply(&mut session, h);
             }
             let reused = Box::pin(self.inner.process_new_http(session, shutdown)).await?;
             (stream, settings) = reused.consume();

@@ -64,7 +64,7 @@ impl Signals {
 }
 
 pub(super) struct Master {
-    /// The binary on disk: what `upgrade` executes.
+    /// The binary on disk as invoked (symlinks kept): what `upgrade` executes.
     pub exe: PathBuf,
     /// The checked config the current generation runs, and its plan (the one copy of the
     /// process settings).
@@ -91,18 +91,20 @@ pub(super) struct Master {
 /// Starts the master: a fresh start, or the second half of a re-exec (`upgrade`).
 pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
     if let Some(inherit) = Inherit::from_env() {
-        return super::upgrade::resume(inherit, conf);
+        return super::upgrade::resume(inherit);
     }
     // An absolute config path keeps working after daemon() and for every generation.
     let conf = conf.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
-    let exe = std::env::current_exe().map_err(|err| Error::Os {
+    let exe = invoked_exe().map_err(|err| Error::Os {
         what: "finding our own binary",
         err,
     })?;
     let source = Source::read(conf.as_deref()).map_err(|p| Error::Config(p.to_string()))?;
-    let plan = source
-        .compile(None)
+    let (plan, notes) = source
+        .compile_noting(None)
         .map_err(|p| Error::Config(p.to_string()))?;
+    // The private runtime directory is made safe before anything is written in it.
+    super::runtime_dir::prepare(&plan).map_err(Error::Refused)?;
     // Before anything else: a second instance must refuse without touching the first's files.
     let pidfile = PidFile::lock(&plan.settings.pid_file)?;
     let mut sockets = Sockets::default();
@@ -119,6 +121,9 @@ pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
     open_error_log(&plan)?;
     if let Some(notice) = &pidfile.stale {
         log::info!("{notice}");
+    }
+    for n in notes {
+        log::info!("{n}");
     }
     let rt = runtime()?;
     let code = rt.block_on(async move {
@@ -148,6 +153,42 @@ pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
     std::process::exit(code)
 }
 
+/// The binary as it was invoked, for `upgrade` to execute: argv[0] made absolute against the
+/// start directory (or found on PATH, as the shell did), symlinks NOT resolved, so that a
+/// deploy that re-points a symlink upgrades to the new target. `current_exe()` (which resolves
+/// them) only when argv[0] says nothing usable.
+fn invoked_exe() -> std::io::Result<PathBuf> {
+    let arg0 = std::env::args_os().next().unwrap_or_default();
+    let cwd = std::env::current_dir()?;
+    match invoked_path(Path::new(&arg0), &cwd, std::env::var_os("PATH").as_deref()) {
+        Some(p) => Ok(p),
+        None => std::env::current_exe(),
+    }
+}
+
+/// [`invoked_exe`] without the process: `arg0` with a slash is taken relative to `cwd`; a bare
+/// name is the first executable file of that name on `path`.
+pub(super) fn invoked_path(
+    arg0: &Path,
+    cwd: &Path,
+    path: Option<&std::ffi::OsStr>,
+) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let bytes = arg0.as_os_str().as_bytes();
+    if bytes.is_empty() {
+        return None;
+    }
+    if bytes.contains(&b'/') {
+        return Some(cwd.join(arg0));
+    }
+    std::env::split_paths(path?)
+        .map(|dir| cwd.join(dir).join(arg0))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 pub(super) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -158,16 +199,22 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         })
 }
 
+/// Opens the error log (stderr stays the log if it fails) and starts the log writer.
 pub(super) fn open_error_log(plan: &Plan) -> Result<(), Error> {
+    let mut r = Ok(());
     if let Some(p) = &plan.settings.error_log {
-        let f = crate::snapshot::open_log(p, plan.create_log_dirs).map_err(|err| Error::Log {
-            path: p.clone(),
-            err,
-        })?;
-        crate::logs::error::set_process_file(f);
+        match crate::snapshot::open_log(p, plan.create_log_dirs) {
+            Ok(f) => crate::logs::error::set_process_file(f),
+            Err(err) => {
+                r = Err(Error::Log {
+                    path: p.clone(),
+                    err,
+                })
+            }
+        }
     }
     crate::logs::start_writer();
-    Ok(())
+    r
 }
 
 impl Master {
@@ -334,5 +381,42 @@ impl Master {
         for w in &self.old {
             w.signal(sig);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_invoked_path_keeps_symlinks_and_follows_path() {
+        let dir = std::env::temp_dir().join(format!("graygate-invoked-{}", std::process::id()));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let real = bin.join("graygate-1.2");
+        std::fs::write(&real, "").unwrap();
+        std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let link = bin.join("graygate");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let path = std::ffi::OsString::from(format!("/nonexistent-graygate:{}", bin.display()));
+        // Relative: against the start directory, the symlink kept.
+        assert_eq!(
+            invoked_path(Path::new("bin/graygate"), &dir, None),
+            Some(dir.join("bin/graygate"))
+        );
+        assert_eq!(
+            invoked_path(&link, Path::new("/"), None),
+            Some(link.clone())
+        );
+        // A bare name: found on PATH as the shell found it.
+        assert_eq!(
+            invoked_path(Path::new("graygate"), &dir, Some(&path)),
+            Some(link)
+        );
+        assert_eq!(invoked_path(Path::new("nothere"), &dir, Some(&path)), None);
+        assert_eq!(invoked_path(Path::new("graygate"), &dir, None), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

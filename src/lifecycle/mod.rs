@@ -17,6 +17,7 @@ pub mod master;
 mod os;
 mod pidfile;
 mod reload;
+pub mod runtime_dir;
 mod signals;
 mod sockets;
 mod source;

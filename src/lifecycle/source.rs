@@ -56,8 +56,20 @@ impl Source {
 
     /// Parses and checks these bytes (`prev`: the running plan, whose servers keep state).
     pub fn compile(&self, prev: Option<&Plan>) -> Result<Plan, Problems> {
-        config::parse(self.name(), &self.text, self.path.is_none())
-            .and_then(|l| Plan::compile(&l, prev))
+        self.compile_noting(prev).map(|(p, _)| p)
+    }
+
+    /// [`Source::compile`], with the notices a start logs once: keys accepted but ignored.
+    pub fn compile_noting(&self, prev: Option<&Plan>) -> Result<(Plan, Vec<String>), Problems> {
+        let l = config::parse(self.name(), &self.text, self.path.is_none())?;
+        let mut notes = Vec::new();
+        if l.config.upgrade_sock.is_some() {
+            notes.push(
+                "upgrade_sock is ignored (listening sockets pass from the master by inheritance)"
+                    .to_string(),
+            );
+        }
+        Plan::compile(&l, prev).map(|p| (p, notes))
     }
 
     /// A new memfd holding these bytes.

@@ -10,7 +10,17 @@
 //! Before the exec, the old image checks what can be checked without the new code running:
 //! the new binary's `-t` on the config, and every new listen address bound. Signals are
 //! blocked across the exec and delivered once the new image has its handlers.
+//!
+//! The new image never reads the config file: the bytes checked here cross the exec in a
+//! memfd (as for workers), with the running generation's bytes in a second one. After the
+//! exec nothing may take the service down: if the checked bytes do not arrive or do not
+//! compile, the new image runs as master of the old generation with the running bytes; an
+//! error log that cannot be opened leaves logging on stderr; a lost pid file lock or control
+//! socket is taken again by path. Only if none of that works (both configs unusable, the pid
+//! file or control socket not re-creatable, no runtime) does the new image exit, and its
+//! workers then drain and exit on their parent-death SIGQUIT.
 
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -36,6 +46,9 @@ pub struct Inherit {
     lock: RawFd,
     ctl: RawFd,
     client: Option<RawFd>,
+    /// memfds: the config checked for the upgrade, and the one the running generation serves.
+    conf: Option<RawFd>,
+    prev: Option<RawFd>,
     current: Option<i32>,
     old: Vec<i32>,
     exe: PathBuf,
@@ -73,6 +86,8 @@ impl Inherit {
                 "lock" => i.lock = n,
                 "ctl" => i.ctl = n,
                 "client" => i.client = Some(n),
+                "conf" => i.conf = Some(n),
+                "prev" => i.prev = Some(n),
                 "current" => i.current = Some(n),
                 "old" => i.old.push(n),
                 _ => return None,
@@ -83,7 +98,12 @@ impl Inherit {
 
     fn to_env(&self) -> String {
         let mut v = format!("lock={} ctl={}", self.lock, self.ctl);
-        for (k, n) in [("client", self.client), ("current", self.current)] {
+        for (k, n) in [
+            ("client", self.client),
+            ("conf", self.conf),
+            ("prev", self.prev),
+            ("current", self.current),
+        ] {
             if let Some(n) = n {
                 v.push_str(&format!(" {k}={n}"));
             }
@@ -107,13 +127,36 @@ impl Master {
     /// Replaces this image; returns only with the reason it could not.
     fn exec_new_image(&mut self, path: Option<PathBuf>, client: Option<RawFd>) -> Error {
         let path = path.or_else(|| self.source.path.clone());
-        let plan = match Source::read(path.as_deref()).and_then(|s| s.compile(None)) {
+        let source = match Source::read(path.as_deref()) {
+            Ok(s) => s,
+            Err(p) => return Error::Config(format!("configuration unchanged: {p}")),
+        };
+        let plan = match source.compile(None) {
             Ok(p) => p,
             Err(p) => return Error::Config(format!("configuration unchanged: {p}")),
         };
         if let Err(e) = check_binary(&self.exe, path.as_deref()) {
             return e;
         }
+        // The new binary checked the file; it is handed our bytes, which must be the same.
+        if Source::read(path.as_deref()).ok().as_ref() != Some(&source) {
+            return Error::Config(format!(
+                "configuration unchanged: {} changed during the upgrade's check; try again",
+                source.name()
+            ));
+        }
+        let memfd_err = |err| Error::Os {
+            what: "handing the config over",
+            err,
+        };
+        let conf = match source.to_memfd() {
+            Ok(f) => f,
+            Err(e) => return memfd_err(e),
+        };
+        let prev = match self.source.to_memfd() {
+            Ok(f) => f,
+            Err(e) => return memfd_err(e),
+        };
         let bound = match self.sockets.bind_missing(&plan_addrs(&plan)) {
             Ok(b) => b,
             Err(e) => return e,
@@ -122,12 +165,19 @@ impl Master {
             lock: self.pidfile.raw_fd(),
             ctl: self.ctl.as_raw_fd(),
             client,
+            conf: Some(conf.as_raw_fd()),
+            prev: Some(prev.as_raw_fd()),
             current: self.current.as_ref().map(|w| w.pid),
             old: self.old.iter().map(|w| w.pid).collect(),
             ..Inherit::default()
         };
         let mut keep = self.sockets.fds();
-        keep.extend([inherit.lock, inherit.ctl]);
+        keep.extend([
+            inherit.lock,
+            inherit.ctl,
+            conf.as_raw_fd(),
+            prev.as_raw_fd(),
+        ]);
         keep.extend(client);
         let env = [
             (INHERIT_ENV.to_string(), inherit.to_env()),
@@ -186,21 +236,47 @@ fn check_binary(exe: &Path, conf: Option<&Path>) -> Result<(), Error> {
 }
 
 /// The second half of an upgrade, in the new image: adopt, start a generation, answer.
-pub fn resume(inh: Inherit, conf: Option<PathBuf>) -> Result<(), Error> {
-    let source = Source::read(conf.as_deref()).map_err(|p| Error::Config(p.to_string()))?;
-    let plan = source
-        .compile(None)
-        .map_err(|p| Error::Config(p.to_string()))?;
-    open_error_log(&plan)?;
-    let pidfile = PidFile::adopt(&inh.pid_file, inh.lock)?;
+/// Every failure that can be lived with is logged and told to the client (see the top).
+pub fn resume(inh: Inherit) -> Result<(), Error> {
+    let mut trouble = Vec::new();
+    let checked = take_source(inh.conf).and_then(compiled);
+    let prev = take_source(inh.prev);
+    let (source, plan, fresh) = match checked {
+        Ok((s, p)) => (s, p, true),
+        Err(e) => {
+            trouble.push(format!("the checked configuration is unusable here: {e}"));
+            let (s, p) = prev.and_then(compiled).map_err(|e2| {
+                Error::Config(format!(
+                    "{e}; and the running configuration: {e2}; the new master exits"
+                ))
+            })?;
+            (s, p, false)
+        }
+    };
+    if let Err(e) = open_error_log(&plan) {
+        trouble.push(format!("{e}; logging to stderr"));
+    }
+    let pidfile = PidFile::adopt(&inh.pid_file, inh.lock).or_else(|e| {
+        trouble.push(format!("{e}; locking it again"));
+        PidFile::lock(&inh.pid_file)
+    })?;
     let sockets = Sockets::adopt(&inh.listen);
+    let ctl_path = super::control::ctl_path(&inh.pid_file);
     let ctl = os::adopt_fd(inh.ctl)
         .map(std::os::unix::net::UnixListener::from)
+        .or_else(|e| {
+            trouble.push(format!("control socket: {e}; binding it again"));
+            let _ = std::fs::remove_file(&ctl_path);
+            std::os::unix::net::UnixListener::bind(&ctl_path)
+        })
         .and_then(|l| l.set_nonblocking(true).map(|_| l))
         .map_err(|err| Error::Control {
-            path: super::control::ctl_path(&inh.pid_file),
+            path: ctl_path.clone(),
             err,
         })?;
+    for t in &trouble {
+        log::error!("upgrade: {t}");
+    }
     let client = inh
         .client
         .and_then(|fd| os::adopt_fd(fd).ok())
@@ -215,20 +291,32 @@ pub fn resume(inh: Inherit, conf: Option<PathBuf>) -> Result<(), Error> {
         let mut m = Master::new(inh.exe, source.clone(), plan.clone(), sockets, pidfile, ctl)?;
         m.current = inh.current.map(Worker::adopted);
         m.old = inh.old.into_iter().map(Worker::adopted).collect();
-        // The adopted workers run the old config until the new generation takes over.
-        m.stale = true;
         log::info!("master {} running the new binary", std::process::id());
-        let exe = m.exe.clone();
-        let answer = match m.new_generation(&exe, &source, &plan).await {
-            Ok(_) => {
-                m.stale = false;
-                let pid = m.current.as_ref().map_or(0, |w| w.pid);
-                Message::Ok(format!("upgraded, worker {pid}"))
+        let answer = if fresh {
+            // The adopted workers run the old config until the new generation takes over.
+            m.stale = true;
+            let exe = m.exe.clone();
+            match m.new_generation(&exe, &source, &plan).await {
+                Ok(_) => {
+                    m.stale = false;
+                    let pid = m.current.as_ref().map_or(0, |w| w.pid);
+                    let mut text = format!("upgraded, worker {pid}");
+                    for t in &trouble {
+                        text.push_str(&format!("; warning: {t}"));
+                    }
+                    Message::Ok(text)
+                }
+                Err(e) => {
+                    log::error!("upgrade: the new binary's first generation failed, the old workers keep serving: {e}");
+                    Message::Err(format!("the new generation failed, the old one keeps serving: {e}"))
+                }
             }
-            Err(e) => {
-                log::error!("upgrade: the new binary's first generation failed, the old workers keep serving: {e}");
-                Message::Err(format!("the new generation failed, the old one keeps serving: {e}"))
-            }
+        } else {
+            // The old workers serve the running bytes, which this master now holds.
+            Message::Err(format!(
+                "the new binary runs the master, but the old generation keeps serving the running configuration: {}",
+                trouble.join("; ")
+            ))
         };
         if let Some(mut c) = client {
             let _ = c.set_write_timeout(Some(super::control::READ_TIMEOUT));
@@ -240,9 +328,24 @@ pub fn resume(inh: Inherit, conf: Option<PathBuf>) -> Result<(), Error> {
     std::process::exit(code)
 }
 
+/// Reads a config hand-over memfd named in [`Inherit`] (and closes it).
+fn take_source(fd: Option<RawFd>) -> Result<Source, String> {
+    let fd = fd.ok_or("no config hand-over")?;
+    let f = os::adopt_fd(fd)
+        .map(File::from)
+        .map_err(|e| format!("config hand-over fd {fd}: {e}"))?;
+    Source::read_from(&f).map_err(|e| format!("config hand-over fd {fd}: {e}"))
+}
+
+fn compiled(s: Source) -> Result<(Source, crate::plan::Plan), String> {
+    let p = s.compile(None).map_err(|p| p.to_string())?;
+    Ok((s, p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::OwnedFd;
 
     #[test]
     fn inherit_env_round_trip() {
@@ -250,6 +353,8 @@ mod tests {
             lock: 3,
             ctl: 4,
             client: Some(9),
+            conf: Some(5),
+            prev: Some(6),
             current: Some(100),
             old: vec![90, 80],
             ..Inherit::default()
@@ -258,5 +363,26 @@ mod tests {
         assert_eq!(back, i);
         assert!(Inherit::parse("ctl=4").is_none(), "the lock is required");
         assert!(Inherit::parse("lock=3 ctl=4 what=1").is_none());
+    }
+
+    #[test]
+    fn checked_bytes_cross_by_memfd_named_in_the_env() {
+        use std::os::fd::IntoRawFd;
+        let s = Source {
+            path: Some("/etc/graygate/g.yaml".into()),
+            text: "pid_file: /tmp/x.pid\n".into(),
+        };
+        let fd = OwnedFd::from(s.to_memfd().unwrap()).into_raw_fd();
+        let i = Inherit {
+            lock: 3,
+            ctl: 4,
+            conf: Some(fd),
+            ..Inherit::default()
+        };
+        let back = Inherit::parse(&i.to_env()).unwrap();
+        assert_eq!(take_source(back.conf), Ok(s));
+        // Taken once: the descriptor is closed after reading.
+        assert!(take_source(Some(fd)).is_err());
+        assert!(take_source(None).is_err());
     }
 }

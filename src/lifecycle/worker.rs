@@ -204,7 +204,8 @@ pub fn run() -> Result<(), Error> {
         let proxy = pingora_proxy::http_proxy(&conf, gw);
         let mut svc = Service::new(
             format!("server {}", s.name),
-            Drained::new(proxy, coord.clone()),
+            Drained::new(proxy, coord.clone())
+                .with_guard(crate::proxy::HeadGuard::new(live.clone(), i)),
         );
         for a in &s.listen {
             svc.add_listener(listener(a));
@@ -235,6 +236,15 @@ pub fn run() -> Result<(), Error> {
     server.add_service(pingora::services::background::background_service(
         "health checks",
         checker,
+    ));
+    // The canaries' automatic ramps (issue 16); a draining generation stops driving them.
+    let ramp = crate::canary::ramp::Ramp {
+        live: live.clone(),
+        draining: draining.clone(),
+    };
+    server.add_service(pingora::services::background::background_service(
+        "canary ramp",
+        ramp,
     ));
     drop(snap);
 

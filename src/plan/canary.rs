@@ -49,6 +49,8 @@ pub struct CanaryPlan {
     pub file_bp: u32,
     /// Live percent and phase, handed on from plan to plan.
     pub state: Arc<CanaryState>,
+    /// The automatic ramp, when the canary has `steps` (issue 16).
+    pub ramp: Option<super::RampPlan>,
 }
 
 /// `admin`, if present.
@@ -149,6 +151,7 @@ pub(super) fn compile_canaries(
                 0
             }
         };
+        let ramp = super::canary_ramp::compile_ramp(l, name, c, probs);
         let (Some(stable), Some(canary), Some(key)) = (stable, canary, key) else {
             continue;
         };
@@ -162,6 +165,7 @@ pub(super) fn compile_canaries(
             key,
             file_bp,
             state,
+            ramp,
         });
     }
     out
@@ -176,6 +180,7 @@ pub(super) fn apply_file_values(canaries: &[CanaryPlan]) {
             continue;
         }
         let old = c.state.status();
+        c.state.position().step = None;
         c.state.set(&Status {
             percent_bp: c.file_bp,
             phase: Phase::Manual,

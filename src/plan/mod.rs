@@ -5,9 +5,13 @@
 //! runs half-configured. A plan is immutable; a reload compiles a new one and swaps it in whole.
 
 mod canary;
+mod canary_ramp;
 #[cfg(test)]
 mod canary_tests;
+pub mod limits;
 mod pool;
+#[cfg(test)]
+mod props;
 mod server;
 mod settings;
 pub mod template;
@@ -25,6 +29,7 @@ use crate::config::{Loaded, Problems};
 use crate::upstream::health::Check;
 use crate::upstream::{maglev, Key, Pool};
 pub use canary::{AdminPlan, CanaryPlan, Pick, Target};
+pub use canary_ramp::RampPlan;
 pub use template::{Template, Vars};
 
 /// Largest weight of one server: a sanity bound per server (weights are shares, and 1000 allows
@@ -42,12 +47,13 @@ pub const MAX_TRIES: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub pid_file: String,
-    pub upgrade_sock: String,
     pub error_log: Option<String>,
     pub threads: usize,
     pub daemon: bool,
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
+    /// Most client connections open at once in a worker, all server blocks together.
+    pub worker_connections: usize,
 }
 
 /// A built-in demo backend.
@@ -139,6 +145,8 @@ pub struct ServerPlan {
     pub error_log: Option<String>,
     /// Exact matches first, then prefixes longest first: the first hit wins.
     pub locations: Vec<LocationPlan>,
+    /// Client limits and `real_ip`.
+    pub limits: limits::Limits,
 }
 
 impl LocationPlan {

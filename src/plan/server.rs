@@ -125,6 +125,7 @@ pub(super) fn compile_server(
         access_log: s.access_log.clone().filter(|p| p != "off"),
         error_log: s.error_log.clone().filter(|p| p != "off"),
         locations,
+        limits: super::limits::compile_limits(l, &base, s, probs),
     }
 }
 

@@ -17,30 +17,29 @@ pub(super) fn compile_settings(l: &Loaded, probs: &mut Problems) -> Settings {
         check_log_dir(l, p, "error_log", probs);
     }
     check_dir(l, &c.pid_file, "pid_file", "pid file", probs);
-    let upgrade_sock = match &c.upgrade_sock {
-        Some(s) => {
-            check_dir(l, s, "upgrade_sock", "upgrade socket", probs);
-            s.clone()
-        }
-        None => config::default_upgrade_sock(&c.pid_file),
-    };
-    if upgrade_sock.len() > MAX_SOCKET_PATH {
-        let at = if c.upgrade_sock.is_some() {
-            "upgrade_sock"
-        } else {
-            "pid_file"
-        };
+    // The control socket `<pid_file>.ctl` is bound at start; `-t` finds a path too long for it.
+    let ctl = format!("{}.ctl", c.pid_file);
+    if ctl.len() > MAX_SOCKET_PATH {
         probs.push(l.problem_at(
-            at,
+            "pid_file",
             format!(
-                "upgrade socket path {upgrade_sock} is {} bytes long; a Unix socket path has at most {MAX_SOCKET_PATH}",
-                upgrade_sock.len()
+                "control socket path {ctl} is {} bytes long; a Unix socket path has at most {MAX_SOCKET_PATH}",
+                ctl.len()
+            ),
+        ));
+    }
+    if c.worker_connections < 1 || c.worker_connections > 1_000_000 {
+        probs.push(l.problem_at(
+            "worker_connections",
+            format!(
+                "worker_connections must be 1..1000000, not {}",
+                c.worker_connections
             ),
         ));
     }
     Settings {
+        worker_connections: c.worker_connections.clamp(1, 1_000_000) as usize,
         pid_file: c.pid_file.clone(),
-        upgrade_sock,
         error_log: c.error_log.clone().filter(|p| p != "off"),
         threads: c.threads.clamp(1, 1024) as usize,
         daemon: c.daemon,
@@ -71,7 +70,8 @@ const MAX_SOCKET_PATH: usize = 107;
 /// directory must exist; `-t` says so rather than the start failing.
 fn check_dir(l: &Loaded, path: &str, at: &str, what: &str, probs: &mut Problems) {
     let dir = config::log_dir(path);
-    if !dir.is_dir() {
+    // The private runtime directory is created by the master on start.
+    if !dir.is_dir() && dir != config::runtime_dir() {
         probs.push(l.problem_at(
             at,
             format!("{what} directory {} does not exist", dir.display()),

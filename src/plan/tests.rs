@@ -546,19 +546,16 @@ fn a_host_name_gives_one_server_per_address_as_nginx() {
 }
 
 #[test]
-fn each_pid_file_has_its_own_upgrade_socket_by_default() {
-    let upgrade_sock = |top: &str| {
-        compile(&format!("{top}\n{}", with_pool(ONE_SERVER)))
-            .settings
-            .upgrade_sock
-    };
-    assert_eq!(upgrade_sock(""), "/tmp/graygate_upgrade.sock");
-    assert_eq!(upgrade_sock("pid_file: /tmp/a.pid"), "/tmp/a_upgrade.sock");
-    assert_eq!(upgrade_sock("pid_file: /tmp/b"), "/tmp/b_upgrade.sock");
-    assert_eq!(
-        upgrade_sock("pid_file: /tmp/a.pid\nupgrade_sock: /tmp/own.sock"),
-        "/tmp/own.sock"
-    );
+fn upgrade_sock_is_accepted_and_changes_nothing() {
+    let plain = compile(&with_pool(ONE_SERVER));
+    // Not checked (no directory needed) and not part of the process settings, so setting or
+    // changing it does not start a new generation.
+    let set = compile(&format!(
+        "upgrade_sock: /nonexistent-graygate/u.sock\n{}",
+        with_pool(ONE_SERVER)
+    ));
+    assert!(set.same_listeners(&plain));
+    assert_eq!(set.settings, plain.settings);
 }
 
 #[test]
@@ -569,17 +566,13 @@ fn files_the_master_creates_need_their_directory() {
         &["1:11: pid file directory /nonexistent-graygate does not exist"],
     );
     expect(
-        &file("upgrade_sock: /nonexistent-graygate/u.sock"),
-        &["1:15: upgrade socket directory /nonexistent-graygate does not exist"],
-    );
-    expect(
         &file("error_log: /nonexistent-graygate/e.log"),
         &["1:12: log directory /nonexistent-graygate does not exist"],
     );
     let long = format!("/tmp/{}.pid", "x".repeat(100));
     expect(
         &file(&format!("pid_file: {long}")),
-        &[&format!("1:11: upgrade socket path /tmp/{}_upgrade.sock is 118 bytes long; a Unix socket path has at most 107", "x".repeat(100))],
+        &[&format!("1:11: control socket path {long}.ctl is 113 bytes long; a Unix socket path has at most 107")],
     );
 }
 

@@ -19,12 +19,16 @@ pub struct Ctx {
     pub(super) canary: Option<(usize, crate::canary::Side)>,
     /// Whether a location took the request (only those are counted in metrics).
     pub(super) routed: bool,
+    /// When the request's header had been read (for its duration; issue 16).
+    pub(super) started: Option<std::time::Instant>,
     pub(super) attempt: Attempt,
     pub(super) peer: Option<usize>,
     /// Reused buffer for rendering header values.
     pub(super) scratch: Vec<u8>,
     /// The server whose `active` count this request holds (for `max_conns`).
     pub(super) held: Option<Arc<PeerState>>,
+    /// Request body bytes seen so far (`client_max_body_size` for chunked bodies).
+    pub(super) body_seen: u64,
 }
 
 /// Moves a request's `active` slot to `state` (or releases it).

@@ -20,6 +20,9 @@
 
 mod ctx;
 mod errors;
+mod guard;
+pub mod head;
+mod realip;
 mod vars;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +40,7 @@ pub use ctx::Ctx;
 use ctx::{hold, pool_plan};
 pub use errors::status_for;
 use errors::Phase;
+pub use guard::HeadGuard;
 use vars::{client_addr, request_line, SessionVars};
 
 /// The proxy for one server block.
@@ -97,7 +101,9 @@ impl ProxyHttp for Gateway {
     /// Takes the current snapshot for the whole request, routes the path to a location (404
     /// when none matches) and the location to a pool (through its canary, if it names one).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.started = Some(std::time::Instant::now());
         let snap = self.live.load_full();
+        guard::on_request(session, &snap, self.server);
         let route = snap.plan.servers.get(self.server).and_then(|s| {
             let path = session.req_header().uri.path();
             s.locations.iter().position(|l| l.matches(path))
@@ -128,6 +134,23 @@ impl ProxyHttp for Gateway {
 
     /// Picks the server for this attempt by the pool's policy, with the location's timeouts;
     /// "no live upstreams" (502) when none is usable.
+    /// `client_max_body_size` for bodies that stream (chunked).
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        guard::count_body(
+            session,
+            ctx.snap.as_deref(),
+            self.server,
+            body,
+            &mut ctx.body_seen,
+        )
+    }
+
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Ctx {
             snap,
@@ -351,10 +374,11 @@ impl ProxyHttp for Gateway {
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
-        if ctx.routed {
-            snap.plan
-                .metrics
-                .request(self.server, ctx.pool, ctx.canary, ctx.peer, status);
+        if let (true, Some(t)) = (ctx.routed, ctx.started) {
+            let (srv, took) = (self.server, t.elapsed());
+            crate::metrics::record(
+                &snap.plan, srv, ctx.pool, ctx.canary, ctx.peer, status, took,
+            );
         }
         let Some(Some(log)) = snap.access_logs.get(self.server) else {
             return;

@@ -10,8 +10,12 @@ use crate::plan::template::Vars;
 /// A session seen through the variables a template may use.
 pub struct SessionVars<'a>(pub &'a Session);
 
-/// The client's address, if it came over TCP.
+/// The client's address: the one a trusted proxy gave (`real_ip`, see [`super::realip`]),
+/// else the peer's if it came over TCP.
 pub fn client_addr(s: &Session) -> Option<SocketAddr> {
+    if let Some(r) = s.req_header().extensions.get::<super::realip::RealIp>() {
+        return Some(r.0);
+    }
     s.client_addr().and_then(|a| a.as_inet()).copied()
 }
 

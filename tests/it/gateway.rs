@@ -98,7 +98,11 @@ servers:
                 17,
                 "log directory /nonexistent-graygate/dir does not exist",
             ),
-            (13, 21, "unknown upstream \"nopool\" in proxy_pass"),
+            (
+                13,
+                21,
+                "unknown upstream or canary \"nopool\" in proxy_pass",
+            ),
             (15, 14, "duplicate listen address 127.0.0.1:10001"),
             (15, 33, "invalid address \"nonsense\""),
         ],
@@ -116,7 +120,9 @@ fn gateway_refuses_to_start_on_a_bad_file() {
     let conf = dir.write("bad.yaml", "servers:\n  a:\n    listen: [\"127.0.0.1:1\"]\n    locations: [{ match: /, proxy_pass: none }]\n");
     let out = run(&["-c", conf.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(":4:41: unknown upstream \"none\""));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(":4:41: unknown upstream or canary \"none\"")
+    );
 }
 
 struct Setup {

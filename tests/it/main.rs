@@ -2,11 +2,15 @@
 //! and every helper in it has a user.
 
 mod canary;
+mod canary_page;
+mod canary_ramp;
 mod common;
 mod faults;
 mod gateway;
+mod hostile;
 mod ip_hash_vectors;
 mod lifecycle;
 mod pools;
 mod processes;
+mod runtime;
 mod supervisor;

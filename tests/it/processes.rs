@@ -438,7 +438,26 @@ fn master_reopens_its_error_log_and_upgrades_log_nothing_false() {
     std::fs::rename(g.dir.path("error.log"), g.dir.path("error.log.1")).unwrap();
     let (ok, out) = ctl(&["-s", "reopen", "-c", g.c()]);
     assert!(ok, "{out}");
+    assert!(
+        out.contains("reopen: reopened"),
+        "the master answers: {out}"
+    );
     master_writes_to_new_log(&g, master);
+    // Without the control socket, `-s reopen` still reaches the master, by signal.
+    std::fs::remove_file(g.dir.path("gw.pid.ctl")).unwrap();
+    let (ok, out) = ctl(&["-s", "reopen", "-c", g.c()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("signal sent to {master}")) && out.contains("unreachable"),
+        "{out}"
+    );
+    let line = format!("{master}#0: reopening logs");
+    wait_for("the signalled reopen", Duration::from_secs(10), || {
+        (read(&g.dir.path("error.log.1")) + &g.log())
+            .matches(&line)
+            .count()
+            == 2
+    });
     signal(master, SIGQUIT).unwrap();
     wait_for("exit", Duration::from_secs(30), || gw.exited());
     let all = read(&g.dir.path("error.log.1")) + &g.log();
@@ -449,6 +468,15 @@ fn master_reopens_its_error_log_and_upgrades_log_nothing_false() {
     ] {
         assert!(!all.contains(false_line), "{false_line:?} in:\n{all}");
     }
+    // The config sets the obsolete `upgrade_sock`: said once, at the start, not per image.
+    assert_eq!(
+        all.matches(
+            "upgrade_sock is ignored (listening sockets pass from the master by inheritance)"
+        )
+        .count(),
+        1,
+        "{all}"
+    );
 }
 
 #[test]
@@ -552,4 +580,88 @@ fn two_instances_upgraded_at_once_do_not_collide() {
     }
     assert_eq!(read(&a.dir.path("gw.pid")).trim(), ma.to_string());
     assert_eq!(read(&b.dir.path("gw.pid")).trim(), mb.to_string());
+}
+
+#[test]
+fn an_upgrade_of_a_file_broken_on_disk_is_refused_and_the_old_generation_serves() {
+    let g = setup("brokenup", 1, "");
+    let mut gw = start(&g.conf, &[g.port]);
+    let master = g.master();
+    let w = g.worker(master);
+    // The master's checked bytes are good; the file on disk no longer is.
+    std::fs::write(&g.conf, "this: is: not: yaml: [\n").unwrap();
+    // Straight to the control socket (`-s upgrade` would refuse in its own -t first).
+    let mut s = std::os::unix::net::UnixStream::connect(g.dir.path("gw.pid.ctl")).unwrap();
+    s.write_all(b"upgrade\n").unwrap();
+    let mut answer = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut answer).unwrap();
+    assert!(
+        answer.starts_with("error configuration unchanged: "),
+        "{answer}"
+    );
+    // And by signal.
+    signal(master, 12).unwrap();
+    wait_for("the refusal logged", Duration::from_secs(10), || {
+        g.log().matches("upgrade failed").count() == 2
+    });
+    assert!(!gw.exited());
+    assert_eq!(children(master), vec![w], "the old generation serves");
+    assert!(serving(g.port));
+    assert_eq!(read(&g.dir.path("gw.pid")).trim(), master.to_string());
+}
+
+#[test]
+fn an_upgrade_runs_the_new_symlink_target_with_the_checked_bytes() {
+    let g = setup("symup", 1, "grace_period: 1s\nshutdown_timeout: 1s\n");
+    // Deployed as a symlink to a versioned binary, started through the symlink.
+    let v1 = g.dir.path("graygate-v1");
+    std::fs::copy(graygate(), &v1).unwrap();
+    let link = g.dir.path("graygate");
+    std::os::unix::fs::symlink(&v1, &link).unwrap();
+    let child = std::process::Command::new(&link)
+        .arg("-c")
+        .arg(&g.conf)
+        .spawn()
+        .unwrap();
+    let mut gw = Proc { child };
+    let master = g.master();
+    let before = g.worker(master);
+    // v2 checks and serves like the real one, but when run as the master it notes that it ran
+    // and breaks the config file first: as if the file were saved right after the check.
+    let v2 = g.dir.path("graygate-v2");
+    let marker = g.dir.path("v2-ran");
+    let script = format!(
+        "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in -t|--worker) exec {real} \"$@\";; esac; done\necho $$ > {marker}\necho 'this: is: not: yaml: [' > {conf}\nexec {real} \"$@\"\n",
+        real = graygate(),
+        marker = marker.display(),
+        conf = g.conf.display(),
+    );
+    write_executable(&v2, &script);
+    let tmp = g.dir.path("graygate.new");
+    std::os::unix::fs::symlink(&v2, &tmp).unwrap();
+    std::fs::rename(&tmp, &link).unwrap();
+    let load = Load::start(g.port, 8, false);
+    load.wait_more(100);
+    let (ok, out) = ctl(&["-s", "upgrade", "-c", g.c()]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        read(&marker).trim(),
+        master.to_string(),
+        "the symlink's new target was executed, in place"
+    );
+    load.wait_more(100);
+    let res = load.finish();
+    assert!(
+        res.failed.is_empty(),
+        "{:?}",
+        &res.failed[..res.failed.len().min(5)]
+    );
+    assert_eq!(res.refused, 0);
+    assert!(!gw.exited(), "the new image runs the checked bytes");
+    wait_for("the old worker gone", Duration::from_secs(30), || {
+        let c = children(master);
+        c.len() == 1 && c[0] != before
+    });
+    assert!(serving(g.port));
+    assert_eq!(read(&g.dir.path("gw.pid")).trim(), master.to_string());
 }

@@ -7,9 +7,12 @@
 //! scrape time.
 //!
 //! Done: `graygate_requests_total{server,pool,upstream,canary,side,code}`,
+//! `graygate_request_duration_seconds{pool,side}` (a lock-free [`histogram`]),
 //! `graygate_canary_percent{canary}`, `graygate_canary_state{canary,state}`,
-//! `graygate_upstream_healthy{pool,upstream}`. Not yet: the duration histograms, failures and
-//! connections of issue 15.
+//! `graygate_canary_transitions_total{canary,from,to}`, `graygate_upstream_healthy{pool,upstream}`.
+//! Not yet: the upstream response histogram, failures and connections of issue 15.
+
+pub mod histogram;
 
 use std::sync::OnceLock;
 
@@ -21,6 +24,7 @@ use prometheus_client::registry::Registry;
 
 use crate::canary::{Phase, Side};
 use crate::plan::{Plan, PoolPlan, ServerPlan};
+use histogram::Histogram;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -30,6 +34,8 @@ struct Families {
     percent: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     state: Family<Labels, Gauge>,
     healthy: Family<Labels, Gauge>,
+    durations: Family<Labels, Histogram>,
+    transitions: Family<Labels, Counter>,
 }
 
 fn families() -> &'static Families {
@@ -40,6 +46,18 @@ fn families() -> &'static Families {
         let percent = Family::default();
         let state = Family::default();
         let healthy = Family::default();
+        let durations = Family::default();
+        let transitions = Family::default();
+        registry.register(
+            "graygate_request_duration_seconds",
+            "Time from reading a request's header to its last byte sent, by pool and canary side",
+            durations.clone(),
+        );
+        registry.register(
+            "graygate_canary_transitions",
+            "Changes of a canary's state, by the state left and the state entered",
+            transitions.clone(),
+        );
         registry.register(
             "graygate_requests",
             "Requests answered, by server block, pool, upstream server, canary side and status class",
@@ -66,6 +84,8 @@ fn families() -> &'static Families {
             percent,
             state,
             healthy,
+            durations,
+            transitions,
         }
     })
 }
@@ -81,6 +101,8 @@ pub struct Handles {
     /// Offset of each route within a server block's part.
     offsets: Vec<usize>,
     pools: usize,
+    /// Per route (as `offsets`): the request duration histogram of its pool and side.
+    durations: Vec<Histogram>,
 }
 
 /// The routes of a plan: each pool reached directly, then each canary's two sides.
@@ -111,6 +133,18 @@ impl Handles {
             offsets.push(per_server);
             per_server += (pools[p].pool.peers.len() + 1) * CLASSES.len();
         }
+        let durations = routes(pools, canaries)
+            .map(|(p, side)| {
+                let labels = vec![
+                    ("pool", pools[p].pool.name.clone()),
+                    (
+                        "side",
+                        side.map_or(String::new(), |(_, s)| s.name().to_string()),
+                    ),
+                ];
+                f.durations.get_or_create_owned(&labels)
+            })
+            .collect();
         let mut counters = Vec::with_capacity(per_server * servers.len());
         for s in servers {
             for (p, side) in routes(pools, canaries) {
@@ -140,6 +174,28 @@ impl Handles {
             per_server,
             offsets,
             pools: pools.len(),
+            durations,
+        }
+    }
+
+    /// Records one answered request: its count and its duration.
+    #[inline]
+    pub fn observe(
+        &self,
+        server: usize,
+        pool: usize,
+        canary: Option<(usize, Side)>,
+        peer: Option<usize>,
+        status: u16,
+        took: std::time::Duration,
+    ) {
+        self.request(server, pool, canary, peer, status);
+        let route = match canary {
+            None => pool,
+            Some((c, s)) => self.pools + 2 * c + s as usize,
+        };
+        if let Some(h) = self.durations.get(route) {
+            h.observe(took);
         }
     }
 
@@ -171,6 +227,40 @@ impl Handles {
             c.inc();
         }
     }
+}
+
+/// Records one answered request of `plan` (one call from the proxy's logging phase): the
+/// request counter, the duration histogram and, for a canary, its side's analysis counts.
+#[inline]
+pub fn record(
+    plan: &Plan,
+    server: usize,
+    pool: usize,
+    canary: Option<(usize, Side)>,
+    peer: Option<usize>,
+    status: u16,
+    took: std::time::Duration,
+) {
+    if !(100..600).contains(&status) {
+        return;
+    }
+    plan.metrics
+        .observe(server, pool, canary, peer, status, took);
+    if let Some(c) = canary.and_then(|(c, s)| plan.canaries.get(c).map(|c| (c, s))) {
+        c.0.state.sides[c.1 as usize].record(status, took);
+    }
+}
+
+/// Counts a canary's change of state.
+pub fn transition(canary: &str, from: Phase, to: Phase) {
+    families()
+        .transitions
+        .get_or_create(&vec![
+            ("canary", canary.to_string()),
+            ("from", from.name().to_string()),
+            ("to", to.name().to_string()),
+        ])
+        .inc();
 }
 
 /// The exposition (OpenMetrics text, which Prometheus reads) with gauges read from `plan`.

@@ -1,0 +1,295 @@
+//! The automatic ramp: each canary with `steps` moves from step to step while its analysis
+//! passes, and back to 0% when it fails more often than allowed.
+//!
+//! It runs as a background service of the serving worker ([`Ramp`]), so exactly one process
+//! drives a canary: a draining generation (after `-s upgrade`) stops at once, and the new one
+//! resumes at the step the state file names, with a fresh window. A reload in place keeps the
+//! canary's state object, its position and its window. Every change is made under the
+//! store's `changing` lock (as the API's are), logged as one line, counted in
+//! `graygate_canary_transitions_total` and written to the state file.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::analysis::{judge, Sample, SideSnap, Verdict, Window};
+use super::{percent_text, unix_now, Phase, Position, Status, BUCKETS};
+use crate::plan::{CanaryPlan, Plan};
+use crate::snapshot::Live;
+
+/// How often the ramp looks at its canaries.
+const TICK: Duration = Duration::from_millis(100);
+/// How often a chart sample is taken, and how much history is kept.
+const SAMPLE: Duration = Duration::from_secs(2);
+const HISTORY: u64 = 30 * 60;
+
+/// `where` of a step for people: "step 2 of 4 (25%)".
+fn step_text(steps: &[u32], i: usize) -> String {
+    format!(
+        "step {} of {} ({}%)",
+        i + 1,
+        steps.len(),
+        percent_text(steps.get(i).copied().unwrap_or(0))
+    )
+}
+
+/// `start`: the first step, a fresh window. Err when the canary has no steps.
+pub fn start(
+    c: &CanaryPlan,
+    pos: &mut Position,
+    who: &str,
+) -> Result<(u32, Phase, String), String> {
+    let Some(r) = &c.ramp else {
+        return Err(format!(
+            "canary \"{}\" has no steps (manual mode: use set)",
+            c.name
+        ));
+    };
+    *pos = Position {
+        step: Some(0),
+        failures: 0,
+        window: Some(Window::open(&c.state.sides)),
+    };
+    Ok((
+        r.steps[0],
+        Phase::Running,
+        format!("started by {who}: {}", step_text(&r.steps, 0)),
+    ))
+}
+
+/// `resume`: back to the ramp's step with a fresh window, or manual when no ramp runs.
+pub fn resume(c: &CanaryPlan, old: &Status, pos: &mut Position, who: &str) -> (u32, Phase, String) {
+    match (&c.ramp, pos.step) {
+        (Some(r), Some(i)) => {
+            let i = i.min(r.steps.len() - 1);
+            pos.step = Some(i);
+            pos.window = Some(Window::open(&c.state.sides));
+            (
+                r.steps[i],
+                Phase::Running,
+                format!("resumed by {who} at {}", step_text(&r.steps, i)),
+            )
+        }
+        _ => (old.percent_bp, Phase::Manual, format!("resumed by {who}")),
+    }
+}
+
+/// One look at canary `c`: the status to set when its analysis is due and changes something.
+pub fn tick(c: &CanaryPlan, now: Instant) -> Option<Status> {
+    let old = c.state.status();
+    if !old.phase.ramping() {
+        return None;
+    }
+    let mut pos = c.state.position();
+    let (Some(r), Some(i)) = (&c.ramp, pos.step) else {
+        pos.step = None;
+        return Some(Status {
+            percent_bp: old.percent_bp,
+            phase: Phase::Manual,
+            since: unix_now(),
+            why: "the configuration has no steps any more: manual".into(),
+        });
+    };
+    let i = i.min(r.steps.len() - 1);
+    pos.step = Some(i);
+    let Some(w) = &pos.window else {
+        // A new process (restart, upgrade): the window starts now.
+        pos.window = Some(Window::open(&c.state.sides));
+        return None;
+    };
+    if now.duration_since(w.started) < r.interval {
+        return None;
+    }
+    let counts = w.counts(&c.state.sides);
+    let at = percent_text(old.percent_bp);
+    let new = |percent_bp, phase, why| {
+        Some(Status {
+            percent_bp,
+            phase,
+            since: unix_now(),
+            why,
+        })
+    };
+    match judge(&r.analysis, &counts, &at) {
+        Verdict::TooFew { have, need } => {
+            // The window goes on until it has enough requests; said once.
+            let why = format!(
+                "waiting at {}: {have} of {need} canary requests needed for an analysis",
+                step_text(&r.steps, i)
+            );
+            (old.phase != Phase::Waiting).then_some(())?;
+            new(old.percent_bp, Phase::Waiting, why)
+        }
+        Verdict::Pass(how) => {
+            let next = i + 1;
+            match r.steps.get(next).filter(|&&bp| bp < BUCKETS) {
+                Some(&bp) => {
+                    *pos = Position {
+                        step: Some(next),
+                        failures: pos.failures,
+                        window: Some(Window::open(&c.state.sides)),
+                    };
+                    new(
+                        bp,
+                        Phase::Running,
+                        format!(
+                            "{}: analysis at {at}% passed ({how})",
+                            step_text(&r.steps, next)
+                        ),
+                    )
+                }
+                None => {
+                    *pos = Position::default();
+                    new(
+                        BUCKETS,
+                        Phase::Promoted,
+                        format!("promoted: the last analysis at {at}% passed ({how})"),
+                    )
+                }
+            }
+        }
+        Verdict::Fail(reason) => {
+            pos.failures += 1;
+            if pos.failures > r.analysis.failures_allowed {
+                *pos = Position::default();
+                return new(0, Phase::RolledBack, reason);
+            }
+            pos.window = Some(Window::open(&c.state.sides));
+            new(
+                old.percent_bp,
+                Phase::Running,
+                format!(
+                    "analysis failed ({} of {} allowed), {} again: {reason}",
+                    pos.failures,
+                    r.analysis.failures_allowed,
+                    step_text(&r.steps, i)
+                ),
+            )
+        }
+    }
+}
+
+/// Sets `new` on `c`, logs the change as one line and counts the transition.
+pub fn apply(c: &CanaryPlan, old: &Status, new: &Status, by: &str) {
+    c.state.set(new);
+    crate::metrics::transition(&c.name, old.phase, new.phase);
+    log::warn!(
+        "canary \"{}\": percent {} -> {}, state {} -> {} (by {by}: {})",
+        c.name,
+        percent_text(old.percent_bp),
+        percent_text(new.percent_bp),
+        old.phase.name(),
+        new.phase.name(),
+        new.why
+    );
+}
+
+/// Seconds until the next analysis of `c`, when its ramp runs.
+pub fn next_analysis_in(c: &CanaryPlan) -> Option<f64> {
+    let r = c.ramp.as_ref()?;
+    if !c.state.status().phase.ramping() {
+        return None;
+    }
+    let pos = c.state.position();
+    let w = pos.window.as_ref()?;
+    Some(r.interval.saturating_sub(w.started.elapsed()).as_secs_f64())
+}
+
+/// The background service driving every canary's ramp and sampling the chart.
+pub struct Ramp {
+    pub live: Live,
+    /// Set when this generation drains: another process drives the canaries from then on.
+    pub draining: Arc<AtomicBool>,
+}
+
+impl Ramp {
+    fn look(&self, now: Instant) {
+        let snap = self.live.load_full();
+        let plan: &Plan = &snap.plan;
+        let _changing = plan
+            .store
+            .changing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.draining.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut changed = false;
+        for c in &plan.canaries {
+            let old = c.state.status();
+            if let Some(new) = tick(c, now) {
+                apply(c, &old, &new, "ramp");
+                changed = true;
+            }
+        }
+        if changed {
+            super::persist::save(plan);
+        }
+    }
+}
+
+/// Appends one chart sample per canary: what each side did since the last one.
+fn sample(plan: &Plan, last: &mut Vec<(String, [SideSnap; 2], Instant)>) {
+    let now = Instant::now();
+    let mut next = Vec::with_capacity(plan.canaries.len());
+    for c in &plan.canaries {
+        let cur = [c.state.sides[0].snap(), c.state.sides[1].snap()];
+        if let Some((_, prev, t)) = last.iter().find(|(n, _, _)| n == &c.name) {
+            let secs = now.duration_since(*t).as_secs_f64();
+            let s = Sample {
+                t: unix_now(),
+                percent: f64::from(c.state.percent_bp()) / 100.0,
+                stable: cur[0].since(&prev[0]).numbers(secs),
+                canary: cur[1].since(&prev[1]).numbers(secs),
+            };
+            let mut h = c.state.history.lock().unwrap_or_else(|e| e.into_inner());
+            while h.front().is_some_and(|f: &Sample| f.t + HISTORY < s.t) {
+                h.pop_front();
+            }
+            h.push_back(s);
+        }
+        next.push((c.name.clone(), cur, now));
+    }
+    *last = next;
+}
+
+/// The newest chart sample of `c`.
+pub fn latest(c: &CanaryPlan) -> Option<Sample> {
+    let h = c.state.history.lock().unwrap_or_else(|e| e.into_inner());
+    h.back().cloned()
+}
+
+/// The chart samples of `c`, oldest first.
+pub fn history(c: &CanaryPlan) -> VecDeque<Sample> {
+    c.state
+        .history
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl BackgroundService for Ramp {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last = Vec::new();
+        let mut sampled = Instant::now();
+        sample(&self.live.load().plan, &mut last);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            let now = Instant::now();
+            self.look(now);
+            if now.duration_since(sampled) >= SAMPLE {
+                sampled = now;
+                sample(&self.live.load().plan, &mut last);
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The connection-side half of the client limits: reads each request head itself (with
+//! `client_header_timeout` and the size limits), refuses a bad one with nginx's status, one
+//! access log line and a closed connection, and hands a good one to Pingora as already-read
+//! bytes. Called from the keep-alive loop of [`crate::lifecycle`]'s `Drained`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::head::{self, Reject, Scan, Verdict};
+use crate::logs::access;
+use crate::plan::limits::Limits;
+use crate::snapshot::{Live, Snapshot};
+
+/// First allocation for a head, grown as needed: nginx's `client_header_buffer_size` (1k),
+/// which most heads fit, so that a slow client holds little.
+const HEAD_BUF: usize = 1024;
+
+/// The limits of one server block, read from the current snapshot for each request.
+pub struct HeadGuard {
+    live: Live,
+    server: usize,
+}
+
+/// A head that passed, ready for Pingora.
+pub struct Checked {
+    bytes: BytesMut,
+    snap: Arc<Snapshot>,
+}
+
+impl HeadGuard {
+    pub fn new(live: Live, server: usize) -> HeadGuard {
+        HeadGuard { live, server }
+    }
+
+    fn limits<'a>(&self, snap: &'a Snapshot) -> Option<&'a Limits> {
+        snap.plan.servers.get(self.server).map(|s| &s.limits)
+    }
+
+    /// Takes one of the worker's `worker_connections` slots for a new connection, or refuses
+    /// it (the caller closes it unanswered, as nginx does) with a line in the process log.
+    pub fn admit(&self, stream: &Stream) -> Option<ConnSlot> {
+        let max = self.live.load().plan.settings.worker_connections;
+        let open = OPEN.fetch_add(1, Ordering::AcqRel);
+        if open >= max {
+            OPEN.fetch_sub(1, Ordering::AcqRel);
+            refused(max, peer(stream));
+            return None;
+        }
+        Some(ConnSlot(()))
+    }
+
+    /// How long a connection may wait for its next request: `client_header_timeout` before
+    /// the first, `keepalive_timeout` between requests.
+    pub fn idle_timeout(&self, first: bool) -> Duration {
+        let snap = self.live.load();
+        let lim = self.limits(&snap).cloned().unwrap_or_default();
+        if first {
+            lim.header_timeout
+        } else {
+            lim.keepalive_timeout
+        }
+    }
+
+    /// Reads the next request head from `stream`. `None`: the connection is done (refused,
+    /// timed out or closed); a refusal has been answered and logged.
+    pub async fn read_head(&self, stream: &mut Stream) -> Option<Checked> {
+        let snap = self.live.load_full();
+        let lim = self.limits(&snap)?.clone();
+        let deadline = tokio::time::Instant::now() + lim.header_timeout;
+        let mut buf = BytesMut::with_capacity(HEAD_BUF);
+        let mut scan = Scan::default();
+        loop {
+            if buf.capacity() == buf.len() {
+                buf.reserve(HEAD_BUF);
+            }
+            match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return None, // closed or reset mid-head: nothing to answer
+                Err(_) => {
+                    // nginx closes without an answer and logs 408.
+                    if !buf.is_empty() {
+                        self.log(&snap, stream, &buf, 408);
+                    }
+                    return None;
+                }
+            }
+            match scan.feed(&buf, &lim) {
+                Verdict::More => {}
+                Verdict::Done(h) => {
+                    if !h.drop.is_empty() {
+                        buf = without(&buf, &h.drop);
+                    }
+                    return Some(Checked { bytes: buf, snap });
+                }
+                Verdict::Reject(r) => {
+                    self.refuse(&snap, stream, &buf, r).await;
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn refuse(&self, snap: &Snapshot, stream: &mut Stream, buf: &[u8], r: Reject) {
+        let resp = head::error_response(r);
+        let written = match stream.write_all(&resp).await {
+            Ok(()) => {
+                let _ = stream.flush().await;
+                resp.len()
+            }
+            Err(_) => 0,
+        };
+        let _ = stream.shutdown().await;
+        let body = written.saturating_sub(resp.len() - body_len(&resp));
+        self.log_sent(snap, stream, buf, r.status, body);
+    }
+
+    fn log(&self, snap: &Snapshot, stream: &Stream, buf: &[u8], status: u16) {
+        self.log_sent(snap, stream, buf, status, 0);
+    }
+
+    fn log_sent(&self, snap: &Snapshot, stream: &Stream, buf: &[u8], status: u16, sent: usize) {
+        let Some(Some(log)) = snap.access_logs.get(self.server) else {
+            return;
+        };
+        let (m, t, v) = head::request_parts(buf);
+        let method = String::from_utf8_lossy(m);
+        // The log's version field knows the real versions only; others show as HTTP/1.1.
+        let version = match v {
+            b"HTTP/1.0" => http::Version::HTTP_10,
+            b"HTTP/0.9" => http::Version::HTTP_09,
+            b"HTTP/2.0" => http::Version::HTTP_2,
+            b"HTTP/3.0" => http::Version::HTTP_3,
+            _ => http::Version::HTTP_11,
+        };
+        let entry = access::Entry {
+            remote_addr: peer(stream).map(|a| a.ip()),
+            authorization: None,
+            request: access::RequestLine {
+                method: &method,
+                uri: t,
+                version,
+            },
+            status,
+            body_bytes_sent: sent,
+            referer: None,
+            user_agent: None,
+        };
+        log.append(|out| access::combined(out, &entry));
+    }
+
+    /// Gives `head` to Pingora's session and sets the per-request limits on it.
+    pub fn apply(&self, session: &mut ServerSession, head: Checked) {
+        let Some(lim) = self.limits(&head.snap) else {
+            return;
+        };
+        session.set_read_timeout(Some(lim.body_timeout));
+        if session.get_keepalive_reuses_remaining().is_none() {
+            // First request of the connection: Pingora counts the rest down for us.
+            let reuses = if lim.keepalive_timeout.is_zero() {
+                0
+            } else {
+                lim.keepalive_requests.saturating_sub(1)
+            };
+            session.set_keepalive_reuses_remaining(Some(u32::try_from(reuses).unwrap_or(u32::MAX)));
+        }
+        if let ServerSession::H1(s) = session {
+            s.set_pipelined_prefix(head.bytes);
+        }
+    }
+}
+
+/// Client connections open in this worker process, all server blocks together.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// A connection's place among `worker_connections`, given back when it closes.
+pub struct ConnSlot(());
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Logs a refusal: the first of each second with the count since the last line, so that a
+/// flood of connections cannot flood the log.
+fn refused(max: usize, peer: Option<SocketAddr>) {
+    static SINCE_LAST: AtomicU64 = AtomicU64::new(0);
+    static LAST_SEC: AtomicU64 = AtomicU64::new(0);
+    let n = SINCE_LAST.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_SEC.swap(now, Ordering::Relaxed) != now {
+        SINCE_LAST.store(0, Ordering::Relaxed);
+        let who = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+        log::error!(
+            "{max} worker_connections are not enough: refused connection from {who} ({n} refused since the last such line)"
+        );
+    }
+}
+
+fn peer(stream: &Stream) -> Option<SocketAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+}
+
+fn body_len(resp: &[u8]) -> usize {
+    resp.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |p| resp.len() - p - 4)
+}
+
+/// `buf` without the byte ranges in `drop` (sorted, disjoint).
+fn without(buf: &[u8], drop: &[std::ops::Range<usize>]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(buf.len());
+    let mut at = 0;
+    for r in drop {
+        out.extend_from_slice(&buf[at..r.start]);
+        at = r.end;
+    }
+    out.extend_from_slice(&buf[at..]);
+    out
+}
+
+/// Per-request work after Pingora has parsed the head: the `real_ip` address.
+pub fn on_request(session: &mut pingora_proxy::Session, snap: &Snapshot, server: usize) {
+    if let Some(s) = snap.plan.servers.get(server) {
+        super::realip::resolve(session, &s.limits);
+    }
+}
+
+/// Counts request body bytes as they stream: a chunked body over `client_max_body_size`
+/// ends the request with 413 (a `Content-Length` one was refused before it started).
+pub fn count_body(
+    _session: &mut pingora_proxy::Session,
+    snap: Option<&Snapshot>,
+    server: usize,
+    body: &Option<bytes::Bytes>,
+    seen: &mut u64,
+) -> pingora::Result<()> {
+    let Some(b) = body else {
+        return Ok(());
+    };
+    *seen = seen.saturating_add(b.len() as u64);
+    let max = snap
+        .and_then(|s| s.plan.servers.get(server))
+        .map_or(0, |s| s.limits.max_body);
+    if max > 0 && *seen > max {
+        let mut e = pingora::Error::explain(
+            pingora::ErrorType::HTTPStatus(413),
+            "client intended to send too large chunked body",
+        );
+        // The client's fault: not a failure of the upstream.
+        e.as_down();
+        e.set_retry(false);
+        return Err(e);
+    }
+    Ok(())
+}

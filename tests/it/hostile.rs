@@ -1,0 +1,568 @@
+//! Hostile clients: malformed and smuggling requests, limits, spoofed client addresses, sent
+//! as raw bytes. Each case carries the status nginx gives it (recorded from nginx 1.22.1, and
+//! checked again against nginx when it is installed: see `nginx_agrees`).
+
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+
+/// What a server did with one raw request.
+#[derive(Debug)]
+pub struct Raw {
+    /// The first response's status, if any came.
+    pub status: Option<u16>,
+    /// True if the server closed the connection after answering.
+    pub closed: bool,
+    pub text: String,
+}
+
+/// Sends `bytes` on a new connection from `src` and reads until the server closes it (or 5 s of
+/// silence: a kept-open connection, reported as `closed: false`).
+pub fn raw_from(port: u16, src: Option<Ipv4Addr>, bytes: &[u8]) -> Raw {
+    let mut s = connect(port, src).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The server may answer and close before it has read everything (a long request).
+    let _ = s.write_all(bytes);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .and_then(|s| s.parse().ok());
+    Raw {
+        status,
+        closed,
+        text,
+    }
+}
+
+pub fn raw(port: u16, bytes: &[u8]) -> Raw {
+    raw_from(port, None, bytes)
+}
+
+/// One malformed (or merely odd) request and nginx's answer to it.
+pub struct Case {
+    pub name: &'static str,
+    pub bytes: Vec<u8>,
+    pub nginx: u16,
+    /// graygate's status, where it is stricter than nginx on purpose.
+    pub ours: u16,
+}
+
+fn case(name: &'static str, bytes: impl Into<Vec<u8>>, nginx: u16) -> Case {
+    Case {
+        name,
+        bytes: bytes.into(),
+        nginx,
+        ours: nginx,
+    }
+}
+
+/// A case where graygate refuses what nginx lets through.
+fn stricter(name: &'static str, bytes: impl Into<Vec<u8>>, nginx: u16, ours: u16) -> Case {
+    Case {
+        ours,
+        ..case(name, bytes, nginx)
+    }
+}
+
+/// The request table. `Connection: close` on the accepted ones keeps the probe quick.
+pub fn cases() -> Vec<Case> {
+    let long_uri = format!(
+        "GET /{} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let line_9k = format!(
+        "GET /{} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "a".repeat(9000)
+    );
+    let header_9k = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "b".repeat(9000)
+    );
+    let many = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{}Connection: close\r\n\r\n",
+        (0..300)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    vec![
+        case(
+            "plain GET",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+        case(
+            "CL and TE",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        case(
+            "two different CL",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            400,
+        ),
+        case(
+            "TE gzip",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+        ),
+        case(
+            "TE gzip, chunked",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            501,
+        ),
+        case(
+            "TE in HTTP/1.0",
+            "POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        case(
+            "obs-fold",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        // A line ending two parsers may read differently: refused (RFC 9112 §2.2 allows it).
+        stricter(
+            "bare LF",
+            "GET / HTTP/1.1\nHost: a\nConnection: close\n\n",
+            200,
+            400,
+        ),
+        case(
+            "bare CR in header",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        case(
+            "NUL in request line",
+            "GET /a\0b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        case(
+            "NUL in header name",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-\0A: b\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        case(
+            "control byte in header name",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-\x01A: b\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        case(
+            "space in header name",
+            "GET / HTTP/1.1\r\nHost: a\r\nX A: b\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        case(
+            "space before colon",
+            "GET / HTTP/1.1\r\nHost : a\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        // nginx drops an invalid header name (`ignore_invalid_headers`) and goes on.
+        stricter(
+            "@ in header name",
+            "GET / HTTP/1.1\r\nHost: a\r\nX@A: b\r\nConnection: close\r\n\r\n",
+            200,
+            400,
+        ),
+        // nginx routes by the target's host; graygate refuses the disagreement.
+        stricter(
+            "absolute-form, other host",
+            "GET http://evil.example/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            200,
+            400,
+        ),
+        case(
+            "no Host in HTTP/1.1",
+            "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        case(
+            "two Host headers",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        case(
+            "CL not a number",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4x\r\n\r\nabcd",
+            400,
+        ),
+        case("70 KB URI", long_uri, 414),
+        case("9 KB request line", line_9k, 414),
+        case("9 KB header", header_9k, 400),
+        // Pingora's parser stops at 256 header lines; nginx counts only the 32k total, and
+        // passes them on (502 here: the demo backend behind it, Pingora too, refuses them).
+        stricter("300 headers", many, 502, 400),
+        case(
+            "body over 1m by CL",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n",
+            413,
+        ),
+        case("bad method", "G(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        case("HTTP/2.0 version", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+    ]
+}
+
+/// A gateway in front of one demo backend.
+pub struct Front {
+    pub dir: TempDir,
+    pub port: u16,
+    pub backend_port: u16,
+    _backend: Proc,
+    pub gw: Proc,
+}
+
+/// `server_extra` is added to the server block (indented four spaces).
+pub fn front(server_extra: &str) -> Front {
+    let dir = TempDir::new("hostile");
+    let backend_port = free_port();
+    let backend = backend(&dir, "app", backend_port);
+    let port = free_port();
+    let mut yaml = gateway_yaml(&dir, port, "round_robin", &[(backend_port, 1)], "");
+    yaml.push_str(server_extra);
+    let conf = dir.write("gw.yaml", &yaml);
+    let gw = start(&conf, &[port]);
+    Front {
+        dir,
+        port,
+        backend_port,
+        _backend: backend,
+        gw,
+    }
+}
+
+/// nginx 1.22 with `proxy_pass` to `backend_port`, if nginx is installed.
+fn nginx(dir: &TempDir, backend_port: u16) -> Option<(Proc, u16)> {
+    let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let port = free_port();
+    let d = dir.s("");
+    let conf = dir.write(
+        "nginx.conf",
+        &format!(
+            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/nginx.err info;\n\
+             events {{}}\n\
+             http {{ access_log {d}/nginx.access; client_body_temp_path {d}; proxy_temp_path {d};\n\
+             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://127.0.0.1:{backend_port}; }} }} }}\n"
+        ),
+    );
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(&d)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let p = Proc { child };
+    wait_for("nginx", Duration::from_secs(10), || port_open(port));
+    Some((p, port))
+}
+
+#[test]
+fn malformed_requests_get_nginx_status_one_log_line_and_a_closed_connection() {
+    let f = front("");
+    let cases = cases();
+    for c in &cases {
+        let r = raw(f.port, &c.bytes);
+        assert_eq!(r.status, Some(c.ours), "{}: {}", c.name, r.text);
+        assert!(r.closed, "{}: connection left open", c.name);
+        if c.ours >= 400 {
+            assert!(
+                r.text.contains("Connection: close"),
+                "{}: {}",
+                c.name,
+                r.text
+            );
+        }
+    }
+    // One access log line per request, refused ones included, with the status sent.
+    let log = f.dir.path("access.log");
+    wait_for("access log lines", Duration::from_secs(10), || {
+        read(&log).lines().count() >= cases.len()
+    });
+    let text = read(&log);
+    let statuses: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split('"').nth(2))
+        .filter_map(|t| t.split_whitespace().next())
+        .collect();
+    assert_eq!(statuses.len(), cases.len(), "{text}");
+    let mut want: Vec<String> = cases.iter().map(|c| c.ours.to_string()).collect();
+    let mut got: Vec<String> = statuses.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{text}");
+}
+
+/// The table is what nginx does (where nginx is installed).
+#[test]
+fn nginx_agrees_with_the_table() {
+    let dir = TempDir::new("nginx-table");
+    let backend_port = free_port();
+    let _backend = backend(&dir, "app", backend_port);
+    let Some((_nginx, port)) = nginx(&dir, backend_port) else {
+        eprintln!("nginx not installed: table not re-checked");
+        return;
+    };
+    for c in cases() {
+        let r = raw(port, &c.bytes);
+        assert_eq!(r.status, Some(c.nginx), "nginx, {}: {}", c.name, r.text);
+    }
+}
+
+/// Prints what graygate and nginx answer to every case (run by hand with `--ignored
+/// --nocapture`).
+#[test]
+#[ignore]
+fn probe_malformed() {
+    let f = front("");
+    let ng = nginx(&f.dir, f.backend_port);
+    for c in cases() {
+        let g = raw(f.port, &c.bytes);
+        let n = ng.as_ref().map(|(_, p)| raw(*p, &c.bytes));
+        println!(
+            "{:28} table {} | graygate {:?} closed {} | nginx {:?}",
+            c.name,
+            c.nginx,
+            g.status,
+            g.closed,
+            n.map(|n| (n.status, n.closed))
+        );
+    }
+    for log in ["nginx.access", "access.log"] {
+        println!("--- {log}");
+        for l in read(&f.dir.path(log)).lines() {
+            println!("{}", l.chars().take(120).collect::<String>());
+        }
+    }
+}
+
+/// Waits for `n` access log lines and returns the log.
+fn log_lines(f: &Front, n: usize) -> String {
+    let log = f.dir.path("access.log");
+    wait_for("access log lines", Duration::from_secs(10), || {
+        read(&log).lines().count() >= n
+    });
+    read(&log)
+}
+
+fn chunked_post(port: u16, chunks: usize, size: usize) -> Raw {
+    let mut req =
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    for _ in 0..chunks {
+        req.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+        req.extend(std::iter::repeat_n(b'x', size));
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    raw(port, &req)
+}
+
+#[test]
+fn chunked_body_over_client_max_body_size_gets_413() {
+    let f = front("    client_max_body_size: 1k\n");
+    assert_eq!(chunked_post(f.port, 2, 400).status, Some(200));
+    let r = chunked_post(f.port, 8, 400);
+    assert_eq!(r.status, Some(413), "{}", r.text);
+    assert!(r.closed);
+    let by_length = raw(
+        f.port,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1025\r\n\r\n",
+    );
+    assert_eq!(
+        by_length.status,
+        Some(413),
+        "refused before the body is sent"
+    );
+    let log = log_lines(&f, 3);
+    assert_eq!(log.matches("\" 413 ").count(), 2, "{log}");
+}
+
+#[test]
+fn keepalive_requests_closes_the_connection_after_the_last() {
+    let f = front("    keepalive_requests: 2\n");
+    let s = connect(f.port, None).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    w.write_all(get).unwrap();
+    let first = read_response(&mut r).unwrap();
+    assert_ne!(first.header("connection"), Some("close"));
+    w.write_all(get).unwrap();
+    let second = read_response(&mut r).unwrap();
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    assert_eq!(r.read_to_end(&mut rest).unwrap(), 0, "closed after the 2nd");
+}
+
+#[test]
+fn slow_header_and_idle_connections_are_closed_by_their_timeouts() {
+    let f = front("    client_header_timeout: 1s\n    keepalive_timeout: 1s\n");
+    // Half a head, then silence: closed unanswered, logged as nginx does (408).
+    let r = raw(f.port, b"GET /slow HTTP/1.1\r\nHost: a\r\n");
+    assert!(r.closed && r.status.is_none(), "{r:?}");
+    let log = log_lines(&f, 1);
+    assert!(log.contains("\"GET /slow HTTP/1.1\" 408 0"), "{log}");
+    // Nothing at all: closed too.
+    let r = raw(f.port, b"");
+    assert!(r.closed && r.status.is_none(), "{r:?}");
+    // After a response the connection may idle for keepalive_timeout, then it closes.
+    let r = raw(f.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, Some(200));
+    assert!(r.closed, "idle keep-alive connection closed");
+}
+
+#[test]
+fn headers_with_underscores_are_dropped_unless_allowed() {
+    let hdrs = ["X_Real_IP: 6.6.6.6", "X-Ok: 1"];
+    let f = front("");
+    let r = get_from(f.port, "/", None, &hdrs).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen("x_real_ip"), None, "{}", r.body);
+    assert_eq!(r.seen("x-ok"), Some("1"));
+    let f = front("    underscores_in_headers: true\n");
+    let r = get_from(f.port, "/", None, &hdrs).unwrap();
+    assert_eq!(r.seen("x_real_ip"), Some("6.6.6.6"), "{}", r.body);
+}
+
+#[test]
+fn a_forwarded_address_counts_only_from_a_trusted_peer() {
+    let spoof = ["X-Forwarded-For: 203.0.113.9, 127.0.0.3"];
+    let trusted = Some(Ipv4Addr::new(127, 0, 0, 7));
+    let stranger = Some(Ipv4Addr::new(127, 9, 9, 9));
+    // Without real_ip a client's header decides nothing.
+    let f = front("");
+    let r = get_from(f.port, "/", trusted, &spoof).unwrap();
+    assert_eq!(r.seen("x-real-ip"), Some("127.0.0.7"));
+    let log = log_lines(&f, 1);
+    assert!(log.starts_with("127.0.0.7 "), "{log}");
+
+    let f = front(
+        "    real_ip: { from: [\"127.0.0.0/24\"], header: X-Forwarded-For, recursive: true }\n",
+    );
+    let r = get_from(f.port, "/", trusted, &spoof).unwrap();
+    assert_eq!(r.seen("x-real-ip"), Some("203.0.113.9"), "{}", r.body);
+    let log = log_lines(&f, 1);
+    assert!(log.starts_with("203.0.113.9 "), "{log}");
+    // A peer outside `from` is its own address, whatever it sends.
+    let r = get_from(f.port, "/", stranger, &spoof).unwrap();
+    assert_eq!(r.seen("x-real-ip"), Some("127.9.9.9"));
+    // Garbage from a trusted peer changes nothing.
+    let r = get_from(f.port, "/", trusted, &["X-Forwarded-For: nonsense"]).unwrap();
+    assert_eq!(r.seen("x-real-ip"), Some("127.0.0.7"));
+}
+
+fn threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn rss_kb(pid: i32) -> u64 {
+    read(std::path::Path::new(&format!("/proc/{pid}/status")))
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn five_thousand_slow_clients_cost_no_thread_and_do_not_block_others() {
+    // Above the default 4096, which would refuse the normal clients below.
+    let f = front("worker_connections: 6000\n");
+    let worker = children(f.gw.pid())[0];
+    assert_eq!(get(f.port, "/").status, 200);
+    let (threads_before, rss_before) = (threads(worker), rss_kb(worker));
+    let mut slow = Vec::new();
+    for i in 0..5000u32 {
+        let src = Ipv4Addr::new(127, 2, (i / 250) as u8, (i % 250 + 1) as u8);
+        let mut s = connect(f.port, Some(src)).expect("slow client connects");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+            .unwrap();
+        slow.push(s);
+    }
+    // A normal client is served while they all wait.
+    for _ in 0..20 {
+        assert_eq!(get(f.port, "/").status, 200);
+    }
+    let (threads_after, rss_after) = (threads(worker), rss_kb(worker));
+    eprintln!(
+        "5000 slow clients: threads {threads_before} -> {threads_after}, RSS {rss_before} -> {rss_after} kB"
+    );
+    assert_eq!(threads_after, threads_before, "no thread per slow client");
+    // A timer, a task and a small buffer each (about 7 kB measured): under 16 kB per client.
+    assert!(
+        rss_after.saturating_sub(rss_before) < 5000 * 16,
+        "RSS grew {rss_before} -> {rss_after} kB"
+    );
+    drop(slow);
+}
+
+#[test]
+fn a_stalled_body_ends_after_client_body_timeout() {
+    let f = front("    client_body_timeout: 1s\n");
+    let r = raw(
+        f.port,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+    );
+    assert!(r.closed, "{r:?}");
+    assert_eq!(r.status, Some(408), "{r:?}");
+    let log = log_lines(&f, 1);
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.contains("\" 408 "), "{log}");
+    // The client's silence is not the upstream's fault.
+    let errors = read(&f.dir.path("front.error.log"));
+    assert!(!errors.contains("upstream timed out"), "{errors}");
+}
+
+#[test]
+fn connections_past_worker_connections_are_refused_and_logged() {
+    let f = front("worker_connections: 3\n");
+    let get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let s = connect(f.port, None).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = std::io::BufReader::new(s);
+        w.write_all(get).unwrap();
+        assert_eq!(read_response(&mut r).unwrap().status, 200);
+        held.push(r);
+    }
+    // Three keep-alive connections hold every slot: the fourth is closed unanswered.
+    let r = raw(f.port, get);
+    assert!(r.closed && r.status.is_none(), "{r:?}");
+    let log = f.dir.path("error.log");
+    wait_for("refusal logged", Duration::from_secs(10), || {
+        read(&log)
+            .contains("3 worker_connections are not enough: refused connection from 127.0.0.1:")
+    });
+    // A closed connection gives its slot back.
+    drop(held.pop());
+    wait_for("a slot again", Duration::from_secs(10), || {
+        raw(
+            f.port,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .status
+            == Some(200)
+    });
+}
