@@ -1,4 +1,5 @@
-//! What a failed upstream attempt means: the status the client gets and the error log line.
+//! What a failed upstream attempt means: the status the client gets, the error log line, and
+//! whether the next server may try.
 
 use std::io::Write;
 
@@ -38,6 +39,49 @@ pub enum Phase {
     Header,
     /// Reading the response body, after the header went to the client.
     Body,
+}
+
+/// What decides whether a server's failure is retried on the next server.
+pub struct Retry {
+    /// Part of the response went to the client already.
+    pub started: bool,
+    /// Idempotent method, and the request body is still whole in the retry buffer.
+    pub replayable: bool,
+    /// Another server could take the request (see [`crate::upstream::Pool::can_retry`]).
+    pub server_left: bool,
+    /// The pool's `retry_on_timeout`.
+    pub on_timeout: bool,
+    /// The failed attempt ran on a pooled connection.
+    pub client_reused: bool,
+}
+
+impl Retry {
+    /// Marks `e`, a failure of the server, retryable or not.
+    pub fn decide(&self, e: &mut Error) {
+        let retry = if self.started || !self.replayable || !self.server_left {
+            // Once a byte went to the client, another server's answer cannot follow it: the
+            // response ends here and the connection closes.
+            false
+        } else {
+            match e.etype() {
+                // Raised by `upstream_response_filter` only when this status is to be retried.
+                ErrorType::HTTPStatus(_) => true,
+                // nginx's `proxy_next_upstream timeout`, for idempotent requests only.
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout => self.on_timeout,
+                // nginx's `proxy_next_upstream error`: the server reset or closed before the
+                // response began, on a fresh connection as on a reused one (a server killed
+                // with requests in flight must not fail them).
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => true,
+                // Anything else (an invalid response, ...): only if a pooled connection had
+                // gone stale.
+                _ => {
+                    e.retry.decide_reuse(self.client_reused);
+                    return;
+                }
+            }
+        };
+        e.set_retry(retry);
+    }
 }
 
 /// Whether `e` is the client's side going away (closed, reset, unwritable).

@@ -1,21 +1,24 @@
 //! The proxy hooks: one [`Gateway`] per server block, plugged into Pingora's request phases.
 //!
-//! The path of a request through the phases:
-//! 1. `request_filter`: take the current snapshot, route the path to a location (404 if none);
-//!    a location that names a canary picks the request's side, hence its pool.
-//! 2. `upstream_peer`: the pool picks a server (ip_hash, round robin, or consistent on the
+//! The path of a request through the phases (the request head has been read and checked
+//! against the client limits before, by [`HeadGuard`] in the keep-alive loop):
+//! 1. `request_filter`: take the current snapshot, apply `real_ip`, route the path to a
+//!    location (404 if none); a location that names a canary picks the request's side, hence
+//!    its pool.
+//! 2. `request_body_filter`: `client_max_body_size` for chunked bodies.
+//! 3. `upstream_peer`: the pool picks a server (ip_hash, round robin, or consistent on the
 //!    rendered `hash_key`).
-//! 3. `upstream_request_filter`: `proxy_set_header`, and drop the client's `Connection` header
+//! 4. `upstream_request_filter`: `proxy_set_header`, and drop the client's `Connection` header
 //!    so upstream keep-alive survives a client that closes.
-//! 4. `upstream_response_filter`: a status in `retry_on_status` becomes a failed attempt while
+//! 5. `upstream_response_filter`: a status in `retry_on_status` becomes a failed attempt while
 //!    another server can take the request; otherwise the response goes to the client as is.
-//! 5. `fail_to_connect` / `error_while_proxy`: a fault of the server is logged and counted
+//! 6. `fail_to_connect` / `error_while_proxy`: a fault of the server is logged and counted
 //!    against it, and Pingora retries on the next server the policy picks while one is usable,
 //!    never once part of the response has gone to the client. A client that went away is
 //!    nobody's fault but its own: not logged as an upstream error, not counted.
-//! 6. `response_filter`: `Connection: close` while the generation drains.
-//! 7. `fail_to_proxy`: 502 / 504 like nginx (nothing if the response had started).
-//! 8. `logging`: the request metrics and the access log line (499 for a client that gave up);
+//! 7. `response_filter`: `Connection: close` while the generation drains.
+//! 8. `fail_to_proxy`: 502 / 504 like nginx (nothing if the response had started).
+//! 9. `logging`: the request metrics and the access log line (499 for a client that gave up);
 //!    a request that ended without a server fault is a success for nginx's passive health.
 
 mod ctx;
@@ -98,8 +101,9 @@ impl ProxyHttp for Gateway {
     /// `gzip`.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
-    /// Takes the current snapshot for the whole request, routes the path to a location (404
-    /// when none matches) and the location to a pool (through its canary, if it names one).
+    /// Takes the current snapshot for the whole request, applies `real_ip`, routes the path to
+    /// a location (404 when none matches) and the location to a pool (through its canary, if
+    /// it names one).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.started = Some(std::time::Instant::now());
         let snap = self.live.load_full();
@@ -132,8 +136,6 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Picks the server for this attempt by the pool's policy, with the location's timeouts;
-    /// "no live upstreams" (502) when none is usable.
     /// `client_max_body_size` for bodies that stream (chunked).
     async fn request_body_filter(
         &self,
@@ -151,6 +153,8 @@ impl ProxyHttp for Gateway {
         )
     }
 
+    /// Picks the server for this attempt by the pool's policy, with the location's timeouts;
+    /// "no live upstreams" (502) when none is usable.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Ctx {
             snap,
@@ -309,23 +313,14 @@ impl ProxyHttp for Gateway {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let replayable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated();
-        if started || !replayable || !ctx.can_retry() {
-            // Once a byte went to the client, another server's answer cannot follow it: the
-            // response ends here and the connection closes.
-            e.set_retry(false);
-        } else if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
-            // Raised by `upstream_response_filter` only when this status is to be retried.
-            e.set_retry(true);
-        } else if matches!(
-            e.etype(),
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        ) {
-            // nginx's `proxy_next_upstream timeout`, for idempotent requests only.
-            let on = ctx.pool_plan().is_some_and(|p| p.retry_on_timeout);
-            e.set_retry(on);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
+        let retry = errors::Retry {
+            started,
+            replayable,
+            server_left: ctx.can_retry(),
+            on_timeout: ctx.pool_plan().is_some_and(|p| p.retry_on_timeout),
+            client_reused,
+        };
+        retry.decide(&mut e);
         e
     }
 

@@ -102,7 +102,7 @@ pub struct Pool {
     primaries: Smooth,
     /// The same over the backups, if any.
     backups: Option<Smooth>,
-    /// One primary and no backup (nginx's `single`): no passive health, as nginx, since
+    /// One server, a primary (nginx's `single`): no passive health, as nginx, since
     /// sidelining the only server helps no one.
     single: bool,
 }
@@ -177,7 +177,7 @@ impl Pool {
                 Selector::Consistent(maglev::Table::build(&names, &placed))
             }
         };
-        let single = peers.len() == 1;
+        let single = peers.len() == 1 && !peers[0].backup;
         let max_tries = peers.len();
         Pool {
             name,
@@ -205,21 +205,24 @@ impl Pool {
             now,
         };
         let usable = |i| view.usable(i);
-        let hashed = match (&self.selector, key) {
-            (Selector::IpHash(ring), Key::Ip(ip)) if !self.single => {
-                ring.select(ip, &mut a.ip_hash, usable)
-            }
-            (Selector::Consistent(t), Key::Hash(h)) => t.select(h, usable),
-            (Selector::Consistent(t), Key::Ip(ip)) => t.select(maglev::hash_ip(ip), usable),
-            _ => None,
+        let picked = if self.single {
+            // nginx's `single`: no hashing, no weights, no passive health.
+            usable(0).then_some(0)
+        } else {
+            let hashed = match (&self.selector, key) {
+                (Selector::IpHash(ring), Key::Ip(ip)) => ring.select(ip, &mut a.ip_hash, usable),
+                (Selector::Consistent(t), Key::Hash(h)) => t.select(h, usable),
+                (Selector::Consistent(t), Key::Ip(ip)) => t.select(maglev::hash_ip(ip), usable),
+                _ => None,
+            };
+            hashed
+                .or_else(|| match &self.selector {
+                    Selector::RoundRobin(s) if first => s.next(&self.primaries, &view),
+                    Selector::RoundRobin(s) => s.next_retry(&self.primaries, &view),
+                    _ => self.primaries.pick(&view),
+                })
+                .or_else(|| self.backups.as_ref()?.pick(&view))
         };
-        let picked = hashed
-            .or_else(|| match &self.selector {
-                Selector::RoundRobin(s) if first => s.next(&self.primaries, &view),
-                Selector::RoundRobin(s) => s.next_retry(&self.primaries, &view),
-                _ => self.primaries.pick(&view),
-            })
-            .or_else(|| self.backups.as_ref()?.pick(&view));
         if let Some(i) = picked {
             a.tried.add(i);
             a.count += 1;

@@ -95,11 +95,20 @@ fn a_success_before_the_next_check_does_not_reset_fails() {
 
 #[test]
 fn a_single_server_is_never_sidelined() {
-    let p = pool(Policy::RoundRobin, &[1]);
-    for _ in 0..5 {
-        p.failed(0);
+    for policy in [Policy::IpHash, Policy::RoundRobin, Policy::Consistent] {
+        let p = pool(policy, &[1]);
+        for _ in 0..5 {
+            p.failed(0);
+        }
+        let key = Key::Ip([10, 0, 0, 1].into());
+        assert_eq!(
+            p.select(key, &mut Attempt::default()),
+            Some(0),
+            "{policy:?}"
+        );
+        p.peers[0].state.healthy.store(false, Ordering::Relaxed);
+        assert_eq!(p.select(key, &mut Attempt::default()), None, "{policy:?}");
     }
-    assert_eq!(p.select(Key::None, &mut Attempt::default()), Some(0));
 }
 
 #[test]

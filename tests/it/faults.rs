@@ -111,8 +111,9 @@ fn clients_that_give_up_sideline_no_server() {
 const PROMISED: usize = 20_000;
 const SENT: usize = 10_000;
 
-/// A server that sends the header and half the body, then stalls for 3 s and hangs up.
-fn stalling_backend() -> (u16, Arc<AtomicBool>) {
+/// A raw HTTP server on loopback: `answer` gets each connection once its request head is read.
+/// Stops accepting once the returned flag is set.
+fn raw_backend(answer: fn(&mut TcpStream)) -> (u16, Arc<AtomicBool>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
     let stop = Arc::new(AtomicBool::new(false));
@@ -129,14 +130,47 @@ fn stalling_backend() -> (u16, Arc<AtomicBool>) {
                 while r.read_line(&mut line).is_ok_and(|n| n > 2) {
                     line.clear();
                 }
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {PROMISED}\r\n\r\n");
-                let _ = s.write_all(head.as_bytes());
-                let _ = s.write_all(&[b'x'; SENT]);
-                std::thread::sleep(Duration::from_secs(3));
+                answer(&mut s);
             });
         }
     });
     (port, stop)
+}
+
+/// A server that sends the header and half the body, then stalls for 3 s and hangs up.
+fn stalling_backend() -> (u16, Arc<AtomicBool>) {
+    raw_backend(|s| {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {PROMISED}\r\n\r\n");
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(&[b'x'; SENT]);
+        std::thread::sleep(Duration::from_secs(3));
+    })
+}
+
+#[test]
+fn a_server_that_hangs_up_before_answering_is_retried_on_a_fresh_connection_too() {
+    let dir = TempDir::new("hangup");
+    // Reads the request and closes without a word, as a server killed mid-request.
+    let (gone, stop) = raw_backend(|s| {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    });
+    let (good, port) = (free_port(), free_port());
+    let _b = backend(&dir, "good", good);
+    let servers = server(gone, "") + &server(good, "");
+    let conf = dir.write("gw.yaml", &yaml(&dir, port, "round_robin", &servers, ""));
+    let _gw = start(&conf, &[port]);
+    // The first request goes to the first server, on a new upstream connection.
+    let r = get(port, "/first");
+    assert_eq!(
+        (r.status, r.backend()),
+        (200, "good"),
+        "retried as nginx: {r:?}"
+    );
+    wait_for("the error line", Duration::from_secs(5), || {
+        read(&dir.path("front.error.log"))
+            .contains("upstream prematurely closed connection while reading response header")
+    });
+    stop.store(true, Ordering::Relaxed);
 }
 
 #[test]
