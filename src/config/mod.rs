@@ -212,6 +212,9 @@ pub struct Server {
     pub underscores_in_headers: bool,
     #[serde(default)]
     pub real_ip: Option<RealIp>,
+    /// Largest reply head taken from a server (nginx's `proxy_buffer_size`).
+    #[serde(default)]
+    pub proxy_buffer_size: Option<Size>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -114,14 +114,23 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
         let _guard = ConnGuard(self.conns.clone());
         let mut close_idle = self.close_idle.subscribe();
         let mut settings: Option<HttpPersistentSettings> = None;
+        let accepted = tokio::time::Instant::now();
+        let mut first = true;
         loop {
-            let mut first = [0u8; 1];
+            let mut byte = [0u8; 1];
             let idle = self
                 .guard
                 .as_ref()
-                .map_or(KEEPALIVE, |g| g.idle_timeout(settings.is_none()));
+                .map_or(KEEPALIVE, |g| g.idle_timeout(first));
+            // Before the first request `idle` is `client_header_timeout`, which counts from the
+            // accept for the whole head: the wait for its first byte is part of it.
+            let until = if first {
+                accepted + idle
+            } else {
+                tokio::time::Instant::now() + idle
+            };
             tokio::select! {
-                r = tokio::time::timeout(idle, stream.try_peek(&mut first)) => {
+                r = tokio::time::timeout_at(until, stream.try_peek(&mut byte)) => {
                     if !matches!(r, Ok(Ok(true))) {
                         return None; // idle too long, or the client closed
                     }
@@ -130,9 +139,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
             }
             // Limits (issue 14): the head is read and checked here; a bad one ends the loop.
             let head = match &self.guard {
-                Some(g) => Some(g.read_head(&mut stream).await?),
+                Some(g) => Some(g.read_head(&mut stream, first.then_some(until)).await?),
                 None => None,
             };
+            first = false;
             let mut session = ServerSession::new_http1(stream);
             if *shutdown.borrow() {
                 session.set_keepalive(None);

@@ -45,7 +45,10 @@ impl log::Log for ProcessLog {
         prefix(&mut line, level);
         let _ = writeln!(line, "{}", r.args());
         match self.file.get() {
-            Some(f) => f.append(|b| b.extend_from_slice(&line)),
+            // A line that does not fit is counted by the file and reported.
+            Some(f) => {
+                f.append(|b| b.extend_from_slice(&line));
+            }
             None => {
                 let _ = std::io::stderr().write_all(&line);
             }
@@ -70,5 +73,21 @@ pub fn install(level: log::LevelFilter) {
 pub fn set_process_file(f: Arc<LogFile>) {
     if let Some(p) = PROCESS.get() {
         let _ = p.file.set(f);
+    }
+}
+
+/// One `[error]` line in the process error log about the logs themselves (lines dropped, a
+/// failed reopen); on stderr when that log is the one that cannot take it.
+pub fn report(what: &str) {
+    let mut line = Vec::with_capacity(128);
+    prefix(&mut line, "error");
+    line.extend_from_slice(what.as_bytes());
+    line.push(b'\n');
+    let kept = PROCESS
+        .get()
+        .and_then(|p| p.file.get())
+        .is_some_and(|f| f.append(|b| b.extend_from_slice(&line)));
+    if !kept {
+        let _ = std::io::stderr().write_all(&line);
     }
 }

@@ -30,6 +30,8 @@ pub struct Limits {
     /// Pass header names with `_` (nginx's `underscores_in_headers off`: dropped).
     pub underscores: bool,
     pub real_ip: Option<RealIpPlan>,
+    /// Largest reply head from a server, else 502 (nginx's `proxy_buffer_size`: one page, 4k).
+    pub upstream_head_max: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +47,7 @@ impl Default for Limits {
             keepalive_requests: 1000,
             underscores: false,
             real_ip: None,
+            upstream_head_max: 4 << 10,
         }
     }
 }
@@ -167,6 +170,15 @@ pub(super) fn compile_limits(l: &Loaded, base: &str, s: &Server, probs: &mut Pro
         }
     }
     out.underscores = s.underscores_in_headers;
+    if let Some(v) = s.proxy_buffer_size {
+        let key = format!("{base}.proxy_buffer_size");
+        if v.0 == 0 || v.0 > 1 << 20 {
+            // Pingora refuses reply heads over 1m whatever we allow.
+            probs.push(l.problem_at(&key, "proxy_buffer_size must be 1 to 1m"));
+        } else {
+            out.upstream_head_max = usize::try_from(v.0).unwrap_or(usize::MAX);
+        }
+    }
     if let Some(r) = &s.real_ip {
         let at = format!("{base}.real_ip");
         let mut from = Vec::new();

@@ -31,15 +31,13 @@ pub struct Ctx {
     pub(super) body_seen: u64,
 }
 
-/// Moves a request's `active` slot to `state` (or releases it).
+/// Gives back a request's `active` slot and keeps `state`'s, already taken by
+/// [`Peer::try_reserve`], until the next attempt or the request's end.
 pub(super) fn hold(held: &mut Option<Arc<PeerState>>, state: Option<&Arc<PeerState>>) {
     if let Some(old) = held.take() {
         old.active.fetch_sub(1, Ordering::Relaxed);
     }
-    if let Some(new) = state {
-        new.active.fetch_add(1, Ordering::Relaxed);
-        *held = Some(new.clone());
-    }
+    *held = state.cloned();
 }
 
 impl Drop for Ctx {

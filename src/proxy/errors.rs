@@ -112,11 +112,82 @@ pub fn describe(e: &Error, phase: Phase) -> String {
             format!("upstream timed out (110: Connection timed out) {phase}")
         }
         ErrorType::ConnectionClosed => format!("upstream prematurely closed connection {phase}"),
+        ErrorType::InvalidHTTPHeader => format!("{} {phase}", invalid_reply(e)),
+        ErrorType::Custom(TOO_BIG) => format!("{TOO_BIG} {phase}"),
         ErrorType::ReadError | ErrorType::WriteError => {
             format!("recv() failed (104: Connection reset by peer) {phase}")
         }
         _ => format!("{} ({}) {phase}", e.etype().as_str(), e.root_cause()),
     }
+}
+
+/// nginx's words for a reply head Pingora could not take, with the parser's reason. Never the
+/// reply's own bytes: Pingora's context holds the whole raw head, escaped, which may be large
+/// and is the server's to choose.
+fn invalid_reply(e: &Error) -> String {
+    // The deepest cause: the parser's (httparse, http) error, or Pingora's own explanation.
+    let mut at = e;
+    while let Some(c) = at.cause.as_deref() {
+        match c.downcast_ref::<Error>() {
+            Some(inner) => at = inner,
+            None => return nginx_words(&c.to_string()),
+        }
+    }
+    nginx_words(at.context.as_ref().map_or("", |c| c.as_str()))
+}
+
+fn nginx_words(reason: &str) -> String {
+    // Pingora's raw-head context ("buf: ...") is no reason to repeat.
+    let reason = if reason.starts_with("buf:") {
+        ""
+    } else {
+        reason
+    };
+    let mut safe = Vec::new();
+    access::escaped(&mut safe, &reason.as_bytes()[..reason.len().min(80)]);
+    let safe = String::from_utf8_lossy(&safe);
+    // No status line: nginx would take the reply for an HTTP/0.9 body (and pass it on).
+    let what = if matches!(
+        reason,
+        "invalid HTTP version"
+            | "invalid response status"
+            | "invalid status"
+            | "invalid status code"
+    ) {
+        "upstream sent no valid HTTP/1.0 header"
+    } else {
+        "upstream sent invalid header"
+    };
+    if safe.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what} ({safe})")
+    }
+}
+
+/// nginx's error for a reply head over `proxy_buffer_size`.
+const TOO_BIG: &str = "upstream sent too big header";
+
+/// Refuses a reply head bigger than `max` bytes (nginx's `proxy_buffer_size`, 4k by default),
+/// counted as nginx counts it: status line, header lines and the blank line. Pingora itself
+/// takes heads of up to 1 MB. 0: no limit.
+pub fn check_reply_head(resp: &pingora::http::ResponseHeader, max: usize) -> pingora::Result<()> {
+    if max == 0 {
+        return Ok(());
+    }
+    // "HTTP/1.1 200 " + reason + CRLF, and the final CRLF.
+    let mut size = 13 + resp.get_reason_phrase().map_or(0, str::len) + 4;
+    for (name, value) in resp.headers.iter() {
+        size += name.as_str().len() + value.len() + 4;
+        if size > max {
+            // The server's fault: counted against it, and (as nginx's default
+            // `proxy_next_upstream error timeout`) not retried.
+            let mut e = Error::explain(ErrorType::Custom(TOO_BIG), "over proxy_buffer_size");
+            e.set_retry(false);
+            return Err(e.into_up());
+        }
+    }
+    Ok(())
 }
 
 /// Writes one nginx-style error line for a failed attempt against `upstream`.

@@ -68,12 +68,18 @@ impl HeadGuard {
         }
     }
 
-    /// Reads the next request head from `stream`. `None`: the connection is done (refused,
-    /// timed out or closed); a refusal has been answered and logged.
-    pub async fn read_head(&self, stream: &mut Stream) -> Option<Checked> {
+    /// Reads the next request head from `stream`, until `deadline` if given (the first
+    /// request's: `client_header_timeout` counts from the accept, as in nginx, not again from
+    /// the first byte), else for `client_header_timeout`. `None`: the connection is done
+    /// (refused, timed out or closed); a refusal has been answered and logged.
+    pub async fn read_head(
+        &self,
+        stream: &mut Stream,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Option<Checked> {
         let snap = self.live.load_full();
         let lim = self.limits(&snap)?.clone();
-        let deadline = tokio::time::Instant::now() + lim.header_timeout;
+        let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + lim.header_timeout);
         let mut buf = BytesMut::with_capacity(HEAD_BUF);
         let mut scan = Scan::default();
         loop {

@@ -337,3 +337,50 @@ fn a_failed_attempt_gives_its_max_conns_slot_back_at_once() {
     let r = first.join().expect("client A");
     assert_eq!((r.status, r.backend()), (200, "s2"));
 }
+
+/// A `retry_on_status` status that passes through because no other server is left is no
+/// failure of that server, as in nginx (1.22.1, `proxy_next_upstream error timeout http_502`,
+/// checked below): it is asked again by the next request. (Known fault 8 said otherwise.)
+#[test]
+fn a_retry_status_passed_through_on_the_last_server_is_no_failure() {
+    use crate::hostile::{nginx_upstream, EvilBackend};
+    let dir = TempDir::new("laststatus");
+    let reply = || {
+        EvilBackend::start(
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno"
+                .to_vec(),
+        )
+    };
+    // Both servers answer 502: the first fails and rests, the second's 502 is passed on.
+    let asked_again = |port: u16, second: &EvilBackend| {
+        for _ in 0..2 {
+            assert_eq!(get(port, "/").status, 502);
+        }
+        second.conns.load(Ordering::Relaxed)
+    };
+    let (a, b, port) = (reply(), reply(), free_port());
+    let servers = server(a.port, "") + &server(b.port, "");
+    let extra = "    retry_on_status: [502]\n";
+    let conf = dir.write("gw.yaml", &yaml(&dir, port, "round_robin", &servers, extra));
+    let _gw = start(&conf, &[port]);
+    assert_eq!(
+        asked_again(port, &b),
+        2,
+        "graygate: the second server asked again"
+    );
+
+    let (a, b) = (reply(), reply());
+    let Some((_nginx, port)) = nginx_upstream(
+        &dir,
+        &[a.port, b.port],
+        "proxy_next_upstream error timeout http_502;",
+    ) else {
+        eprintln!("nginx not installed: not compared");
+        return;
+    };
+    assert_eq!(
+        asked_again(port, &b),
+        2,
+        "nginx: the second server asked again"
+    );
+}
