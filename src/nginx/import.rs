@@ -99,6 +99,7 @@ const NO_EFFECT: &[(&str, &str)] = &[
     ("gzip_http_version", "no effect without gzip"),
     ("gzip_types", "no effect without gzip"),
     ("default_type", "only used for static files"),
+    ("types", "only used for static files"),
     ("log_not_found", "only used for static files"),
     ("index", "only used for static files"),
     ("access_log_buffer", "logs are always buffered"),
