@@ -168,13 +168,20 @@ fn nginx_words(reason: &str) -> String {
 /// nginx's error for a reply head over `proxy_buffer_size`.
 const TOO_BIG: &str = "upstream sent too big header";
 
-/// Refuses a reply head bigger than `max` bytes (nginx's `proxy_buffer_size`, 4k by default),
-/// counted as nginx counts it: status line, header lines and the blank line. Pingora itself
-/// takes heads of up to 1 MB. 0: no limit.
-pub fn check_reply_head(resp: &pingora::http::ResponseHeader, max: usize) -> pingora::Result<()> {
-    if max == 0 {
+/// Refuses a reply head bigger than server block `server`'s `proxy_buffer_size` (nginx's, 4k
+/// by default), counted as nginx counts it: status line, header lines and the blank line.
+/// Pingora itself takes heads of up to 1 MB.
+pub fn check_reply_head(
+    resp: &pingora::http::ResponseHeader,
+    snap: Option<&crate::snapshot::Snapshot>,
+    server: usize,
+) -> pingora::Result<()> {
+    let Some(max) = snap
+        .and_then(|s| s.plan.servers.get(server))
+        .map(|s| s.limits.upstream_head_max)
+    else {
         return Ok(());
-    }
+    };
     // "HTTP/1.1 200 " + reason + CRLF, and the final CRLF.
     let mut size = 13 + resp.get_reason_phrase().map_or(0, str::len) + 4;
     for (name, value) in resp.headers.iter() {

@@ -170,12 +170,7 @@ impl ProxyHttp for Gateway {
             return Err(Error::explain(ErrorType::InternalError, "no pool"));
         };
         let key = pp.placement(&SessionVars(session), scratch);
-        // `max_conns`: the slot is taken at once with the pick; a server that filled up since
-        // it was seen free counts as full, and the next one is picked.
-        let found = std::iter::from_fn(|| Some(pp.pool.select(key, attempt)))
-            .find(|i| i.is_none_or(|i| pp.pool.peers[i].try_reserve()))
-            .flatten();
-        let Some(i) = found else {
+        let Some(i) = pp.pool.select_reserved(key, attempt) else {
             if let Some(Some(log)) = s.error_logs.get(self.server) {
                 let what = format!(
                     "no live upstreams while connecting to upstream \"{}\"",
@@ -240,13 +235,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(s) = ctx
-            .snap
-            .as_ref()
-            .and_then(|s| s.plan.servers.get(self.server))
-        {
-            errors::check_reply_head(resp, s.limits.upstream_head_max)?;
-        }
+        errors::check_reply_head(resp, ctx.snap.as_deref(), self.server)?;
         let status = resp.status.as_u16();
         if status < 429 {
             return Ok(());

@@ -231,6 +231,19 @@ impl Pool {
         picked
     }
 
+    /// [`Pool::select`], taking the server's `max_conns` slot in the same step (see
+    /// [`Peer::try_reserve`]): a server that filled up since it was seen free counts as full
+    /// and the next one is picked. The caller gives the slot back (`active -= 1`).
+    pub fn select_reserved(&self, key: impl Into<Key>, a: &mut Attempt) -> Option<usize> {
+        let key = key.into();
+        loop {
+            let i = self.select(key, a)?;
+            if self.peers[i].try_reserve() {
+                return Some(i);
+            }
+        }
+    }
+
     /// Whether another server could still take `a`'s request: the tries left and a server
     /// that is usable now (a down, weight-0, resting or full server does not count).
     pub fn can_retry(&self, a: &Attempt) -> bool {
