@@ -79,11 +79,10 @@ op() {
   ) &
   OPPID[$name]=$!
 }
-ROT=0
+# Log rotation as logrotate does it: rename, then reopen. $1 = the rotation's number.
 rotate() {
-  ROT=$((ROT + 1))
   for f in access.log error.log soak.error.log; do
-    [[ -f $W/logs/$f ]] && mv "$W/logs/$f" "$W/logs/$f.$ROT"
+    [[ -f $W/logs/$f ]] && mv "$W/logs/$f" "$W/logs/$f.$1"
   done
   "$GG" -s reopen -c "$CONF"
 }
@@ -108,10 +107,10 @@ WRK=$!
 # The schedule, offset so that the 10 s samples fall outside an upgrade's overlap:
 # reload at :05 of every 10 s, reopen at :15/:45, upgrade at :02 of every minute,
 # backend A restarts at :20, backend B at :50.
-next=0 weight=1
-while (($(now) < SOAK_SECONDS)); do
+next=0 weight=1 rot=0
+while ((next <= SOAK_SECONDS)); do
   t=$(now)
-  while ((next <= t)); do
+  while ((next <= t && next <= SOAK_SECONDS)); do
     s=$next
     next=$((next + 1))
     ((s == 0)) && continue
@@ -121,7 +120,10 @@ while (($(now) < SOAK_SECONDS)); do
       write_conf $weight
       op reload "$GG" -s reload -c "$CONF"
     fi
-    if ((s % 30 == 15)); then op reopen rotate; fi
+    if ((s % 30 == 15)); then
+      rot=$((rot + 1))
+      op reopen rotate $rot
+    fi
     if ((s % 60 == 2)); then op upgrade "$GG" -s upgrade -c "$CONF"; fi
     if ((s % 60 == 20)); then op restart-a restart_backend $BA; fi
     if ((s % 60 == 50)); then op restart-b restart_backend $BB; fi
@@ -134,7 +136,7 @@ kill -TERM $CLIENT 2>/dev/null || true
 wait $CLIENT || true
 wait $WRK || true
 for p in "${OPPID[@]}"; do wait "$p" 2>/dev/null || true; done
-python3 "$B/soak_report.py" sample "$W" "$(now)"
+python3 "$B/soak_report.py" sample "$W" "$(now)" idle
 master=$(cat "$W/gg.pid")
 "$GG" -s quit -c "$CONF" || kill -QUIT "$master"
 for _ in $(seq 1 900); do kill -0 "$master" 2>/dev/null || break; sleep 0.1; done

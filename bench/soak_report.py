@@ -35,10 +35,22 @@ def proc_status(pid, field):
 
 
 def fds(pid):
+    """(sockets, other fds): sockets follow the load; files, pipes, epoll do not."""
+    socks = other = 0
     try:
-        return len(os.listdir("/proc/%d/fd" % pid))
+        names = os.listdir("/proc/%d/fd" % pid)
     except OSError:
-        return 0
+        return 0, 0
+    for n in names:
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, n))
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            socks += 1
+        else:
+            other += 1
+    return socks, other
 
 
 def children(pid):
@@ -79,27 +91,29 @@ def counts(w):
     }
 
 
-def sample(w, t):
+def sample(w, t, idle=False):
     try:
         master = int(open(os.path.join(w, "gg.pid")).read().split()[0])
     except (OSError, ValueError, IndexError):
         master = 0
     workers = children(master) if master else []
-    s = {"t": t, **counts(w), "lines": log_lines(w),
-         "master_rss": proc_status(master, "VmRSS"), "master_fds": fds(master),
+    mfd = fds(master)
+    wfd = [fds(p) for p in workers]
+    s = {"t": t, "idle": idle, **counts(w), "lines": log_lines(w),
+         "master_rss": proc_status(master, "VmRSS"), "master_fds": sum(mfd),
          "workers": len(workers),
          "worker_rss": sum(proc_status(p, "VmRSS") for p in workers),
-         "worker_fds": sum(fds(p) for p in workers)}
+         "worker_socks": sum(f[0] for f in wfd), "worker_files": sum(f[1] for f in wfd)}
     with open(os.path.join(w, "samples.jsonl"), "a") as f:
         f.write(json.dumps(s) + "\n")
     if t == 0 or int(t) % 100 == 0:
-        print("%5s %9s %6s %7s %6s | %10s %4s | %2s %10s %5s | %9s %7s" % (
+        print("%5s %9s %6s %7s %6s | %10s %4s | %2s %10s %5s %5s | %9s %7s" % (
             "t s", "sent", "unexp", "inject", "abort", "master kB", "fds",
-            "wk", "worker kB", "fds", "log lines", "-sent"))
-    print("%5d %9d %6d %7d %6d | %10d %4d | %2d %10d %5d | %9d %+7d" % (
+            "wk", "worker kB", "socks", "files", "log lines", "-sent"))
+    print("%5d %9d %6d %7d %6d | %10d %4d | %2d %10d %5d %5d | %9d %+7d" % (
         t, s["sent"], s["unexpected"], s["injected"], s["aborted"], s["master_rss"],
-        s["master_fds"], s["workers"], s["worker_rss"], s["worker_fds"], s["lines"],
-        s["lines"] - s["sent"]), flush=True)
+        s["master_fds"], s["workers"], s["worker_rss"], s["worker_socks"],
+        s["worker_files"], s["lines"], s["lines"] - s["sent"]), flush=True)
 
 
 def path_kind(line):
@@ -142,22 +156,39 @@ def summary(w, warmup):
             c.get("final"), k.get("final")))
         ok = False
 
-    # RSS and fds: the first sample after warm-up vs the last one, with one worker running.
-    steady = [s for s in samples if s["t"] >= warmup and s["workers"] == 1 and s["master_rss"]]
+    # RSS and fds under load: the median of the samples in the first window after warm-up
+    # vs that of the last window (a window: a third of the time after warm-up, at most 60 s).
+    # Samples taken while an old generation still drains (two workers) are left out.
+    steady = [s for s in samples if s["t"] >= warmup and s["workers"] == 1 and s["master_rss"]
+              and not s.get("idle")]
     if len(steady) >= 2:
-        a, b = steady[0], steady[-1]
-        print("after warm-up (t=%ds) vs end (t=%ds), one worker each:" % (a["t"], b["t"]))
+        end_t = steady[-1]["t"]
+        span = max(10, min(60, (end_t - warmup) // 3))
+        first = [s for s in steady if s["t"] < warmup + span]
+        last = [s for s in steady if s["t"] > end_t - span]
+        med = lambda xs, key: sorted(x[key] for x in xs)[len(xs) // 2]
+        print("under load, median of t=%d..%ds (%d samples) vs t=%d..%ds (%d samples):" % (
+            warmup, warmup + span, len(first), end_t - span, end_t, len(last)))
         for key, label in (("master_rss", "master RSS kB"), ("master_fds", "master fds"),
-                           ("worker_rss", "worker RSS kB"), ("worker_fds", "worker fds")):
-            hi = max(s[key] for s in steady)
-            ch = (b[key] - a[key]) * 100.0 / a[key] if a[key] else 0.0
+                           ("worker_rss", "worker RSS kB"), ("worker_files", "worker files"),
+                           ("worker_socks", "worker sockets")):
+            a, b = med(first, key), med(last, key)
+            lo, hi = min(x[key] for x in steady), max(x[key] for x in steady)
+            ch = (b - a) * 100.0 / a if a else 0.0
             flag = "ok" if ch <= 5.0 else "OVER 5%"
             if ch > 5.0:
                 ok = False
-            print("  %-14s %8d -> %8d (%+.1f%%, max %d) %s" % (label, a[key], b[key], ch, hi, flag))
+            print("  %-14s %8d -> %8d (%+.1f%%; min %d, max %d after warm-up) %s" % (
+                label, a, b, ch, lo, hi, flag))
     else:
         print("not enough samples after warm-up (%ds) with one worker" % warmup)
         ok = False
+    idle = [s for s in samples if s.get("idle")]
+    if idle:
+        s = idle[-1]
+        print("  load stopped (t=%ds): master %d kB %d fds, %d worker(s) %d kB, %d sockets, "
+              "%d other fds" % (s["t"], s["master_rss"], s["master_fds"], s["workers"],
+                                s["worker_rss"], s["worker_socks"], s["worker_files"]))
 
     # Log lines: every access log file, rotated ones too, once graygate has flushed and exited.
     per_kind = collections.Counter()
@@ -209,6 +240,6 @@ def summary(w, warmup):
 
 if __name__ == "__main__":
     if sys.argv[1] == "sample":
-        sample(sys.argv[2], int(sys.argv[3]))
+        sample(sys.argv[2], int(sys.argv[3]), idle=len(sys.argv) > 4)
     else:
         sys.exit(summary(sys.argv[2], int(sys.argv[3])))
