@@ -15,6 +15,10 @@ import re
 import sys
 
 
+# Worker sockets may differ by this many between two windows without counting as growth.
+SOCKET_SLACK = 8
+
+
 def load(path, default=None):
     try:
         with open(path) as f:
@@ -175,8 +179,12 @@ def summary(w, warmup):
             a, b = med(first, key), med(last, key)
             lo, hi = min(x[key] for x in steady), max(x[key] for x in steady)
             ch = (b - a) * 100.0 / a if a else 0.0
-            flag = "ok" if ch <= 5.0 else "OVER 5%"
-            if ch > 5.0:
+            # Open sockets follow the clients of the moment (new-connection, slow and
+            # aborting clients, pooled upstream connections): a few either way is the load.
+            slack = SOCKET_SLACK if key == "worker_socks" else 0
+            good = ch <= 5.0 or b - a <= slack
+            flag = "ok" if good else "OVER 5%"
+            if not good:
                 ok = False
             print("  %-14s %8d -> %8d (%+.1f%%; min %d, max %d after warm-up) %s" % (
                 label, a, b, ch, lo, hi, flag))

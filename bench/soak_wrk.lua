@@ -9,7 +9,9 @@
 
 stats_file, delay_ms, stop_at = "/dev/null", 10, math.huge
 local plain, marked
-sent, ok, injected, bad, bad_statuses = 0, 0, 0, 0, ""
+-- sent starts at -1: wrk calls request() once more to check the request it makes
+-- (script_verify_request in wrk.c, on the first thread); this script runs with -t1.
+sent, ok, injected, bad, bad_statuses = -1, 0, 0, 0, ""
 local last = 0
 local threads = {}
 
