@@ -9,7 +9,8 @@
 //!     cargo build --release --example bare_proxy
 //!     target/release/examples/bare_proxy 18080 127.0.0.1:19001 127.0.0.1:19002
 //!
-//! TERM stops it at once (the bench does not need a graceful stop).
+//! TERM stops it at once: no grace period, unlike stock Pingora (the bench's `stop_proxy`
+//! starts the next contender on the same port).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -86,6 +87,8 @@ fn main() {
     };
     let conf = ServerConf {
         threads: 1,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
