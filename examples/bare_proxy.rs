@@ -53,7 +53,11 @@ impl ProxyHttp for Bare {
         // The client address as text on the stack, as nginx's `$remote_addr`.
         let mut buf = [0u8; 46];
         let mut at = &mut buf[..];
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
             let _ = write!(at, "{ip}");
         }
         let len = 46 - at.len();
