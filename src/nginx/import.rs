@@ -590,13 +590,13 @@ fn listen(d: &Directive, out: &mut Out) -> Option<String> {
 fn location(d: &Directive, mut scope: Scope, out: &mut Out) -> Option<Value> {
     let (modifier, path) = location_match(d)?;
     let matcher = match modifier {
-        "" | "^~" => path.to_string(),
-        "=" => format!("= {path}"),
+        "" => path.to_string(),
+        "=" | "^~" | "~" | "~*" => format!("{modifier} {path}"),
         _ => {
             out.note(
                 d,
                 true,
-                format!("\"{modifier}\" (regex) locations are not yet translated"),
+                format!("\"{modifier}\" (named) locations are not translated"),
             );
             return None;
         }
@@ -847,7 +847,7 @@ http {
         assert_eq!(locs[0]["read_timeout"], Value::from("360"));
         // A level's own proxy_set_header replaces the inherited list, as in nginx.
         assert!(locs[1]["proxy_set_header"].get("X-A").is_none());
-        assert_eq!(locs[2]["match"], Value::from("/z"));
+        assert_eq!(locs[2]["match"], Value::from("^~ /z"));
         assert_eq!(locs[2]["proxy_pass"], Value::from("direct_10_0_0_1_80"));
         let u = &v["upstreams"]["u"];
         assert_eq!(u["policy"], Value::from("consistent"));
@@ -887,8 +887,9 @@ log_not_found off;
             has("nginx.conf:8: \"uwsgi_pass\" not translated"),
             "{lines:#?}"
         );
+        assert!(has("nginx.conf:12: \"root\" not translated"), "{lines:#?}");
         assert!(
-            has("nginx.conf:11: \"location\" not translated: \"~\" (regex)"),
+            has("nginx.conf:11: \"location\" not translated: a location without proxy_pass"),
             "{lines:#?}"
         );
         assert!(
