@@ -46,14 +46,20 @@ impl HeadGuard {
     /// Takes one of the worker's `worker_connections` slots for a new connection, or refuses
     /// it (the caller closes it unanswered, as nginx does) with a line in the process log.
     pub fn admit(&self, stream: &Stream) -> Option<ConnSlot> {
-        let max = self.live.load().plan.settings.worker_connections;
+        let snap = self.live.load();
+        let max = snap.plan.settings.worker_connections;
         let open = OPEN.fetch_add(1, Ordering::AcqRel);
         if open >= max {
             OPEN.fetch_sub(1, Ordering::AcqRel);
             refused(max, peer(stream));
             return None;
         }
-        Some(ConnSlot(()))
+        // `graygate_connections{state="active"}`, when metrics are on.
+        let active = snap.plan.metrics.conns(self.server).map(|c| {
+            c.active.inc();
+            c.active.clone()
+        });
+        Some(ConnSlot(active))
     }
 
     /// How long a connection may wait for its next request: `client_header_timeout` before
@@ -72,6 +78,11 @@ impl HeadGuard {
     /// timed out or closed); a refusal has been answered and logged.
     pub async fn read_head(&self, stream: &mut Stream) -> Option<Checked> {
         let snap = self.live.load_full();
+        let _reading = snap
+            .plan
+            .metrics
+            .conns(self.server)
+            .map(|c| crate::metrics::Busy::new(&c.reading));
         let lim = self.limits(&snap)?.clone();
         let deadline = tokio::time::Instant::now() + lim.header_timeout;
         let mut buf = BytesMut::with_capacity(HEAD_BUF);
@@ -152,7 +163,10 @@ impl HeadGuard {
             referer: None,
             user_agent: None,
         };
-        log.append(|out| access::combined(out, &entry));
+        let Some(sp) = snap.plan.servers.get(self.server) else {
+            return;
+        };
+        log.append(|out| sp.access_format.write_entry(out, &entry));
     }
 
     /// Gives `head` to Pingora's session and sets the per-request limits on it.
@@ -179,12 +193,16 @@ impl HeadGuard {
 /// Client connections open in this worker process, all server blocks together.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 
-/// A connection's place among `worker_connections`, given back when it closes.
-pub struct ConnSlot(());
+/// A connection's place among `worker_connections` (and in its server block's active
+/// connections gauge), given back when it closes.
+pub struct ConnSlot(Option<prometheus_client::metrics::gauge::Gauge>);
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         OPEN.fetch_sub(1, Ordering::AcqRel);
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
     }
 }
 
