@@ -10,6 +10,7 @@ mod gateway;
 mod hostile;
 mod ip_hash_vectors;
 mod lifecycle;
+mod observe;
 mod pools;
 mod processes;
 mod runtime;
