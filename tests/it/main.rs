@@ -8,6 +8,7 @@ mod common;
 mod faults;
 mod gateway;
 mod hostile;
+mod import_nginx;
 mod ip_hash_vectors;
 mod lifecycle;
 mod observe;
