@@ -202,16 +202,16 @@ pub fn record(
 
 /// Holds a gauge one higher for as long as it lives (a connection reading its request head;
 /// dropped also when the connection's task is cancelled).
-pub struct Busy(Gauge);
+pub struct Busy<'a>(&'a Gauge);
 
-impl Busy {
-    pub fn new(g: &Gauge) -> Busy {
+impl<'a> Busy<'a> {
+    pub fn new(g: &'a Gauge) -> Busy<'a> {
         g.inc();
-        Busy(g.clone())
+        Busy(g)
     }
 }
 
-impl Drop for Busy {
+impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }

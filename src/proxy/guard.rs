@@ -26,6 +26,9 @@ const HEAD_BUF: usize = 1024;
 pub struct HeadGuard {
     live: Live,
     server: usize,
+    /// This server block's `graygate_connections` gauges (metrics are on or off for the life
+    /// of a worker: turning them on changes the admin listener, hence a new generation).
+    conns: Option<crate::metrics::Conns>,
 }
 
 /// A head that passed, ready for Pingora.
@@ -36,7 +39,12 @@ pub struct Checked {
 
 impl HeadGuard {
     pub fn new(live: Live, server: usize) -> HeadGuard {
-        HeadGuard { live, server }
+        let conns = live.load().plan.metrics.conns(server).cloned();
+        HeadGuard {
+            live,
+            server,
+            conns,
+        }
     }
 
     fn limits<'a>(&self, snap: &'a Snapshot) -> Option<&'a Limits> {
@@ -46,8 +54,7 @@ impl HeadGuard {
     /// Takes one of the worker's `worker_connections` slots for a new connection, or refuses
     /// it (the caller closes it unanswered, as nginx does) with a line in the process log.
     pub fn admit(&self, stream: &Stream) -> Option<ConnSlot> {
-        let snap = self.live.load();
-        let max = snap.plan.settings.worker_connections;
+        let max = self.live.load().plan.settings.worker_connections;
         let open = OPEN.fetch_add(1, Ordering::AcqRel);
         if open >= max {
             OPEN.fetch_sub(1, Ordering::AcqRel);
@@ -55,7 +62,7 @@ impl HeadGuard {
             return None;
         }
         // `graygate_connections{state="active"}`, when metrics are on.
-        let active = snap.plan.metrics.conns(self.server).map(|c| {
+        let active = self.conns.as_ref().map(|c| {
             c.active.inc();
             c.active.clone()
         });
@@ -78,10 +85,9 @@ impl HeadGuard {
     /// timed out or closed); a refusal has been answered and logged.
     pub async fn read_head(&self, stream: &mut Stream) -> Option<Checked> {
         let snap = self.live.load_full();
-        let _reading = snap
-            .plan
-            .metrics
-            .conns(self.server)
+        let _reading = self
+            .conns
+            .as_ref()
             .map(|c| crate::metrics::Busy::new(&c.reading));
         let lim = self.limits(&snap)?.clone();
         let deadline = tokio::time::Instant::now() + lim.header_timeout;
