@@ -257,3 +257,46 @@ impl Handles {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::plan::Plan;
+
+    fn plan(admin: bool) -> Plan {
+        let admin = if admin {
+            "admin: { listen: 127.0.0.1:3 }\n"
+        } else {
+            ""
+        };
+        let src = format!(
+            "{admin}upstreams:\n  p: {{ servers: [{{ addr: 127.0.0.1:2 }}, {{ addr: 127.0.0.1:4 }}] }}\nservers:\n  s:\n    listen: [\"127.0.0.1:1\"]\n    locations: [{{ match: /, proxy_pass: p }}]\n"
+        );
+        let l = crate::config::parse("t.yaml".into(), &src, false).unwrap();
+        Plan::compile(&l, None).unwrap()
+    }
+
+    #[test]
+    fn metrics_are_off_without_an_admin_listener() {
+        let off = plan(false);
+        assert!(off.metrics.conns(0).is_none());
+        off.metrics
+            .observe(0, 0, None, Some(1), 200, Duration::from_millis(1));
+        off.metrics.failure(0, 0, Reason::Connect);
+        assert_eq!(off.metrics.peer_totals(0, 1), (0, 0));
+
+        let on = plan(true);
+        assert!(on.metrics.conns(0).is_some());
+        let before = on.metrics.peer_totals(0, 1);
+        on.metrics
+            .observe(0, 0, None, Some(1), 200, Duration::from_millis(1));
+        on.metrics
+            .observe(0, 0, None, Some(1), 503, Duration::from_millis(1));
+        on.metrics.failure(0, 1, Reason::Timeout);
+        on.metrics.failure(0, 0, Reason::Connect);
+        let after = on.metrics.peer_totals(0, 1);
+        assert_eq!((after.0 - before.0, after.1 - before.1), (2, 1));
+    }
+}
