@@ -29,7 +29,8 @@ impl RequestLine<'_> {
     }
 }
 
-fn version_str(v: http::Version) -> &'static str {
+/// `HTTP/1.1` and the like (nginx's `$server_protocol`).
+pub fn version_str(v: http::Version) -> &'static str {
     match v {
         http::Version::HTTP_09 => "HTTP/0.9",
         http::Version::HTTP_10 => "HTTP/1.0",

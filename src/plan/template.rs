@@ -265,11 +265,15 @@ mod tests {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 status: 502,
                 took: Duration::from_micros(1_900),
+                connect: Some(Duration::from_micros(300)),
+                header: Some(Duration::from_micros(1_800)),
             });
             each(&Tried {
                 addr: "127.0.0.1:2".parse().unwrap(),
                 status: 200,
                 took: Duration::from_secs(2),
+                connect: None,
+                header: None,
             });
         }
     }
@@ -288,6 +292,10 @@ mod tests {
                 &Done
             ),
             "127.0.0.1:1, 127.0.0.1:2|502, 200|0.001, 2.000"
+        );
+        assert_eq!(
+            log("$upstream_connect_time|$upstream_header_time|$pipe", &Done),
+            "0.000, -|0.001, -|."
         );
         assert_eq!(
             log("$request_time $canary_side $status $request_id", &Done),

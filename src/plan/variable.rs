@@ -45,7 +45,14 @@ pub enum Var {
     UpstreamAddr,
     UpstreamStatus,
     UpstreamResponseTime,
+    UpstreamConnectTime,
+    UpstreamHeaderTime,
     CanarySide,
+    /// `$sent_http_NAME`: a response header sent to the client.
+    SentHttp(String),
+    ServerProtocol,
+    /// `.` (graygate does not pipeline responses).
+    Pipe,
 }
 
 /// One upstream attempt of a request, for the `$upstream_*` variables.
@@ -56,6 +63,10 @@ pub struct Tried {
     pub status: u16,
     /// From connecting to the response's last byte (nginx's `$upstream_response_time`).
     pub took: Duration,
+    /// Until the connection was made (or reused); `None` if it never was.
+    pub connect: Option<Duration>,
+    /// Until the response header arrived; `None` if it never did.
+    pub header: Option<Duration>,
 }
 
 /// What a template reads from the request. The methods with a default are known only in some
@@ -93,6 +104,10 @@ pub trait Vars {
     }
     /// Calls `each` for every upstream attempt, in order.
     fn upstreams(&self, _each: &mut dyn FnMut(&Tried)) {}
+    /// A response header as sent to the client (`name` in lower case).
+    fn sent_header(&self, _name: &str) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl Var {
@@ -122,12 +137,18 @@ impl Var {
             "upstream_addr" => Var::UpstreamAddr,
             "upstream_status" => Var::UpstreamStatus,
             "upstream_response_time" => Var::UpstreamResponseTime,
+            "upstream_connect_time" => Var::UpstreamConnectTime,
+            "upstream_header_time" => Var::UpstreamHeaderTime,
             "canary_side" => Var::CanarySide,
+            "server_protocol" => Var::ServerProtocol,
+            "pipe" => Var::Pipe,
             _ => {
                 if let Some(h) = name.strip_prefix("http_").filter(|h| !h.is_empty()) {
                     Var::Http(h.replace('_', "-").to_ascii_lowercase())
                 } else if let Some(c) = name.strip_prefix("cookie_").filter(|c| !c.is_empty()) {
                     Var::Cookie(c.to_string())
+                } else if let Some(h) = name.strip_prefix("sent_http_").filter(|h| !h.is_empty()) {
+                    Var::SentHttp(h.replace('_', "-").to_ascii_lowercase())
                 } else if let Some(a) = name.strip_prefix("arg_").filter(|a| !a.is_empty()) {
                     Var::Arg(a.to_string())
                 } else {
@@ -158,7 +179,10 @@ impl Var {
                 | Var::UpstreamAddr
                 | Var::UpstreamStatus
                 | Var::UpstreamResponseTime
+                | Var::UpstreamConnectTime
+                | Var::UpstreamHeaderTime
                 | Var::CanarySide
+                | Var::SentHttp(_)
         )
     }
 
@@ -262,10 +286,32 @@ impl Var {
                 }
             }),
             Var::UpstreamResponseTime => list(v, out, |out, t| seconds(out, t.took)),
+            Var::UpstreamConnectTime => list(v, out, |out, t| match t.connect {
+                Some(d) => seconds(out, d),
+                None => out.push(b'-'),
+            }),
+            Var::UpstreamHeaderTime => list(v, out, |out, t| match t.header {
+                Some(d) => seconds(out, d),
+                None => out.push(b'-'),
+            }),
             Var::CanarySide => v
                 .canary_side()
                 .map(|s| out.extend_from_slice(s.as_bytes()))
                 .is_some(),
+            Var::SentHttp(name) => v
+                .sent_header(name)
+                .map(|h| out.extend_from_slice(h))
+                .is_some(),
+            Var::ServerProtocol => v
+                .request_line()
+                .map(|r| {
+                    out.extend_from_slice(crate::logs::access::version_str(r.version).as_bytes())
+                })
+                .is_some(),
+            Var::Pipe => {
+                out.push(b'.');
+                true
+            }
         }
     }
 }

@@ -46,13 +46,26 @@ pub struct Ctx {
     try_started: Option<Instant>,
 }
 
-/// One upstream attempt: the server (index in the pool), its status, how long it took (in
-/// microseconds, saturating at 71 minutes: 8 bytes an attempt).
+/// One upstream attempt: the server (index in the pool), its status, how long it took, and
+/// when it connected and got its header (times in microseconds from its start, saturating at
+/// 71 minutes; [`UNSET`] for a step it never reached: 16 bytes an attempt).
 #[derive(Debug, Default, Clone, Copy)]
 struct Try {
     peer: u16,
     status: u16,
     took_us: u32,
+    connect_us: u32,
+    header_us: u32,
+}
+
+const UNSET: u32 = u32::MAX;
+
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(UNSET - 1)
+}
+
+fn at(us: u32) -> Option<Duration> {
+    (us != UNSET).then(|| Duration::from_micros(u64::from(us)))
 }
 
 impl Try {
@@ -155,22 +168,34 @@ impl Ctx {
         if let Some(t) = self.tries.get_mut(self.ntries) {
             *t = Try {
                 peer: u16::try_from(peer).unwrap_or(u16::MAX),
-                ..Try::default()
+                status: 0,
+                took_us: 0,
+                connect_us: UNSET,
+                header_us: UNSET,
             };
             self.ntries += 1;
             self.try_started = Some(Instant::now());
         }
     }
 
-    fn open_try(&mut self) -> Option<&mut Try> {
-        self.try_started?;
-        self.tries[..self.ntries].last_mut()
+    /// The open attempt and how long it has run.
+    fn open_try(&mut self) -> Option<(&mut Try, u32)> {
+        let since = micros(self.try_started?.elapsed());
+        self.tries[..self.ntries].last_mut().map(|t| (t, since))
+    }
+
+    /// The open attempt has its connection (new or reused).
+    pub(super) fn try_connected(&mut self) {
+        if let Some((t, since)) = self.open_try() {
+            t.connect_us = since;
+        }
     }
 
     /// The open attempt's response header arrived with `status`.
     pub(super) fn try_status(&mut self, status: u16) {
-        if let Some(t) = self.open_try() {
+        if let Some((t, since)) = self.open_try() {
             t.status = status;
+            t.header_us = since;
         }
     }
 
@@ -178,7 +203,7 @@ impl Ctx {
     pub(super) fn end_try(&mut self) {
         if let Some(start) = self.try_started.take() {
             if let Some(t) = self.tries[..self.ntries].last_mut() {
-                t.took_us = u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX);
+                t.took_us = micros(start.elapsed());
             }
         }
     }
@@ -187,7 +212,7 @@ impl Ctx {
     /// as its status unless the server had answered, and one `graygate_upstream_failures_total`.
     pub(super) fn try_failed(&mut self, e: &pingora::Error, connecting: bool) {
         let reason = Reason::of(e, connecting);
-        if let Some(t) = self.open_try() {
+        if let Some((t, _)) = self.open_try() {
             if t.status == 0 {
                 t.status = if reason == Reason::Timeout { 504 } else { 502 };
             }
@@ -207,6 +232,8 @@ impl Ctx {
                     addr: p.addr,
                     status: t.status,
                     took: t.took(),
+                    connect: at(t.connect_us),
+                    header: at(t.header_us),
                 });
             }
         }

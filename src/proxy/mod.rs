@@ -260,6 +260,20 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// The attempt has its connection (`$upstream_connect_time`).
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.try_connected();
+        Ok(())
+    }
+
     /// The upstream response's last byte ends the attempt's time (`$upstream_response_time`).
     fn upstream_response_body_filter(
         &self,

@@ -128,6 +128,12 @@ impl Vars for LogVars<'_> {
     fn upstreams(&self, each: &mut dyn FnMut(&Tried)) {
         self.ctx.each_try(each);
     }
+    fn sent_header(&self, name: &str) -> Option<&[u8]> {
+        self.session
+            .response_written()
+            .and_then(|r| r.headers.get(name))
+            .map(|v| v.as_bytes())
+    }
 }
 
 /// The size of a response head on the wire: status line, header lines, blank line.

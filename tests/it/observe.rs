@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::common::*;
 
 /// Every variable, `|`-separated (none of their values holds a `|`).
-const ALL: &str = "$remote_addr|$remote_user|[$time_local]|$request|$status|$body_bytes_sent|$http_referer|$http_user_agent|$upstream_addr|$upstream_status|$upstream_response_time|$request_time|$canary_side|$request_id|$http_x_trace|$cookie_uid|$time_iso8601|$host|$request_method|$request_uri|$uri|$args|$server_port|$bytes_sent|$msec";
+const ALL: &str = "$remote_addr|$remote_user|[$time_local]|$request|$status|$body_bytes_sent|$http_referer|$http_user_agent|$upstream_addr|$upstream_status|$upstream_response_time|$request_time|$canary_side|$request_id|$http_x_trace|$cookie_uid|$time_iso8601|$host|$request_method|$request_uri|$uri|$args|$server_port|$bytes_sent|$msec|$upstream_connect_time|$upstream_header_time|$sent_http_content_length|$server_protocol|$pipe";
 
 /// One sample as the parser read it.
 #[derive(Debug)]
@@ -175,7 +175,7 @@ servers:
     }
     let (resp, line) = found.expect("no request met a first in 6 round-robin picks");
     let f: Vec<&str> = line.split('|').collect();
-    assert_eq!(f.len(), 25, "{line}");
+    assert_eq!(f.len(), 30, "{line}");
     assert_eq!(&f[..2], ["127.0.0.1", "alice"], "{line}");
     assert!(
         f[2].starts_with('[') && f[2].len() == 28,
@@ -191,12 +191,15 @@ servers:
     // Both attempts, as nginx lists them.
     assert_eq!(f[8], format!("127.0.0.1:{a}, 127.0.0.1:{b}"));
     assert_eq!(f[9], "502, 200");
-    let times: Vec<&str> = f[10].split(", ").collect();
-    assert!(
-        times.len() == 2 && times.iter().all(|t| is_secs(t)),
-        "{}",
-        f[10]
-    );
+    // Each attempt's times: to the last byte, to the connection, to the header.
+    for i in [10, 25, 26] {
+        let times: Vec<&str> = f[i].split(", ").collect();
+        assert!(
+            times.len() == 2 && times.iter().all(|t| is_secs(t)),
+            "{}",
+            f[i]
+        );
+    }
     assert!(is_secs(f[11]), "request_time {}", f[11]);
     assert_eq!(f[12], "-", "no canary on /");
     // The id the upstream got in its header is the one logged: 32 hex digits.
@@ -230,6 +233,8 @@ servers:
         "msec {}",
         f[24]
     );
+    assert_eq!(Some(f[27]), resp.header("content-length"));
+    assert_eq!(&f[28..], ["HTTP/1.1", "."]);
 
     // Through the canary: its side, one attempt; a new id.
     let before = read(&log).lines().count();
