@@ -9,10 +9,12 @@ mod canary_ramp;
 #[cfg(test)]
 mod canary_tests;
 pub mod limits;
+pub mod location;
 pub mod logs;
 mod pool;
 #[cfg(test)]
 mod props;
+pub mod response;
 mod server;
 mod settings;
 pub mod template;
@@ -32,6 +34,7 @@ use crate::upstream::health::Check;
 use crate::upstream::{maglev, Key, Pool};
 pub use canary::{AdminPlan, CanaryPlan, Pick, Target};
 pub use canary_ramp::RampPlan;
+pub use location::Match;
 pub use template::{Template, Vars};
 
 /// Largest weight of one server: a sanity bound per server (weights are shares, and 1000 allows
@@ -63,13 +66,6 @@ pub struct Settings {
 pub struct Demo {
     pub listen: SocketAddr,
     pub name: String,
-}
-
-/// How a location matches the request path, in nginx's order: exact first, then longest prefix.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Match {
-    Exact(String),
-    Prefix(String),
 }
 
 /// Per-location overrides of the pool's timeouts.
@@ -133,9 +129,14 @@ impl PoolPlan {
 #[derive(Debug)]
 pub struct LocationPlan {
     pub matcher: Match,
-    /// The pool or canary of `proxy_pass`; [`Plan::route`] resolves it per request.
-    pub target: Target,
+    /// The pool or canary of `proxy_pass`; [`Plan::route`] resolves it per request. `None`
+    /// when the location answers itself (`return`).
+    pub target: Option<Target>,
+    /// `return`: answered before any proxying, as nginx's rewrite phase does.
+    pub ret: Option<response::ReturnPlan>,
     pub set_headers: Vec<(http::HeaderName, Template)>,
+    /// `add_header`, the location's own or else the server's.
+    pub add_headers: Vec<response::AddHeaderPlan>,
     pub timeouts: Timeouts,
 }
 
@@ -147,19 +148,11 @@ pub struct ServerPlan {
     /// How `access_log` lines look (`combined` unless a `log_formats` entry is named).
     pub access_format: Arc<logs::LogFormat>,
     pub error_log: Option<String>,
-    /// Exact matches first, then prefixes longest first: the first hit wins.
+    /// In config order; [`ServerPlan::find`] picks one as nginx does.
     pub locations: Vec<LocationPlan>,
+    pub router: location::Router,
     /// Client limits and `real_ip`.
     pub limits: limits::Limits,
-}
-
-impl LocationPlan {
-    pub fn matches(&self, path: &str) -> bool {
-        match &self.matcher {
-            Match::Exact(p) => p == path,
-            Match::Prefix(p) => path.starts_with(p.as_str()),
-        }
-    }
 }
 
 #[derive(Debug)]

@@ -22,6 +22,8 @@ pub enum Var {
     RequestUri,
     Uri,
     Args,
+    /// `?` when the request has arguments, else empty.
+    IsArgs,
     ServerPort,
     RequestMethod,
     /// `$request_id`: 32 hex digits, random per request.
@@ -122,6 +124,7 @@ impl Var {
             "request_uri" => Var::RequestUri,
             "uri" => Var::Uri,
             "args" | "query_string" => Var::Args,
+            "is_args" => Var::IsArgs,
             "server_port" => Var::ServerPort,
             "request_method" => Var::RequestMethod,
             "request_id" => Var::RequestId,
@@ -224,6 +227,13 @@ impl Var {
                 .split_once('?')
                 .map(|(_, q)| out.extend_from_slice(q.as_bytes()))
                 .is_some(),
+            // nginx: empty, not "-", when there are none.
+            Var::IsArgs => {
+                if v.path_and_query().contains('?') {
+                    out.push(b'?');
+                }
+                true
+            }
             Var::ServerPort => v.server_port().map(|p| write!(out, "{p}")).is_some(),
             Var::RequestMethod => {
                 out.extend_from_slice(v.method().as_bytes());

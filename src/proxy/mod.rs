@@ -26,6 +26,8 @@ mod errors;
 mod guard;
 pub mod head;
 mod realip;
+mod reply;
+pub mod uri;
 mod vars;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,19 +111,44 @@ impl ProxyHttp for Gateway {
         ctx.request_id = ctx::request_id();
         let snap = self.live.load_full();
         guard::on_request(session, &snap, self.server);
-        let route = snap.plan.servers.get(self.server).and_then(|s| {
-            let path = session.req_header().uri.path();
-            s.locations.iter().position(|l| l.matches(path))
+        // Routing sees the path decoded and with dot segments resolved, as nginx's does; a
+        // path that cannot be (bad `%` escape, `..` above the root) is a 400, as in nginx.
+        let route = snap.plan.servers.get(self.server).map(|s| {
+            uri::normalize(session.req_header().uri.path().as_bytes()).map(|p| s.find(&p))
         });
+        let route = match route {
+            Some(Err(_)) => {
+                ctx.begin(snap, self.server);
+                session.respond_error(400).await?;
+                return Ok(true);
+            }
+            Some(Ok(r)) => r,
+            None => None,
+        };
+        if let Some(loc) = route.map(|i| &snap.plan.servers[self.server].locations[i]) {
+            if let Some(ret) = &loc.ret {
+                let r = reply::send_return(
+                    session,
+                    ret,
+                    &loc.add_headers,
+                    ctx.request_id,
+                    &mut ctx.scratch,
+                )
+                .await;
+                ctx.begin(snap, self.server);
+                r?;
+                return Ok(true);
+            }
+        }
         // A location names a pool or a canary; a canary picks this request's side (issue 15).
-        let found = route.map(|i| {
-            let target = snap.plan.servers[self.server].locations[i].target;
+        let found = route.and_then(|i| {
+            let target = snap.plan.servers[self.server].locations[i].target?;
             let pick = snap.plan.route(
                 target,
                 &SessionVars(session, ctx.request_id),
                 &mut ctx.scratch,
             );
-            (i, pick)
+            Some((i, pick))
         });
         ctx.begin(snap, self.server);
         match found {
@@ -288,13 +315,27 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    /// Adds `Connection: close` while this generation drains.
+    /// Adds the location's `add_header` lines, and `Connection: close` while this generation
+    /// drains.
     async fn response_filter(
         &self,
         session: &mut Session,
-        _resp: &mut ResponseHeader,
-        _ctx: &mut Ctx,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        // Direct field borrows (not a method) so that `scratch` can be lent beside the plan.
+        let loc = (ctx.snap.as_ref())
+            .filter(|_| ctx.routed)
+            .and_then(|s| s.plan.servers.get(self.server))
+            .and_then(|s| s.locations.get(ctx.location));
+        if let Some(loc) = loc.filter(|l| !l.add_headers.is_empty()) {
+            reply::add_headers(
+                resp,
+                &loc.add_headers,
+                &SessionVars(session, ctx.request_id),
+                &mut ctx.scratch,
+            );
+        }
         if self.draining.load(Ordering::Relaxed) {
             // The client learns now, in a response, that this connection ends: closing it
             // while idle would race with its next request.

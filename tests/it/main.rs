@@ -11,6 +11,7 @@ mod hostile;
 mod import_nginx;
 mod ip_hash_vectors;
 mod lifecycle;
+mod locations;
 mod observe;
 mod pools;
 mod processes;
