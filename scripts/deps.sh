@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing graygate needs on a fresh Debian machine:
-# cmake (Pingora's zlib-ng), supervisor and logrotate (for their integration tests), chromium and chromium-driver (the canary page test), and with --bench also nginx and wrk for the side-by-side benchmarks,
+# cmake (Pingora's zlib-ng), supervisor and logrotate (for their integration tests), python3-prometheus-client (the metrics tests' parser), chromium and chromium-driver (the canary page test), and with --bench also nginx and wrk for the side-by-side benchmarks,
 # with --fuzz cargo-fuzz.
 set -euo pipefail
 
@@ -14,6 +14,9 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # The logrotate integration test runs the shipped snippet with Debian's logrotate.
 command -v logrotate >/dev/null 2>&1 || need+=(logrotate)
+# The metrics tests parse /metrics with the Prometheus project's own (strict) OpenMetrics parser,
+# with Debian's python (a python3 earlier in PATH, e.g. pyenv's, does not see Debian's modules).
+/usr/bin/python3 -c 'import prometheus_client.openmetrics.parser' >/dev/null 2>&1 || need+=(python3-prometheus-client)
 if [[ "${1:-}" == "--bench" ]]; then
   command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)

@@ -374,14 +374,21 @@ fn canary_json(plan: &Plan, c: &CanaryPlan) -> Value {
 }
 
 fn pool_json(plan: &Plan, name: &str) -> Value {
-    let Some(pp) = plan.pools.iter().find(|p| p.pool.name == name) else {
+    let Some((pi, pp)) = plan
+        .pools
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.pool.name == name)
+    else {
         return Value::Null;
     };
     let servers: Vec<Value> = pp
         .pool
         .peers
         .iter()
-        .map(|p| {
+        .enumerate()
+        .map(|(i, p)| {
+            let (requests, failures) = plan.metrics.peer_totals(pi, i);
             json!({
                 "addr": p.addr.to_string(),
                 "weight": p.weight,
@@ -389,8 +396,11 @@ fn pool_json(plan: &Plan, name: &str) -> Value {
                 "backup": p.backup,
                 "healthy": p.state.healthy.load(Ordering::Relaxed),
                 "in_flight": p.state.active.load(Ordering::Relaxed),
-                // Consecutive failures (nginx's `fails`); request counts are in /metrics.
+                // Consecutive failures (nginx's `fails`).
                 "fails": p.fails(),
+                // Since the worker started: requests it answered, attempts that failed.
+                "requests": requests,
+                "failures": failures,
             })
         })
         .collect();

@@ -9,6 +9,7 @@ mod addr;
 pub mod canary;
 mod duration;
 mod limits;
+mod logs;
 mod problem;
 mod response;
 mod runtime;
@@ -25,6 +26,7 @@ pub use addr::{parse_addr, resolve_addrs};
 pub use canary::{Admin, Canary};
 pub use duration::TimeValue;
 pub use limits::{parse_buffers, parse_size, HeaderBuffers, RealIp, Size};
+pub use logs::AccessLog;
 pub use problem::{Problem, Problems};
 pub use response::{AddHeader, Return};
 pub use runtime::{default_pid_file, runtime_dir};
@@ -79,6 +81,9 @@ pub struct Config {
     /// Sticky splits between two pools, named like pools in `proxy_pass`.
     #[serde(default)]
     pub canaries: IndexMap<String, Canary>,
+    /// Access log formats by name (nginx's `log_format NAME '...'`); `combined` is built in.
+    #[serde(default)]
+    pub log_formats: IndexMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,9 +192,9 @@ pub struct UpstreamServer {
 #[serde(deny_unknown_fields)]
 pub struct Server {
     pub listen: Vec<String>,
-    /// A path, or `off`.
+    /// A path, `off`, or `{ path, format }`.
     #[serde(default)]
-    pub access_log: Option<String>,
+    pub access_log: Option<AccessLog>,
     #[serde(default)]
     pub error_log: Option<String>,
     #[serde(default)]

@@ -29,7 +29,8 @@ impl RequestLine<'_> {
     }
 }
 
-fn version_str(v: http::Version) -> &'static str {
+/// `HTTP/1.1` and the like (nginx's `$server_protocol`).
+pub fn version_str(v: http::Version) -> &'static str {
     match v {
         http::Version::HTTP_09 => "HTTP/0.9",
         http::Version::HTTP_10 => "HTTP/1.0",
@@ -50,10 +51,16 @@ pub struct Entry<'a> {
     pub user_agent: Option<&'a [u8]>,
 }
 
+/// Whether nginx's log escaping rewrites byte `c`: `"`, `\`, control and non-ASCII bytes.
+#[inline]
+pub fn needs_escape(c: u8) -> bool {
+    c == b'"' || c == b'\\' || !(0x20..0x7f).contains(&c)
+}
+
 /// Appends `b` with nginx's log escaping.
 pub fn escaped(out: &mut Vec<u8>, b: &[u8]) {
     for &c in b {
-        if c == b'"' || c == b'\\' || !(0x20..0x7f).contains(&c) {
+        if needs_escape(c) {
             let _ = write!(out, "\\x{c:02X}");
         } else {
             out.push(c);
@@ -79,7 +86,7 @@ pub fn combined(out: &mut Vec<u8>, e: &Entry<'_>) {
         None => out.push(b'-'),
     }
     out.extend_from_slice(b" - ");
-    match e.authorization.and_then(basic_user) {
+    match e.authorization.and_then(remote_user) {
         Some(u) if !u.is_empty() => escaped(out, &u),
         _ => out.push(b'-'),
     }
@@ -95,7 +102,7 @@ pub fn combined(out: &mut Vec<u8>, e: &Entry<'_>) {
 }
 
 /// The user name of an `Authorization: Basic` header (nginx's `$remote_user`).
-fn basic_user(h: &[u8]) -> Option<Vec<u8>> {
+pub fn remote_user(h: &[u8]) -> Option<Vec<u8>> {
     let rest = h
         .strip_prefix(b"Basic ")
         .or_else(|| h.strip_prefix(b"basic "))?;

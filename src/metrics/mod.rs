@@ -6,12 +6,19 @@
 //! counting into the same series. Gauges (percent, state, health) are read from the plan at
 //! scrape time.
 //!
-//! Done: `graygate_requests_total{server,pool,upstream,canary,side,code}`,
-//! `graygate_request_duration_seconds{pool,side}` (a lock-free [`histogram`]),
-//! `graygate_canary_percent{canary}`, `graygate_canary_state{canary,state}`,
-//! `graygate_canary_transitions_total{canary,from,to}`, `graygate_upstream_healthy{pool,upstream}`.
-//! Not yet: the upstream response histogram, failures and connections of issue 15.
+//! Families: `graygate_requests_total{server,pool,upstream,canary,side,code}`,
+//! `graygate_request_duration_seconds{pool,side}` and
+//! `graygate_upstream_response_duration_seconds{pool,side}` (lock-free [`histogram`]s),
+//! `graygate_upstream_failures_total{pool,upstream,reason}`,
+//! `graygate_connections{server,state}`, `graygate_canary_percent{canary}`,
+//! `graygate_canary_state{canary,state}`, `graygate_canary_transitions_total{canary,from,to}`,
+//! `graygate_upstream_healthy{pool,upstream}`.
+//!
+//! Metrics are recorded only when the config has an `admin` listener, the only place they can
+//! be read; without one every handle table is empty and the request path skips them (this is
+//! the "metrics off" build the benchmark compares against).
 
+mod handles;
 pub mod histogram;
 
 use std::sync::OnceLock;
@@ -23,7 +30,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::canary::{Phase, Side};
-use crate::plan::{Plan, PoolPlan, ServerPlan};
+use crate::plan::Plan;
+pub use handles::{Conns, Handles};
 use histogram::Histogram;
 
 type Labels = Vec<(&'static str, String)>;
@@ -35,6 +43,9 @@ struct Families {
     state: Family<Labels, Gauge>,
     healthy: Family<Labels, Gauge>,
     durations: Family<Labels, Histogram>,
+    upstream_durations: Family<Labels, Histogram>,
+    failures: Family<Labels, Counter>,
+    connections: Family<Labels, Gauge>,
     transitions: Family<Labels, Counter>,
 }
 
@@ -47,11 +58,29 @@ fn families() -> &'static Families {
         let state = Family::default();
         let healthy = Family::default();
         let durations = Family::default();
+        let upstream_durations = Family::default();
+        let failures = Family::default();
+        let connections = Family::default();
         let transitions = Family::default();
         registry.register(
             "graygate_request_duration_seconds",
             "Time from reading a request's header to its last byte sent, by pool and canary side",
             durations.clone(),
+        );
+        registry.register(
+            "graygate_upstream_response_duration_seconds",
+            "Time from connecting to an upstream server to the last byte of its response (nginx's $upstream_response_time), one observation per attempt, by pool and canary side",
+            upstream_durations.clone(),
+        );
+        registry.register(
+            "graygate_upstream_failures",
+            "Failed upstream attempts (what passive health counts against a server), by pool, server and reason",
+            failures.clone(),
+        );
+        registry.register(
+            "graygate_connections",
+            "Client connections of a server block now: active (all open), reading (a request head), writing (a request being answered), waiting (idle keep-alive)",
+            connections.clone(),
         );
         registry.register(
             "graygate_canary_transitions",
@@ -85,146 +114,66 @@ fn families() -> &'static Families {
             state,
             healthy,
             durations,
+            upstream_durations,
+            failures,
+            connections,
             transitions,
         }
     })
 }
 
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub(crate) const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Per-plan table of request counters: server block x route (pool, or canary side) x
-/// upstream server (or none) x status class.
-#[derive(Debug, Default)]
-pub struct Handles {
-    counters: Vec<Counter>,
-    per_server: usize,
-    /// Offset of each route within a server block's part.
-    offsets: Vec<usize>,
-    pools: usize,
-    /// Per route (as `offsets`): the request duration histogram of its pool and side.
-    durations: Vec<Histogram>,
+/// Why an upstream attempt failed: the faults nginx's passive health counts (and retries on,
+/// within `proxy_next_upstream error timeout invalid_header http_NNN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The connection could not be made (refused, unreachable).
+    Connect = 0,
+    /// Connecting, sending or reading timed out.
+    Timeout,
+    /// The server closed or reset the connection before its response was complete.
+    Closed,
+    /// The response was not valid HTTP (nginx's `invalid_header`).
+    InvalidHeader,
+    /// A status listed in `retry_on_status` (nginx's `http_502`, `http_503`, ...).
+    HttpStatus,
+    /// Anything else that failed on the server's side.
+    Other,
 }
 
-/// The routes of a plan: each pool reached directly, then each canary's two sides.
-fn routes<'a>(
-    pools: &'a [PoolPlan],
-    canaries: &'a [crate::plan::CanaryPlan],
-) -> impl Iterator<Item = (usize, Option<(&'a str, Side)>)> + 'a {
-    (0..pools.len())
-        .map(|p| (p, None))
-        .chain(canaries.iter().flat_map(|c| {
-            [Side::Stable, Side::Canary]
-                .into_iter()
-                .map(move |s| (c.pools[s as usize], Some((c.name.as_str(), s))))
-        }))
-}
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::Connect,
+        Reason::Timeout,
+        Reason::Closed,
+        Reason::InvalidHeader,
+        Reason::HttpStatus,
+        Reason::Other,
+    ];
 
-impl Handles {
-    /// Resolves every counter `plan` can touch (label sets are created once per process).
-    pub fn build(
-        servers: &[ServerPlan],
-        pools: &[PoolPlan],
-        canaries: &[crate::plan::CanaryPlan],
-    ) -> Handles {
-        let f = families();
-        let mut offsets = Vec::new();
-        let mut per_server = 0;
-        for (p, _) in routes(pools, canaries) {
-            offsets.push(per_server);
-            per_server += (pools[p].pool.peers.len() + 1) * CLASSES.len();
-        }
-        let durations = routes(pools, canaries)
-            .map(|(p, side)| {
-                let labels = vec![
-                    ("pool", pools[p].pool.name.clone()),
-                    (
-                        "side",
-                        side.map_or(String::new(), |(_, s)| s.name().to_string()),
-                    ),
-                ];
-                f.durations.get_or_create_owned(&labels)
-            })
-            .collect();
-        let mut counters = Vec::with_capacity(per_server * servers.len());
-        for s in servers {
-            for (p, side) in routes(pools, canaries) {
-                let pool = &pools[p].pool;
-                let ups = std::iter::once(String::new())
-                    .chain(pool.peers.iter().map(|peer| peer.addr.to_string()));
-                for up in ups {
-                    for class in CLASSES {
-                        let labels = vec![
-                            ("server", s.name.clone()),
-                            ("pool", pool.name.clone()),
-                            ("upstream", up.clone()),
-                            ("canary", side.map_or(String::new(), |(c, _)| c.to_string())),
-                            (
-                                "side",
-                                side.map_or(String::new(), |(_, s)| s.name().to_string()),
-                            ),
-                            ("code", class.to_string()),
-                        ];
-                        counters.push(f.requests.get_or_create_owned(&labels));
-                    }
-                }
-            }
-        }
-        Handles {
-            counters,
-            per_server,
-            offsets,
-            pools: pools.len(),
-            durations,
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Connect => "connect",
+            Reason::Timeout => "timeout",
+            Reason::Closed => "closed",
+            Reason::InvalidHeader => "invalid_header",
+            Reason::HttpStatus => "http_status",
+            Reason::Other => "other",
         }
     }
 
-    /// Records one answered request: its count and its duration.
-    #[inline]
-    pub fn observe(
-        &self,
-        server: usize,
-        pool: usize,
-        canary: Option<(usize, Side)>,
-        peer: Option<usize>,
-        status: u16,
-        took: std::time::Duration,
-    ) {
-        self.request(server, pool, canary, peer, status);
-        let route = match canary {
-            None => pool,
-            Some((c, s)) => self.pools + 2 * c + s as usize,
-        };
-        if let Some(h) = self.durations.get(route) {
-            h.observe(took);
-        }
-    }
-
-    /// Counts one answered request. `canary`: (index, side) when a canary chose the pool.
-    #[inline]
-    pub fn request(
-        &self,
-        server: usize,
-        pool: usize,
-        canary: Option<(usize, Side)>,
-        peer: Option<usize>,
-        status: u16,
-    ) {
-        if !(100..600).contains(&status) {
-            return;
-        }
-        let route = match canary {
-            None => pool,
-            Some((c, s)) => self.pools + 2 * c + s as usize,
-        };
-        let Some(&off) = self.offsets.get(route) else {
-            return;
-        };
-        let slot = server * self.per_server
-            + off
-            + peer.map_or(0, |i| i + 1) * CLASSES.len()
-            + usize::from(status / 100 - 1);
-        if let Some(c) = self.counters.get(slot) {
-            c.inc();
+    /// The reason of a server's fault `e`; `connecting`: it happened before a connection was
+    /// made.
+    pub fn of(e: &pingora::Error, connecting: bool) -> Reason {
+        use pingora::ErrorType as T;
+        match e.etype() {
+            T::HTTPStatus(_) => Reason::HttpStatus,
+            T::ConnectTimedout | T::ReadTimedout | T::WriteTimedout => Reason::Timeout,
+            _ if connecting => Reason::Connect,
+            T::ConnectionClosed | T::ReadError | T::WriteError => Reason::Closed,
+            T::InvalidHTTPHeader | T::H1Error | T::H2Error | T::InvalidH2 => Reason::InvalidHeader,
+            _ => Reason::Other,
         }
     }
 }
@@ -251,6 +200,23 @@ pub fn record(
     }
 }
 
+/// Holds a gauge one higher for as long as it lives (a connection reading its request head;
+/// dropped also when the connection's task is cancelled).
+pub struct Busy<'a>(&'a Gauge);
+
+impl<'a> Busy<'a> {
+    pub fn new(g: &'a Gauge) -> Busy<'a> {
+        g.inc();
+        Busy(g)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Counts a canary's change of state.
 pub fn transition(canary: &str, from: Phase, to: Phase) {
     families()
@@ -266,6 +232,7 @@ pub fn transition(canary: &str, from: Phase, to: Phase) {
 /// The exposition (OpenMetrics text, which Prometheus reads) with gauges read from `plan`.
 pub fn encode_plan(plan: &Plan) -> Vec<u8> {
     let f = families();
+    plan.metrics.settle_waiting();
     for c in &plan.canaries {
         let s = c.state.status();
         f.percent

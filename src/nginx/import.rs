@@ -852,7 +852,7 @@ error_log /data/logs/nginx.balance.error.log;
             "$remote_addr"
         );
         assert_eq!(
-            srv.access_log.as_deref(),
+            srv.access_log.as_ref().map(|a| a.path.as_str()),
             Some("/data/logs/nginx.balance.access.log")
         );
         assert!(i.yaml.contains("policy: ip_hash"), "{}", i.yaml);

@@ -10,6 +10,7 @@ mod canary_ramp;
 mod canary_tests;
 pub mod limits;
 pub mod location;
+pub mod logs;
 mod pool;
 #[cfg(test)]
 mod props;
@@ -19,6 +20,7 @@ mod settings;
 pub mod template;
 #[cfg(test)]
 mod tests;
+mod variable;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -143,6 +145,8 @@ pub struct ServerPlan {
     pub name: String,
     pub listen: Vec<SocketAddr>,
     pub access_log: Option<String>,
+    /// How `access_log` lines look (`combined` unless a `log_formats` entry is named).
+    pub access_format: Arc<logs::LogFormat>,
     pub error_log: Option<String>,
     /// In config order; [`ServerPlan::find`] picks one as nginx does.
     pub locations: Vec<LocationPlan>,
@@ -218,7 +222,9 @@ impl Plan {
             .collect();
         let canaries = canary::compile_canaries(l, &pool_names, prev, &mut probs);
         let admin = canary::compile_admin(l, &mut probs);
+        let formats = logs::compile_formats(l, &mut probs);
         let mut shared = server::Shared {
+            formats: &formats,
             targets: server::Targets::new(&pool_names, c.canaries.keys().map(String::as_str)),
             demos: &demos,
             listening: HashMap::new(),
@@ -254,7 +260,7 @@ impl Plan {
         }
         canary::apply_file_values(&canaries);
         store.set_weights(prev_state.kept_weights());
-        let metrics = crate::metrics::Handles::build(&servers, &pools, &canaries);
+        let metrics = crate::metrics::Handles::build(&servers, &pools, &canaries, admin.is_some());
         Ok(Plan {
             metrics,
             settings,

@@ -52,6 +52,8 @@ impl<'a> Targets<'a> {
 
 /// What the servers of one file share: what `proxy_pass` may name, and who listens where.
 pub(super) struct Shared<'a> {
+    /// `log_formats`, `combined` included.
+    pub formats: &'a super::logs::Formats,
     pub targets: Targets<'a>,
     pub demos: &'a [Demo],
     /// Listen addresses taken so far, with the server that took each.
@@ -101,8 +103,10 @@ pub(super) fn compile_server(
             ));
         }
     }
-    if let Some(p) = &s.access_log {
-        check_log_dir(l, p, &format!("{base}.access_log"), probs);
+    let (access_log, access_format) =
+        super::logs::server_access_log(l, &base, s, shared.formats, probs);
+    if let Some(p) = &access_log {
+        check_log_dir(l, p, &format!("{base}.access_log.path"), probs);
     }
     if let Some(p) = &s.error_log {
         check_log_dir(l, p, &format!("{base}.error_log"), probs);
@@ -130,7 +134,8 @@ pub(super) fn compile_server(
     ServerPlan {
         name: name.to_string(),
         listen,
-        access_log: s.access_log.clone().filter(|p| p != "off"),
+        access_log,
+        access_format,
         error_log: s.error_log.clone().filter(|p| p != "off"),
         locations,
         router,
@@ -207,7 +212,7 @@ pub(super) fn compile_location(
         };
         match Template::compile(v) {
             Ok(t) => set_headers.push((hname, t)),
-            Err(e) => probs.push(l.problem_at(&hat, e)),
+            Err(e) => probs.push(super::template::problem(l, &hat, v, e)),
         }
     }
     for (key, t) in [

@@ -1,32 +1,15 @@
-//! `proxy_set_header` values: literal text with nginx variables, compiled once per config.
+//! Templates: literal text with nginx variables, compiled once per config. `proxy_set_header`
+//! values, canary keys and `hash_key` render raw; access log formats ([`Template::compile_log`])
+//! render each variable escaped as nginx escapes log values, `-` for one the request lacks.
 //!
 //! Rendering appends into a caller-owned buffer, so the request path allocates nothing but the
 //! final header value.
 
-use std::net::SocketAddr;
+use std::fmt;
 
-/// A variable the gateway can fill in from the request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Var {
-    RemoteAddr,
-    RemotePort,
-    Host,
-    Scheme,
-    ProxyAddXForwardedFor,
-    RequestUri,
-    Uri,
-    Args,
-    /// `?` when the request has arguments, else empty.
-    IsArgs,
-    ServerPort,
-    RequestMethod,
-    /// `$http_NAME`: a request header, `_` standing for `-`.
-    Http(String),
-    /// `$cookie_NAME`: a cookie of the request.
-    Cookie(String),
-    /// `$arg_NAME`: a query-string argument.
-    Arg(String),
-}
+pub use super::variable::{Tried, Var, Vars};
+use crate::config::{Loaded, Pos, Problem};
+use crate::logs::access;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seg {
@@ -34,36 +17,56 @@ enum Seg {
     Var(Var),
 }
 
-/// A compiled header value.
+/// A compiled template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     segs: Vec<Seg>,
 }
 
-/// What a template reads from the request.
-pub trait Vars {
-    fn client(&self) -> Option<SocketAddr>;
-    fn header(&self, name: &str) -> Option<&[u8]>;
-    fn host(&self) -> &[u8];
-    fn path_and_query(&self) -> &str;
-    fn method(&self) -> &str;
-    fn server_port(&self) -> Option<u16>;
+/// Why a template does not compile, and where in its text (a byte offset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    pub at: usize,
+    pub msg: String,
+}
+
+impl fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl From<TemplateError> for String {
+    fn from(e: TemplateError) -> String {
+        e.msg
+    }
 }
 
 impl Template {
-    /// Compiles `text`; the error names the unknown variable.
-    pub fn compile(text: &str) -> Result<Template, String> {
+    /// Compiles `text` for a header value or a key; the error names the unknown variable.
+    pub fn compile(text: &str) -> Result<Template, TemplateError> {
+        Template::parse(text, false)
+    }
+
+    /// Compiles an access log format: every variable, log-only ones too.
+    pub fn compile_log(text: &str) -> Result<Template, TemplateError> {
+        Template::parse(text, true)
+    }
+
+    fn parse(text: &str, log: bool) -> Result<Template, TemplateError> {
         let mut segs = Vec::new();
         let mut rest = text;
         while let Some(i) = rest.find('$') {
             if i > 0 {
                 segs.push(Seg::Lit(rest[..i].to_string()));
             }
+            let at = text.len() - rest.len() + i;
             let after = &rest[i + 1..];
             let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
-                let end = braced
-                    .find('}')
-                    .ok_or_else(|| format!("unclosed \"${{\" in \"{text}\""))?;
+                let end = braced.find('}').ok_or_else(|| TemplateError {
+                    at,
+                    msg: format!("unclosed \"${{\" in \"{text}\""),
+                })?;
                 (&braced[..end], &braced[end + 1..])
             } else {
                 let end = after
@@ -71,7 +74,8 @@ impl Template {
                     .unwrap_or(after.len());
                 (&after[..end], &after[end..])
             };
-            segs.push(Seg::Var(var(name)?));
+            let var = Var::parse(name, log).map_err(|msg| TemplateError { at, msg })?;
+            segs.push(Seg::Var(var));
             rest = tail;
         }
         if !rest.is_empty() {
@@ -87,117 +91,83 @@ impl Template {
 
     /// Appends the value for this request to `out`.
     pub fn render(&self, v: &dyn Vars, out: &mut Vec<u8>) {
-        use std::io::Write;
         for seg in &self.segs {
             match seg {
                 Seg::Lit(s) => out.extend_from_slice(s.as_bytes()),
-                Seg::Var(var) => match var {
-                    Var::RemoteAddr => {
-                        if let Some(a) = v.client() {
-                            let _ = write!(out, "{}", a.ip());
-                        }
+                Seg::Var(var) => {
+                    var.write(v, out);
+                }
+            }
+        }
+    }
+
+    /// Appends a log line's text (no newline): each variable escaped as nginx escapes log
+    /// values (`"`, `\`, control and non-ASCII bytes as `\xHH`), `-` where the request has
+    /// none.
+    pub fn render_log(&self, v: &dyn Vars, out: &mut Vec<u8>) {
+        for seg in &self.segs {
+            match seg {
+                Seg::Lit(s) => out.extend_from_slice(s.as_bytes()),
+                Seg::Var(var) => {
+                    let start = out.len();
+                    if !var.write(v, out) {
+                        out.truncate(start);
+                        out.push(b'-');
+                    } else if out[start..].iter().any(|&c| access::needs_escape(c)) {
+                        // Rare (a hostile header): only then is the value copied.
+                        let raw = out.split_off(start);
+                        access::escaped(out, &raw);
                     }
-                    Var::RemotePort => {
-                        if let Some(a) = v.client() {
-                            let _ = write!(out, "{}", a.port());
-                        }
-                    }
-                    Var::Host => out.extend_from_slice(v.host()),
-                    Var::Scheme => out.extend_from_slice(b"http"),
-                    Var::ProxyAddXForwardedFor => {
-                        if let Some(prev) = v.header("x-forwarded-for") {
-                            out.extend_from_slice(prev);
-                            out.extend_from_slice(b", ");
-                        }
-                        if let Some(a) = v.client() {
-                            let _ = write!(out, "{}", a.ip());
-                        }
-                    }
-                    Var::RequestUri => out.extend_from_slice(v.path_and_query().as_bytes()),
-                    Var::Uri => {
-                        let pq = v.path_and_query();
-                        out.extend_from_slice(pq.split('?').next().unwrap_or(pq).as_bytes());
-                    }
-                    Var::Args => {
-                        if let Some((_, q)) = v.path_and_query().split_once('?') {
-                            out.extend_from_slice(q.as_bytes());
-                        }
-                    }
-                    Var::IsArgs => {
-                        if v.path_and_query().contains('?') {
-                            out.push(b'?');
-                        }
-                    }
-                    Var::ServerPort => {
-                        if let Some(p) = v.server_port() {
-                            let _ = write!(out, "{p}");
-                        }
-                    }
-                    Var::RequestMethod => out.extend_from_slice(v.method().as_bytes()),
-                    Var::Http(name) => {
-                        if let Some(h) = v.header(name) {
-                            out.extend_from_slice(h);
-                        }
-                    }
-                    Var::Cookie(name) => {
-                        if let Some(c) = v.header("cookie").and_then(|c| cookie(c, name)) {
-                            out.extend_from_slice(c);
-                        }
-                    }
-                    Var::Arg(name) => {
-                        let q = v.path_and_query().split_once('?').map_or("", |(_, q)| q);
-                        let arg = q.split('&').find_map(|kv| {
-                            let (k, val) = kv.split_once('=').unwrap_or((kv, ""));
-                            (k == name).then_some(val)
-                        });
-                        if let Some(a) = arg {
-                            out.extend_from_slice(a.as_bytes());
-                        }
-                    }
-                },
+                }
             }
         }
     }
 }
 
-/// The value of cookie `name` in a `Cookie` header.
-fn cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    header.split(|&b| b == b';').find_map(|part| {
-        let part = part.trim_ascii();
-        let eq = part.iter().position(|&b| b == b'=')?;
-        (&part[..eq] == name.as_bytes()).then(|| &part[eq + 1..])
-    })
+/// A problem with template `text`, the value at dotted `path` of `l`: placed at the variable
+/// at fault when it can be found in the source, else at the value.
+pub fn problem(l: &Loaded, path: &str, text: &str, e: TemplateError) -> Problem {
+    let start = l.spans.value(path);
+    let pos = locate(&l.text, start, text, e.at).unwrap_or(start);
+    Problem::new(&l.name, pos, e.msg)
 }
 
-fn var(name: &str) -> Result<Var, String> {
-    Ok(match name {
-        "remote_addr" => Var::RemoteAddr,
-        "remote_port" => Var::RemotePort,
-        "host" => Var::Host,
-        "scheme" => Var::Scheme,
-        "proxy_add_x_forwarded_for" => Var::ProxyAddXForwardedFor,
-        "request_uri" => Var::RequestUri,
-        "uri" => Var::Uri,
-        "args" | "query_string" => Var::Args,
-        "is_args" => Var::IsArgs,
-        "server_port" => Var::ServerPort,
-        "request_method" => Var::RequestMethod,
-        _ => {
-            if let Some(h) = name.strip_prefix("http_").filter(|h| !h.is_empty()) {
-                Var::Http(h.replace('_', "-").to_ascii_lowercase())
-            } else if let Some(c) = name.strip_prefix("cookie_").filter(|c| !c.is_empty()) {
-                Var::Cookie(c.to_string())
-            } else if let Some(a) = name.strip_prefix("arg_").filter(|a| !a.is_empty()) {
-                Var::Arg(a.to_string())
-            } else {
-                return Err(format!("unknown variable \"${name}\""));
-            }
-        }
-    })
+/// Where the variable at byte `at` of the parsed `text` stands in `src`, for a value that
+/// starts at `start`. The token is searched for in the source (quoting and escapes may shift
+/// it), counting its earlier occurrences in `text`.
+fn locate(src: &str, start: Pos, text: &str, at: usize) -> Option<Pos> {
+    let tail = text.get(at..)?;
+    let len = 1 + tail[1..]
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '{' || c == '}'))
+        .unwrap_or(tail.len() - 1);
+    let token = &tail[..len];
+    let nth = text[..at].matches(token).count();
+    let line_start: usize = src
+        .split_inclusive('\n')
+        .take(start.line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let from = line_start
+        + src[line_start..]
+            .char_indices()
+            .nth(start.col.saturating_sub(1))
+            .map_or(0, |(i, _)| i);
+    let (found, _) = src.get(from..)?.match_indices(token).nth(nth)?;
+    let abs = from + found;
+    let before = &src[..abs];
+    let line = before.matches('\n').count() + 1;
+    let col = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
+    Some(Pos { line, col })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
     use super::*;
 
     struct R;
@@ -252,5 +222,120 @@ mod tests {
         );
         assert!(Template::compile("$nope").is_err());
         assert!(Template::compile("${host").is_err());
+    }
+
+    /// A finished request with two upstream attempts.
+    struct Done;
+    impl Vars for Done {
+        fn client(&self) -> Option<SocketAddr> {
+            R.client()
+        }
+        fn header(&self, name: &str) -> Option<&[u8]> {
+            match name {
+                "x-evil" => Some(b"a\"b\\c\x01\xff"),
+                _ => R.header(name),
+            }
+        }
+        fn host(&self) -> &[u8] {
+            R.host()
+        }
+        fn path_and_query(&self) -> &str {
+            R.path_and_query()
+        }
+        fn method(&self) -> &str {
+            R.method()
+        }
+        fn server_port(&self) -> Option<u16> {
+            R.server_port()
+        }
+        fn request_id(&self) -> Option<u128> {
+            Some(0xabc)
+        }
+        fn status(&self) -> Option<u16> {
+            Some(200)
+        }
+        fn request_time(&self) -> Option<Duration> {
+            Some(Duration::from_micros(12_345))
+        }
+        fn canary_side(&self) -> Option<&'static str> {
+            Some("canary")
+        }
+        fn upstreams(&self, each: &mut dyn FnMut(&Tried)) {
+            each(&Tried {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                status: 502,
+                took: Duration::from_micros(1_900),
+                connect: Some(Duration::from_micros(300)),
+                header: Some(Duration::from_micros(1_800)),
+            });
+            each(&Tried {
+                addr: "127.0.0.1:2".parse().unwrap(),
+                status: 200,
+                took: Duration::from_secs(2),
+                connect: None,
+                header: None,
+            });
+        }
+    }
+
+    fn log(t: &str, v: &dyn Vars) -> String {
+        let mut out = Vec::new();
+        Template::compile_log(t).unwrap().render_log(v, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn log_formats_render_nginx_values() {
+        assert_eq!(
+            log(
+                "$upstream_addr|$upstream_status|$upstream_response_time",
+                &Done
+            ),
+            "127.0.0.1:1, 127.0.0.1:2|502, 200|0.001, 2.000"
+        );
+        assert_eq!(
+            log("$upstream_connect_time|$upstream_header_time|$pipe", &Done),
+            "0.000, -|0.001, -|."
+        );
+        assert_eq!(
+            log("$request_time $canary_side $status $request_id", &Done),
+            "0.012 canary 200 00000000000000000000000000000abc"
+        );
+        // Values are escaped as nginx escapes them; literal text is not.
+        assert_eq!(
+            log("\"$http_x_evil\"", &Done),
+            "\"a\\x22b\\x5Cc\\x01\\xFF\""
+        );
+        // What the request lacks is nginx's "-"; a plain request knows no upstream.
+        assert_eq!(
+            log(
+                "$http_referer $cookie_none $upstream_addr $canary_side $status",
+                &R
+            ),
+            "- - - - 000"
+        );
+        assert_eq!(log("$cookie_uid $arg_x", &R), "u42 1");
+        let iso = log("$time_iso8601", &R);
+        assert!(iso.len() == 25 && iso.as_bytes()[10] == b'T', "{iso}");
+        let msec = log("$msec", &R);
+        assert!(
+            msec.len() > 11 && msec.as_bytes()[msec.len() - 4] == b'.',
+            "{msec}"
+        );
+    }
+
+    #[test]
+    fn log_only_variables_are_refused_in_headers_and_errors_say_where() {
+        let e = Template::compile("x-$status").unwrap_err();
+        assert_eq!(e.at, 2);
+        assert!(e.msg.contains("access log formats only"), "{}", e.msg);
+        let e = Template::compile_log("$remote_addr $nope").unwrap_err();
+        assert_eq!((e.at, e.msg.as_str()), (13, "unknown variable \"$nope\""));
+        // $request_id is shared by headers and logs.
+        let mut out = Vec::new();
+        Template::compile("$request_id")
+            .unwrap()
+            .render(&Done, &mut out);
+        assert_eq!(out.len(), 32);
     }
 }

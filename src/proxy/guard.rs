@@ -26,6 +26,9 @@ const HEAD_BUF: usize = 1024;
 pub struct HeadGuard {
     live: Live,
     server: usize,
+    /// This server block's `graygate_connections` gauges (metrics are on or off for the life
+    /// of a worker: turning them on changes the admin listener, hence a new generation).
+    conns: Option<crate::metrics::Conns>,
 }
 
 /// A head that passed, ready for Pingora.
@@ -36,7 +39,12 @@ pub struct Checked {
 
 impl HeadGuard {
     pub fn new(live: Live, server: usize) -> HeadGuard {
-        HeadGuard { live, server }
+        let conns = live.load().plan.metrics.conns(server).cloned();
+        HeadGuard {
+            live,
+            server,
+            conns,
+        }
     }
 
     fn limits<'a>(&self, snap: &'a Snapshot) -> Option<&'a Limits> {
@@ -53,7 +61,12 @@ impl HeadGuard {
             refused(max, peer(stream));
             return None;
         }
-        Some(ConnSlot(()))
+        // `graygate_connections{state="active"}`, when metrics are on.
+        let active = self.conns.as_ref().map(|c| {
+            c.active.inc();
+            c.active.clone()
+        });
+        Some(ConnSlot(active))
     }
 
     /// How long a connection may wait for its next request: `client_header_timeout` before
@@ -78,6 +91,10 @@ impl HeadGuard {
         deadline: Option<tokio::time::Instant>,
     ) -> Option<Checked> {
         let snap = self.live.load_full();
+        let _reading = self
+            .conns
+            .as_ref()
+            .map(|c| crate::metrics::Busy::new(&c.reading));
         let lim = self.limits(&snap)?.clone();
         let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + lim.header_timeout);
         let mut buf = BytesMut::with_capacity(HEAD_BUF);
@@ -165,7 +182,10 @@ impl HeadGuard {
             referer: None,
             user_agent: None,
         };
-        log.append(|out| access::combined(out, &entry));
+        let Some(sp) = snap.plan.servers.get(self.server) else {
+            return;
+        };
+        log.append(|out| sp.access_format.write_entry(out, &entry));
     }
 
     /// Gives `head` to Pingora's session and sets the per-request limits on it.
@@ -192,12 +212,16 @@ impl HeadGuard {
 /// Client connections open in this worker process, all server blocks together.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 
-/// A connection's place among `worker_connections`, given back when it closes.
-pub struct ConnSlot(());
+/// A connection's place among `worker_connections` (and in its server block's active
+/// connections gauge), given back when it closes.
+pub struct ConnSlot(Option<prometheus_client::metrics::gauge::Gauge>);
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         OPEN.fetch_sub(1, Ordering::AcqRel);
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
     }
 }
 

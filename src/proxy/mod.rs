@@ -39,14 +39,13 @@ use pingora::prelude::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::logs::access;
 use crate::snapshot::{Live, Snapshot};
 pub use ctx::Ctx;
 use ctx::{hold, pool_plan};
 pub use errors::status_for;
 use errors::Phase;
 pub use guard::HeadGuard;
-use vars::{client_addr, request_line, SessionVars};
+use vars::SessionVars;
 
 /// The proxy for one server block.
 pub struct Gateway {
@@ -73,6 +72,7 @@ impl Gateway {
         if let (Some(pool), Some(i)) = (ctx.pool(), ctx.peer) {
             pool.failed(i);
         }
+        ctx.try_failed(e, phase == Phase::Connecting);
         hold(&mut ctx.held, None);
         self.log_line(session, ctx, &errors::describe(e, phase));
     }
@@ -108,6 +108,7 @@ impl ProxyHttp for Gateway {
     /// it names one).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.started = Some(std::time::Instant::now());
+        ctx.request_id = ctx::request_id();
         let snap = self.live.load_full();
         guard::on_request(session, &snap, self.server);
         // Routing sees the path decoded and with dot segments resolved, as nginx's does; a
@@ -117,7 +118,7 @@ impl ProxyHttp for Gateway {
         });
         let route = match route {
             Some(Err(_)) => {
-                ctx.snap = Some(snap);
+                ctx.begin(snap, self.server);
                 session.respond_error(400).await?;
                 return Ok(true);
             }
@@ -126,8 +127,15 @@ impl ProxyHttp for Gateway {
         };
         if let Some(loc) = route.map(|i| &snap.plan.servers[self.server].locations[i]) {
             if let Some(ret) = &loc.ret {
-                let r = reply::send_return(session, ret, &loc.add_headers, &mut ctx.scratch).await;
-                ctx.snap = Some(snap);
+                let r = reply::send_return(
+                    session,
+                    ret,
+                    &loc.add_headers,
+                    ctx.request_id,
+                    &mut ctx.scratch,
+                )
+                .await;
+                ctx.begin(snap, self.server);
                 r?;
                 return Ok(true);
             }
@@ -135,12 +143,14 @@ impl ProxyHttp for Gateway {
         // A location names a pool or a canary; a canary picks this request's side (issue 15).
         let found = route.and_then(|i| {
             let target = snap.plan.servers[self.server].locations[i].target?;
-            let pick = snap
-                .plan
-                .route(target, &SessionVars(session), &mut ctx.scratch);
+            let pick = snap.plan.route(
+                target,
+                &SessionVars(session, ctx.request_id),
+                &mut ctx.scratch,
+            );
             Some((i, pick))
         });
-        ctx.snap = Some(snap);
+        ctx.begin(snap, self.server);
         match found {
             Some((loc, pick)) => {
                 ctx.location = loc;
@@ -184,12 +194,13 @@ impl ProxyHttp for Gateway {
             peer,
             scratch,
             held,
+            request_id,
             ..
         } = ctx;
         let (Some(s), Some(pp)) = (snap.as_ref(), pool_plan(snap, *pool)) else {
             return Err(Error::explain(ErrorType::InternalError, "no pool"));
         };
-        let key = pp.placement(&SessionVars(session), scratch);
+        let key = pp.placement(&SessionVars(session, *request_id), scratch);
         let Some(i) = pp.pool.select_reserved(key, attempt) else {
             if let Some(Some(log)) = s.error_logs.get(self.server) {
                 let what = format!(
@@ -211,6 +222,7 @@ impl ProxyHttp for Gateway {
         }
         *peer = Some(i);
         hold(held, (p.max_conns > 0).then_some(&p.state));
+        ctx.start_try(i);
         Ok(http)
     }
 
@@ -233,7 +245,7 @@ impl ProxyHttp for Gateway {
         let loc = &snap.plan.servers[self.server].locations[ctx.location];
         for (name, tpl) in &loc.set_headers {
             ctx.scratch.clear();
-            tpl.render(&SessionVars(session), &mut ctx.scratch);
+            tpl.render(&SessionVars(session, ctx.request_id), &mut ctx.scratch);
             if ctx.scratch.is_empty() {
                 // nginx: an empty value removes the header.
                 req.remove_header(name);
@@ -257,6 +269,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         errors::check_reply_head(resp, ctx.snap.as_deref(), self.server)?;
         let status = resp.status.as_u16();
+        ctx.try_status(status);
         if status < 429 {
             return Ok(());
         }
@@ -273,6 +286,34 @@ impl ProxyHttp for Gateway {
             return Err(e.into_up());
         }
         Ok(())
+    }
+
+    /// The attempt has its connection (`$upstream_connect_time`).
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.try_connected();
+        Ok(())
+    }
+
+    /// The upstream response's last byte ends the attempt's time (`$upstream_response_time`).
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            ctx.end_try();
+        }
+        Ok(None)
     }
 
     /// Adds the location's `add_header` lines, and `Connection: close` while this generation
@@ -292,7 +333,7 @@ impl ProxyHttp for Gateway {
             reply::add_headers(
                 resp,
                 &loc.add_headers,
-                &SessionVars(session),
+                &SessionVars(session, ctx.request_id),
                 &mut ctx.scratch,
             );
         }
@@ -392,6 +433,7 @@ impl ProxyHttp for Gateway {
                 pool.succeeded(i);
             }
         }
+        ctx.finish_tries();
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
@@ -401,20 +443,12 @@ impl ProxyHttp for Gateway {
                 &snap.plan, srv, ctx.pool, ctx.canary, ctx.peer, status, took,
             );
         }
-        let Some(Some(log)) = snap.access_logs.get(self.server) else {
+        let (Some(Some(log)), Some(sp)) = (
+            snap.access_logs.get(self.server),
+            snap.plan.servers.get(self.server),
+        ) else {
             return;
         };
-        let req = session.req_header();
-        let h = |n: http::header::HeaderName| req.headers.get(n).map(|v| v.as_bytes());
-        let entry = access::Entry {
-            remote_addr: client_addr(session).map(|a| a.ip()),
-            authorization: h(http::header::AUTHORIZATION),
-            request: request_line(session),
-            status,
-            body_bytes_sent: session.body_bytes_sent(),
-            referer: h(http::header::REFERER),
-            user_agent: h(http::header::USER_AGENT),
-        };
-        log.append(|out| access::combined(out, &entry));
+        log.append(|out| vars::access_line(out, &sp.access_format, session, ctx, status));
     }
 }

@@ -37,10 +37,11 @@ pub(super) async fn send_return(
     session: &mut Session,
     ret: &ReturnPlan,
     add: &[AddHeaderPlan],
+    request_id: u128,
     scratch: &mut Vec<u8>,
 ) -> Result<()> {
     let (code, rendered) = {
-        let vars = SessionVars(session);
+        let vars = SessionVars(session, request_id);
         scratch.clear();
         let code = match ret {
             ReturnPlan::Redirect { code, url } => {
@@ -76,7 +77,7 @@ pub(super) async fn send_return(
     };
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     {
-        let vars = SessionVars(session);
+        let vars = SessionVars(session, request_id);
         add_headers(&mut resp, add, &vars, scratch);
     }
     let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();

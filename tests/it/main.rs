@@ -12,6 +12,7 @@ mod import_nginx;
 mod ip_hash_vectors;
 mod lifecycle;
 mod locations;
+mod observe;
 mod pools;
 mod processes;
 mod runtime;
