@@ -244,6 +244,25 @@ pub struct Location {
     pub add_header: IndexMap<String, AddHeader>,
     #[serde(default, rename = "return")]
     pub ret: Option<Return>,
+    // Static files: nginx's directives of the same names (see `plan::files`).
+    /// The file is ROOT + the request path.
+    #[serde(default)]
+    pub root: Option<String>,
+    /// The file is ALIAS + the request path after the location's prefix.
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// Files tried for a path ending in `/` (nginx: `index.html`).
+    #[serde(default)]
+    pub index: Option<Vec<String>>,
+    #[serde(default)]
+    pub default_type: Option<String>,
+    /// `off`: follow every symlink, as nginx's default does; absent: a symlink that leads
+    /// out of the root is refused (403).
+    #[serde(default)]
+    pub disable_symlinks: Option<String>,
+    /// `false`: a missing file is a 404 without an error log line.
+    #[serde(default)]
+    pub log_not_found: Option<bool>,
     /// Overrides of the pool's timeouts for this location.
     #[serde(default)]
     pub connect_timeout: Option<TimeValue>,

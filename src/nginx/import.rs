@@ -98,10 +98,10 @@ const NO_EFFECT: &[(&str, &str)] = &[
     ("gzip_buffers", "no effect without gzip"),
     ("gzip_http_version", "no effect without gzip"),
     ("gzip_types", "no effect without gzip"),
-    ("default_type", "only used for static files"),
-    ("types", "only used for static files"),
-    ("log_not_found", "only used for static files"),
-    ("index", "only used for static files"),
+    (
+        "types",
+        "graygate has the common entries of mime.types built in",
+    ),
     ("access_log_buffer", "logs are always buffered"),
 ];
 
@@ -120,6 +120,9 @@ struct Scope {
     /// `add_header` NAME -> (VALUE, always), with the same replace-not-merge inheritance.
     add_headers: Option<IndexMap<String, (String, bool)>>,
     add_headers_own: bool,
+    /// Static files: `root`, `index`, `default_type`, `log_not_found`, `disable_symlinks`
+    /// (inherited) and `alias` (a location's own).
+    files: IndexMap<&'static str, Value>,
     timeouts: IndexMap<&'static str, String>,
     retry: Option<Retry>,
 }
@@ -311,6 +314,26 @@ fn http_setting(d: &Directive, scope: &mut Scope, out: &mut Out) -> bool {
                 .headers
                 .get_or_insert_with(IndexMap::new)
                 .insert(arg, value);
+        }
+        "root" | "alias" | "default_type" | "disable_symlinks" => {
+            let key = match d.name.as_str() {
+                "root" => "root",
+                "alias" => "alias",
+                "default_type" => "default_type",
+                _ => "disable_symlinks",
+            };
+            scope.files.insert(key, arg.into());
+        }
+        "index" => {
+            let names = d.args.iter().map(|a| Value::from(a.text.as_str()));
+            scope
+                .files
+                .insert("index", Value::Sequence(names.collect()));
+        }
+        "log_not_found" => {
+            scope
+                .files
+                .insert("log_not_found", Value::Bool(arg == "on"));
         }
         "add_header" => {
             let value = d.arg(1).unwrap_or_default().to_string();
@@ -646,7 +669,8 @@ fn location(d: &Directive, mut scope: Scope, out: &mut Out) -> Option<Value> {
             _ => out.untranslated(s),
         }
     }
-    if pass.is_none() && ret.is_none() {
+    let serves_files = scope.files.contains_key("root") || scope.files.contains_key("alias");
+    if pass.is_none() && ret.is_none() && !serves_files {
         out.note(
             d,
             true,
@@ -659,11 +683,16 @@ fn location(d: &Directive, mut scope: Scope, out: &mut Out) -> Option<Value> {
     }
     let mut m = Mapping::new();
     m.insert("match".into(), matcher.into());
+    let proxies = pass.is_some();
     if let Some(pass) = pass {
         m.insert("proxy_pass".into(), pass.into());
     }
     if let Some(ret) = ret {
         m.insert("return".into(), ret);
+    } else if !proxies {
+        for (k, v) in &scope.files {
+            m.insert((*k).into(), v.clone());
+        }
     }
     if let Some(h) = &scope.add_headers {
         let mut hm = Mapping::new();
@@ -926,18 +955,14 @@ log_not_found off;
         let lines: Vec<String> = i.notes.iter().map(|n| n.to_string()).collect();
         let has = |s: &str| lines.iter().any(|l| l.contains(s));
         assert!(!has("add_header"), "{lines:#?}");
-        assert!(has("nginx.conf:6: \"root\" not translated"), "{lines:#?}");
+        assert!(!has("\"root\""), "root is carried over: {lines:#?}");
         assert!(
             has("nginx.conf:8: \"uwsgi_pass\" not translated"),
             "{lines:#?}"
         );
-        assert!(has("nginx.conf:12: \"root\" not translated"), "{lines:#?}");
+        // The favicon location has no root of its own or inherited: nginx's default root.
         assert!(
-            has("nginx.conf:11: \"location\" not translated: a location without proxy_pass"),
-            "{lines:#?}"
-        );
-        assert!(
-            has("nginx.conf:15: \"log_not_found\" dropped"),
+            has("nginx.conf:14: \"location\" not translated"),
             "{lines:#?}"
         );
     }

@@ -8,6 +8,7 @@ mod canary;
 mod canary_ramp;
 #[cfg(test)]
 mod canary_tests;
+pub mod files;
 pub mod limits;
 pub mod location;
 pub mod logs;
@@ -134,6 +135,8 @@ pub struct LocationPlan {
     pub target: Option<Target>,
     /// `return`: answered before any proxying, as nginx's rewrite phase does.
     pub ret: Option<response::ReturnPlan>,
+    /// `root`/`alias`: files from disk (when there is no `proxy_pass`).
+    pub files: Option<files::FilesPlan>,
     pub set_headers: Vec<(http::HeaderName, Template)>,
     /// `add_header`, the location's own or else the server's.
     pub add_headers: Vec<response::AddHeaderPlan>,

@@ -186,15 +186,23 @@ pub(super) fn compile_location(
                 return None;
             }
         },
-        None if loc.ret.is_some() => None,
+        None if loc.ret.is_some() || loc.root.is_some() || loc.alias.is_some() => None,
         None => {
             probs.push(l.problem_at(
                 &format!("{at}.match"),
-                "a location needs proxy_pass or return",
+                "a location needs proxy_pass, return, root or alias",
             ));
             return None;
         }
     };
+    if target.is_some() && (loc.root.is_some() || loc.alias.is_some()) {
+        probs.push(l.problem_at(
+            &format!("{at}.proxy_pass"),
+            "a location either proxies or serves files (root/alias), not both",
+        ));
+        return None;
+    }
+    let files = super::files::compile_files(l, at, loc, &matcher, probs);
     if loc.ret.is_some() && ret.is_none() {
         return None;
     }
@@ -233,6 +241,7 @@ pub(super) fn compile_location(
         matcher,
         target,
         ret,
+        files,
         set_headers,
         add_headers,
         timeouts,

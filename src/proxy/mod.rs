@@ -23,8 +23,10 @@
 
 mod ctx;
 mod errors;
+mod files;
 mod guard;
 pub mod head;
+mod mime;
 mod realip;
 mod reply;
 pub mod uri;
@@ -113,19 +115,20 @@ impl ProxyHttp for Gateway {
         guard::on_request(session, &snap, self.server);
         // Routing sees the path decoded and with dot segments resolved, as nginx's does; a
         // path that cannot be (bad `%` escape, `..` above the root) is a 400, as in nginx.
-        let route = snap.plan.servers.get(self.server).map(|s| {
-            uri::normalize(session.req_header().uri.path().as_bytes()).map(|p| s.find(&p))
-        });
-        let route = match route {
-            Some(Err(_)) => {
+        let route = match uri::normalize(session.req_header().uri.path().as_bytes()) {
+            Ok(norm) => snap
+                .plan
+                .servers
+                .get(self.server)
+                .and_then(|s| s.find(&norm)),
+            Err(_) => {
                 ctx.begin(snap, self.server);
                 session.respond_error(400).await?;
                 return Ok(true);
             }
-            Some(Ok(r)) => r,
-            None => None,
         };
         if let Some(loc) = route.map(|i| &snap.plan.servers[self.server].locations[i]) {
+            // A location that answers itself: `return`, else files from disk.
             if let Some(ret) = &loc.ret {
                 let r = reply::send_return(
                     session,
@@ -137,6 +140,21 @@ impl ProxyHttp for Gateway {
                 .await;
                 ctx.begin(snap, self.server);
                 r?;
+                return Ok(true);
+            }
+            if let Some(f) = &loc.files {
+                // The session is written to while the path is used: a copy, for files only.
+                let path = session.req_header().uri.path().as_bytes();
+                let norm = uri::normalize(path)
+                    .map(|n| n.into_owned())
+                    .unwrap_or_default();
+                let id = ctx.request_id;
+                let r =
+                    files::serve(session, f, &norm, &loc.add_headers, id, &mut ctx.scratch).await;
+                ctx.begin(snap, self.server);
+                if let Some(why) = r? {
+                    self.log_line(session, ctx, &why);
+                }
                 return Ok(true);
             }
         }

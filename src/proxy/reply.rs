@@ -91,7 +91,7 @@ pub(super) async fn send_return(
 }
 
 /// nginx's page for a status without text of its own.
-fn page(code: u16) -> String {
+pub(super) fn page(code: u16) -> String {
     let reason = http::StatusCode::from_u16(code)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -99,4 +99,30 @@ fn page(code: u16) -> String {
     format!(
         "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>graygate</center>\r\n</body>\r\n</html>\r\n"
     )
+}
+
+/// A status with nginx's page for it, keeping the connection open.
+pub(super) async fn page_response(
+    session: &mut Session,
+    code: u16,
+    add: &[AddHeaderPlan],
+    request_id: u128,
+    scratch: &mut Vec<u8>,
+) -> Result<()> {
+    let body = page(code);
+    let mut resp = ResponseHeader::build(code, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/html")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    {
+        let vars = SessionVars(session, request_id);
+        add_headers(&mut resp, add, &vars, scratch);
+    }
+    let head = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(resp), head).await?;
+    if !head {
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+    }
+    Ok(())
 }

@@ -6,6 +6,7 @@ mod canary_page;
 mod canary_ramp;
 mod common;
 mod faults;
+mod files;
 mod gateway;
 mod hostile;
 mod import_nginx;

@@ -1,0 +1,200 @@
+//! Static files (`root`, `alias`) against real nginx: status and the headers that matter
+//! (type, length, ETag, Last-Modified, ranges) for the seed's `/media/` and its edge cases.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::symlink;
+
+use crate::common::*;
+
+/// (request line's method, path, extra header, what to compare)
+const CASES: &[(&str, &str, &str)] = &[
+    ("GET", "/media/a.txt", ""),
+    ("GET", "/media/a.css", ""),
+    ("GET", "/media/big.bin", ""),
+    ("GET", "/media/a.txt", "Range: bytes=0-9"),
+    ("GET", "/media/a.txt", "Range: bytes=-5"),
+    ("GET", "/media/a.txt", "Range: bytes=5000-"),
+    ("GET", "/media/dir/", ""),
+    ("GET", "/media/dir", ""),
+    ("GET", "/media/empty/", ""),
+    ("GET", "/media/missing", ""),
+    ("GET", "/media/link-in", ""),
+    ("GET", "/media/../media/a.txt", ""),
+    ("GET", "/media/%61.txt", ""),
+    ("GET", "/../etc/passwd", ""),
+    ("GET", "/media/%2e%2e/%2e%2e/etc/passwd", ""),
+    ("POST", "/media/a.txt", "Content-Length: 0"),
+    ("GET", "/alias/a.txt", ""),
+    ("GET", "/favicon.ico", ""),
+];
+
+struct Got {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Got {
+    fn h(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn ask(port: u16, method: &str, path: &str, extra: &str) -> Got {
+    let mut s = connect(port, None).unwrap();
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!("{extra}\r\n")
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost:{port}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').unwrap();
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let mut body = Vec::new();
+    if method != "HEAD" {
+        std::io::Read::read_to_end(&mut r, &mut body).unwrap();
+    }
+    Got {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[test]
+fn static_files_answer_as_nginx() {
+    let dir = TempDir::new("files");
+    let root = dir.path("www");
+    std::fs::create_dir_all(root.join("media/dir")).unwrap();
+    std::fs::create_dir_all(root.join("media/empty")).unwrap();
+    std::fs::write(root.join("media/a.txt"), "0123456789".repeat(100)).unwrap();
+    std::fs::write(root.join("media/a.css"), "body{}").unwrap();
+    std::fs::write(root.join("media/dir/index.html"), "<p>index</p>").unwrap();
+    let big: String = (0..3_000_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    std::fs::write(root.join("media/big.bin"), &big).unwrap();
+    symlink(root.join("media/a.txt"), root.join("media/link-in")).unwrap();
+    std::fs::write(dir.path("outside.txt"), "secret").unwrap();
+    symlink(dir.path("outside.txt"), root.join("media/link-out")).unwrap();
+    let www = root.display().to_string();
+
+    let front = free_port();
+    let conf = format!(
+        "pid_file: {}\nerror_log: {}\nservers:\n  front:\n    listen: [\"127.0.0.1:{front}\"]\n    error_log: {}\n    locations:\n\
+         \x20     - {{ match: ~/media/, root: {www} }}\n\
+         \x20     - {{ match: /alias/, alias: {www}/media/ }}\n\
+         \x20     - {{ match: = /favicon.ico, root: {www}, log_not_found: false }}\n",
+        dir.s("gw.pid"),
+        dir.s("error.log"),
+        dir.s("front.error.log"),
+    );
+    let _gw = start(&dir.write("gw.yaml", &conf), &[front]);
+    let server = format!(
+        "include /etc/nginx/mime.types; default_type application/octet-stream;\n\
+         location ~/media/ {{ root {www}; }}\n\
+         location /alias/ {{ alias {www}/media/; }}\n\
+         location = /favicon.ico {{ root {www}; log_not_found off; }}\n"
+    );
+    let nginx = nginx_with(&dir, &server);
+    if nginx.is_none() {
+        eprintln!("nginx not installed: static files not compared");
+    }
+    for (method, path, extra) in CASES {
+        let g = ask(front, method, path, extra);
+        let what = format!("{method} {path} {extra}");
+        match &nginx {
+            Some((_, nport)) => {
+                let n = ask(*nport, method, path, extra);
+                assert_eq!(g.status, n.status, "{what}");
+                for h in [
+                    "Content-Type",
+                    "Content-Length",
+                    "ETag",
+                    "Last-Modified",
+                    "Content-Range",
+                ] {
+                    if g.status < 300 || h == "Content-Range" {
+                        assert_eq!(g.h(h), n.h(h), "{what}: {h}");
+                    }
+                }
+                if g.status == 301 {
+                    let nl = n
+                        .h("Location")
+                        .map(|l| l.replace(&nport.to_string(), "PORT"));
+                    let gl = g
+                        .h("Location")
+                        .map(|l| l.replace(&front.to_string(), "PORT"));
+                    assert_eq!(gl, nl, "{what}: Location");
+                }
+                if g.status < 300 {
+                    assert_eq!(g.body, n.body, "{what}: body");
+                }
+            }
+            None => assert!(g.status > 0),
+        }
+    }
+    // Conditional requests with the validators graygate gave.
+    let first = ask(front, "GET", "/media/a.txt", "");
+    let etag = first.h("ETag").unwrap().to_string();
+    let lm = first.h("Last-Modified").unwrap().to_string();
+    assert_eq!(
+        ask(
+            front,
+            "GET",
+            "/media/a.txt",
+            &format!("If-None-Match: {etag}")
+        )
+        .status,
+        304
+    );
+    assert_eq!(
+        ask(
+            front,
+            "GET",
+            "/media/a.txt",
+            &format!("If-Modified-Since: {lm}")
+        )
+        .status,
+        304
+    );
+    let head = ask(front, "HEAD", "/media/big.bin", "");
+    assert_eq!(
+        (head.status, head.h("Content-Length")),
+        (200, Some("3000000"))
+    );
+    // Stricter than nginx's default: a link that leaves the root is refused.
+    assert_eq!(ask(front, "GET", "/media/link-out", "").status, 403);
+    let path = dir.path("front.error.log");
+    wait_for(
+        "error log lines",
+        std::time::Duration::from_secs(10),
+        || read(&path).contains("leads out of the root"),
+    );
+    let log = read(&path);
+    assert!(
+        log.contains("/media/missing\" failed (2: No such file or directory)"),
+        "{log}"
+    );
+    assert!(!log.contains("favicon"), "log_not_found: false: {log}");
+}
