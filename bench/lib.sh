@@ -91,6 +91,8 @@ start_graygate() {
     echo "threads: 1"
     echo "grace_period: 3s"
     echo "shutdown_timeout: 3s"
+    # Metrics are recorded only with an admin listener (nobody could read them otherwise).
+    [[ ${METRICS:-} == on ]] && echo "admin: { listen: \"127.0.0.1:$((port + 1000))\" }"
     echo "upstreams:"
     echo "  balance:"
     echo "    policy: ${POLICY:-ip_hash}"

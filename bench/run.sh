@@ -68,6 +68,7 @@ run_one() {
     bare-pingora) start_bare $PORT $B1 $B2 ;;
     graygate) start_graygate $PORT $B1 $B2 ;;
     graygate-nolog) ACCESS_LOG=off start_graygate $PORT $B1 $B2 ;;
+    graygate-metrics) METRICS=on start_graygate $PORT $B1 $B2 ;;
   esac
   local r
   r=$(measure $PORT)
@@ -85,7 +86,8 @@ run_one() {
 
 # nginx-tuned-nolog and graygate-nolog: the same with `access_log off` (issue 20, goal 2);
 # bare-pingora: round robin, X-Real-IP, no log, mimalloc, graygate's release profile (goal 1).
-read -r -a NAMES <<<"${CONTENDERS:-nginx-seed nginx-tuned nginx-tuned-nolog bare-pingora graygate graygate-nolog}"
+# graygate-metrics: with an admin listener, so every request is counted (issue 15: <= 3%).
+read -r -a NAMES <<<"${CONTENDERS:-nginx-seed nginx-tuned nginx-tuned-nolog bare-pingora graygate graygate-nolog graygate-metrics}"
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round" >&2
   for n in "${NAMES[@]}"; do run_one "$n"; done
@@ -178,6 +180,7 @@ fi
   ratio_row bare-pingora nginx-tuned "bare Pingora / nginx tuned"
   ratio_row graygate bare-pingora "graygate / bare Pingora (goal >= 0.95 per CPU-s)"
   ratio_row graygate graygate-nolog "graygate log on / off"
+  ratio_row graygate-metrics graygate "graygate metrics on / off (goal >= 0.97 per CPU-s)"
   ratio_row nginx-tuned nginx-tuned-nolog "nginx tuned log on / off (goal: graygate's >= this)"
   if [[ $IDLE -gt 0 ]]; then
     echo
