@@ -157,6 +157,7 @@ pub fn run() -> Result<(), Error> {
         path: "of the configuration".into(),
         err,
     })?;
+    snapshot.plan.commit();
     if let Some(f) = &snapshot.process_log {
         crate::logs::error::set_process_file(f.clone());
     }
@@ -250,7 +251,7 @@ pub fn run() -> Result<(), Error> {
 
     let signals = Signals {
         reloader: Reloader {
-            conf: conf_file,
+            conf: Arc::new(conf_file),
             live,
         },
         draining,
