@@ -1,5 +1,5 @@
 # The two commands a fresh machine needs: `make run` and `make test`.
-.PHONY: run test bench bench-lifecycle deps fuzz canary-page
+.PHONY: run test bench bench-lifecycle soak deps fuzz canary-page
 
 deps:
 	@scripts/deps.sh
@@ -25,6 +25,12 @@ bench:
 bench-lifecycle:
 	@scripts/deps.sh --bench
 	bench/lifecycle.sh
+
+# Hostile and failing neighbours for SOAK_SECONDS (default 600) while graygate is reloaded,
+# upgraded and its logs rotated; see bench/SOAK.md.
+soak:
+	@scripts/deps.sh --bench
+	bench/soak.sh
 
 # Each cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 60) seconds.
 fuzz:

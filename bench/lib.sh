@@ -9,7 +9,7 @@ CLK_TCK=$(getconf CLK_TCK)
 
 bench_setup() {
   "$ROOT/scripts/deps.sh" --bench
-  (cd "$ROOT" && cargo build --release --quiet)
+  (cd "$ROOT" && cargo build --release --quiet --bins --example bare_proxy)
   W=$(mktemp -d /tmp/graygate-bench.XXXXXX)
   ulimit -n 65536 2>/dev/null || true
   trap bench_cleanup EXIT
@@ -69,7 +69,7 @@ http {
   upstream balance { $policy $servers $ka }
   server {
     listen 127.0.0.1:$port backlog=4096;
-    access_log $W/nginx-$kind.access.log combined;
+    access_log ${ACCESS_LOG:-$W/nginx-$kind.access.log combined};
     error_log $W/nginx-$kind.balance.error.log;
     location / { proxy_pass http://balance; proxy_set_header X-Real-IP \$remote_addr; $loc_extra }
   }
@@ -99,7 +99,7 @@ start_graygate() {
     echo "servers:"
     echo "  balance:"
     echo "    listen: [\"127.0.0.1:$port\"]"
-    echo "    access_log: $W/graygate.access.log"
+    echo "    access_log: ${ACCESS_LOG:-$W/graygate.access.log}"
     echo "    error_log: $W/graygate.balance.error.log"
     echo "    locations:"
     echo "      - match: /"
@@ -111,6 +111,19 @@ start_graygate() {
   for _ in $(seq 1 100); do [[ -f "$W/graygate-$port.pid" ]] && break; sleep 0.05; done
   PROXY_PIDFILE="$W/graygate-$port.pid"
   GG_CONF="$conf"
+}
+
+# examples/bare_proxy.rs (a bare Pingora ProxyHttp, round robin) on $1 (port) with upstream
+# servers $2...
+start_bare() {
+  local port=$1; shift
+  local addrs=()
+  for p in "$@"; do addrs+=("127.0.0.1:$p"); done
+  taskset -c "$PROXY_CPU" "$ROOT/target/release/examples/bare_proxy" "$port" "${addrs[@]}" \
+    2>>"$W/bare.stderr" &
+  echo $! >"$W/bare-$port.pid"
+  wait_port "$port"
+  PROXY_PIDFILE="$W/bare-$port.pid"
 }
 
 # Pids of a process and all its descendants.

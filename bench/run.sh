@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Side-by-side throughput: nginx with the seed's config, nginx tuned, and graygate, each in
-# front of the same two nginx backends, A/B/C rounds, one run. Prints a markdown table and
-# writes it to bench/RESULTS.md.
+# Side-by-side throughput: nginx with the seed's config, nginx tuned (access log on and off),
+# a bare Pingora proxy (examples/bare_proxy.rs) and graygate (access log on and off), each in
+# front of the same two nginx backends, in turn, ROUNDS rounds, one run. Prints a markdown
+# table and writes it to bench/RESULTS.md.
 #
 #   bench/run.sh                 # DURATION=10 ROUNDS=2 CONNS=64 by default
+#   CONTENDERS="bare-pingora graygate" IDLE=0 POOLS= KEEP=0 bench/run.sh  # a subset, no file
 #   IDLE=10000 bench/run.sh      # also RSS with that many idle keep-alive connections
 #   POOLS="2 64 1024" bench/run.sh  # also throughput with pools of those sizes
 set -euo pipefail
@@ -62,7 +64,10 @@ run_one() {
   case $name in
     nginx-seed) start_nginx_proxy $PORT seed $B1 $B2 ;;
     nginx-tuned) start_nginx_proxy $PORT tuned $B1 $B2 ;;
+    nginx-tuned-nolog) ACCESS_LOG=off start_nginx_proxy $PORT tuned $B1 $B2 ;;
+    bare-pingora) start_bare $PORT $B1 $B2 ;;
     graygate) start_graygate $PORT $B1 $B2 ;;
+    graygate-nolog) ACCESS_LOG=off start_graygate $PORT $B1 $B2 ;;
   esac
   local r
   r=$(measure $PORT)
@@ -78,7 +83,9 @@ run_one() {
   N[$name]=$(( ${N[$name]:-0} + 1 ))
 }
 
-NAMES=(nginx-seed nginx-tuned graygate)
+# nginx-tuned-nolog and graygate-nolog: the same with `access_log off` (issue 20, goal 2);
+# bare-pingora: round robin, X-Real-IP, no log, mimalloc, graygate's release profile (goal 1).
+read -r -a NAMES <<<"${CONTENDERS:-nginx-seed nginx-tuned nginx-tuned-nolog bare-pingora graygate graygate-nolog}"
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round" >&2
   for n in "${NAMES[@]}"; do run_one "$n"; done
@@ -87,12 +94,17 @@ done
 avg() { awk -v s="$1" -v n="$2" 'BEGIN { printf "%.0f", s / n }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 
-gg_rps=$(avg "${SUM_RPS[graygate]}" "${N[graygate]}")
-gg_cpu=$(avg "${SUM_CPU[graygate]}" "${N[graygate]}")
-tuned_rps=$(avg "${SUM_RPS[nginx-tuned]}" "${N[nginx-tuned]}")
-tuned_cpu=$(avg "${SUM_CPU[nginx-tuned]}" "${N[nginx-tuned]}")
-seed_rps=$(avg "${SUM_RPS[nginx-seed]}" "${N[nginx-seed]}")
-seed_cpu=$(avg "${SUM_CPU[nginx-seed]}" "${N[nginx-seed]}")
+declare -A AVG_RPS AVG_CPU
+for n in "${NAMES[@]}"; do
+  AVG_RPS[$n]=$(avg "${SUM_RPS[$n]}" "${N[$n]}")
+  AVG_CPU[$n]=$(avg "${SUM_CPU[$n]}" "${N[$n]}")
+done
+# One row of the ratio table, "a / b", if both ran.
+ratio_row() {
+  local a=$1 b=$2 label=$3
+  [[ -n ${AVG_RPS[$a]:-} && -n ${AVG_RPS[$b]:-} ]] || return 0
+  echo "| $label | $(ratio "${AVG_RPS[$a]}" "${AVG_RPS[$b]}") | $(ratio "${AVG_CPU[$a]}" "${AVG_CPU[$b]}") |"
+}
 
 # Idle keep-alive connections: RSS of each proxy holding IDLE of them.
 idle_rss() {
@@ -146,10 +158,12 @@ fi
   echo
   echo "Made by \`bench/run.sh\` on $(date -u +%Y-%m-%d): $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), $(nginx -v 2>&1 | sed 's/.*: //')."
   echo "Proxy pinned to CPU $PROXY_CPU with one worker (graygate \`threads: 1\`); two nginx backends (9-byte body) and"
-  echo "wrk (\`-t1 -c$CONNS -d${DURATION}s\`) on CPU $LOAD_CPU; $ROUNDS rounds, seed/tuned/graygate in turn; averages of"
+  echo "wrk (\`-t1 -c$CONNS -d${DURATION}s\`) on CPU $LOAD_CPU; $ROUNDS rounds, the contenders in turn; averages of"
   echo "req/s and requests per CPU-second (user+system time of the proxy's processes from /proc), best p50/p99."
   echo "Features on everywhere: ip_hash over two servers, \`X-Real-IP \$remote_addr\`, combined access log."
-  echo "nginx seed = the seed's config (no upstream keep-alive); nginx tuned = \`keepalive 64\`, HTTP/1.1 upstream."
+  echo "nginx seed = the seed's config (no upstream keep-alive); nginx tuned = \`keepalive 64\`, HTTP/1.1 upstream;"
+  echo "\`-nolog\` = the same with the access log off; bare-pingora = \`examples/bare_proxy.rs\` (Pingora \`ProxyHttp\`,"
+  echo "\`LoadBalancer<RoundRobin>\`, X-Real-IP, no log, mimalloc, graygate's release profile, one thread)."
   echo
   echo "| proxy | req/s | p50 ms | p99 ms | req per CPU-s | user CPU % | peak RSS kB |"
   echo "|---|---|---|---|---|---|---|"
@@ -159,8 +173,12 @@ fi
   echo
   echo "| ratio | req/s | req per CPU-s |"
   echo "|---|---|---|"
-  echo "| graygate / nginx tuned | $(ratio "$gg_rps" "$tuned_rps") | $(ratio "$gg_cpu" "$tuned_cpu") |"
-  echo "| graygate / nginx seed | $(ratio "$gg_rps" "$seed_rps") | $(ratio "$gg_cpu" "$seed_cpu") |"
+  ratio_row graygate nginx-tuned "graygate / nginx tuned"
+  ratio_row graygate nginx-seed "graygate / nginx seed"
+  ratio_row bare-pingora nginx-tuned "bare Pingora / nginx tuned"
+  ratio_row graygate bare-pingora "graygate / bare Pingora (goal >= 0.95 per CPU-s)"
+  ratio_row graygate graygate-nolog "graygate log on / off"
+  ratio_row nginx-tuned nginx-tuned-nolog "nginx tuned log on / off (goal: graygate's >= this)"
   if [[ $IDLE -gt 0 ]]; then
     echo
     echo "Idle keep-alive connections ($IDLE clients, one request each, then idle):"

@@ -35,11 +35,25 @@ pub struct Cli {
     #[arg(long = "worker", hide = true)]
     pub worker: bool,
 
-    /// Live control through the admin listener: `canary ...`, `weight ...`.
+    /// Live control through the admin listener (`canary ...`, `weight ...`), or
+    /// `import-nginx FILE`.
     #[command(subcommand)]
-    pub command: Option<crate::admin::client::Command>,
+    pub command: Option<Sub>,
 
     /// Print the version and exit.
     #[arg(short = 'v', short_alias = 'V', long = "version")]
     pub version: bool,
+}
+
+/// The subcommands: live control of a running instance, and tools that need none.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Sub {
+    #[command(flatten)]
+    Admin(crate::admin::client::Command),
+    /// Print the graygate YAML for an nginx config; every directive not carried over is named
+    /// on stderr (FILE:LINE), and the exit status is 2 if any of them changes behaviour.
+    ImportNginx {
+        /// nginx.conf, or a conf.d file with `upstream` and `server` blocks.
+        file: PathBuf,
+    },
 }

@@ -18,6 +18,7 @@
 //! - [`lifecycle`]: the processes: a master that owns the sockets and pid file, worker
 //!   generations, signals, reload, upgrade, drain, `-s` control.
 //! - [`cli`]: the nginx-shaped command line.
+//! - [`nginx`]: `graygate import-nginx`: nginx's config grammar, translated into graygate's YAML.
 //! - [`demo`]: the built-in demo backends.
 //!
 //! `docs/architecture.md` walks through them with a request, a reload and an upgrade.
@@ -30,6 +31,7 @@ pub mod demo;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
+pub mod nginx;
 pub mod plan;
 pub mod proxy;
 pub mod snapshot;
@@ -50,6 +52,9 @@ pub fn main_with(cli: Cli) -> ExitCode {
         // A worker applies the bytes its master checked, not the file (see lifecycle::source).
         logs::error::install(log::LevelFilter::Info);
         return exit(lifecycle::run_worker());
+    }
+    if let Some(cli::Sub::ImportNginx { file }) = &cli.command {
+        return nginx::run(file);
     }
     if !cli.test && cli.signal.is_none() && cli.command.is_none() {
         // The master reads and checks the file itself and keeps those exact bytes.
@@ -78,7 +83,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
         println!("graygate: configuration file {name} test is successful");
         return ExitCode::SUCCESS;
     }
-    if let Some(cmd) = &cli.command {
+    if let Some(cli::Sub::Admin(cmd)) = &cli.command {
         return admin::client::run(cmd, &plan, &name);
     }
     let Some(cmd) = cli.signal else {

@@ -9,6 +9,7 @@ mod canary_ramp;
 #[cfg(test)]
 mod canary_tests;
 pub mod limits;
+pub mod location;
 mod pool;
 #[cfg(test)]
 mod props;
@@ -31,6 +32,7 @@ use crate::upstream::health::Check;
 use crate::upstream::{maglev, Key, Pool};
 pub use canary::{AdminPlan, CanaryPlan, Pick, Target};
 pub use canary_ramp::RampPlan;
+pub use location::Match;
 pub use template::{Template, Vars};
 
 /// Largest weight of one server: a sanity bound per server (weights are shares, and 1000 allows
@@ -62,13 +64,6 @@ pub struct Settings {
 pub struct Demo {
     pub listen: SocketAddr,
     pub name: String,
-}
-
-/// How a location matches the request path, in nginx's order: exact first, then longest prefix.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Match {
-    Exact(String),
-    Prefix(String),
 }
 
 /// Per-location overrides of the pool's timeouts.
@@ -144,19 +139,11 @@ pub struct ServerPlan {
     pub listen: Vec<SocketAddr>,
     pub access_log: Option<String>,
     pub error_log: Option<String>,
-    /// Exact matches first, then prefixes longest first: the first hit wins.
+    /// In config order; [`ServerPlan::find`] picks one as nginx does.
     pub locations: Vec<LocationPlan>,
+    pub router: location::Router,
     /// Client limits and `real_ip`.
     pub limits: limits::Limits,
-}
-
-impl LocationPlan {
-    pub fn matches(&self, path: &str) -> bool {
-        match &self.matcher {
-            Match::Exact(p) => p == path,
-            Match::Prefix(p) => path.starts_with(p.as_str()),
-        }
-    }
 }
 
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use crate::config::{parse_addr, Loaded, Location, Problems, Server};
 
 use super::settings::check_log_dir;
-use super::{check_above_zero, Demo, LocationPlan, Match, ServerPlan, Target, Template, Timeouts};
+use super::{check_above_zero, Demo, LocationPlan, ServerPlan, Target, Template, Timeouts};
 
 /// What `proxy_pass` may name: pools and canaries.
 pub(super) struct Targets<'a>(HashMap<&'a str, Target>);
@@ -114,17 +114,14 @@ pub(super) fn compile_server(
             locations.push(lp);
         }
     }
-    // nginx's order: exact matches first, then prefixes longest first; the first hit wins.
-    locations.sort_by_key(|l| match &l.matcher {
-        Match::Exact(_) => (0, 0),
-        Match::Prefix(p) => (1, usize::MAX - p.len()),
-    });
+    let router = super::location::Router::new(&locations);
     ServerPlan {
         name: name.to_string(),
         listen,
         access_log: s.access_log.clone().filter(|p| p != "off"),
         error_log: s.error_log.clone().filter(|p| p != "off"),
         locations,
+        router,
         limits: super::limits::compile_limits(l, &base, s, probs),
     }
 }
@@ -136,17 +133,17 @@ pub(super) fn compile_location(
     at: &str,
     loc: &Location,
     targets: &Targets,
-    seen: &mut HashSet<Match>,
+    seen: &mut HashSet<String>,
     probs: &mut Problems,
 ) -> Option<LocationPlan> {
-    let matcher = match parse_match(&loc.matcher) {
+    let matcher = match super::location::parse_match(&loc.matcher) {
         Ok(m) => m,
         Err(e) => {
             probs.push(l.problem_at(&format!("{at}.match"), e));
             return None;
         }
     };
-    if !seen.insert(matcher.clone()) {
+    if !seen.insert(matcher.key()) {
         probs.push(l.problem_at(
             &format!("{at}.match"),
             format!("duplicate location \"{}\"", loc.matcher),
@@ -195,20 +192,4 @@ pub(super) fn compile_location(
         set_headers,
         timeouts,
     })
-}
-
-/// `/prefix` or `= /exact`, as nginx's `location`.
-fn parse_match(text: &str) -> Result<Match, String> {
-    let t = text.trim();
-    if let Some(exact) = t.strip_prefix('=') {
-        let p = exact.trim();
-        if p.starts_with('/') {
-            return Ok(Match::Exact(p.to_string()));
-        }
-    } else if t.starts_with('/') {
-        return Ok(Match::Prefix(t.to_string()));
-    }
-    Err(format!(
-        "invalid location \"{text}\" (expected \"/prefix\" or \"= /exact/path\")"
-    ))
 }

@@ -168,7 +168,7 @@ servers:
             "8:17: log directory /nonexistent-graygate does not exist",
             "9:16: log directory /nonexistent-graygate does not exist",
             "12:18: duplicate location \"/\"",
-            "13:18: invalid location \"api\" (expected \"/prefix\" or \"= /exact/path\")",
+            "13:18: invalid location \"api\" (expected \"/prefix\", \"= /exact\", \"^~ /prefix\", \"~ regex\" or \"~* regex\")",
             "14:34: unknown upstream or canary \"q\" in proxy_pass (upstreams: p; canaries: none)",
             "15:57: invalid header name \"bad name\"",
             "15:78: unknown variable \"$bogus\"",
@@ -179,7 +179,7 @@ servers:
 }
 
 #[test]
-fn locations_are_in_nginx_order() {
+fn locations_are_found_in_nginx_order() {
     let plan = compile(
         "upstreams:
   p:
@@ -192,21 +192,52 @@ servers:
       - { match: /api/v2, proxy_pass: p }
       - { match: = /api, proxy_pass: p }
       - { match: /api, proxy_pass: p }
+      - { match: ~/media/, proxy_pass: p }
+      - { match: \"~* \\\\.(PNG|gif)$\", proxy_pass: p }
+      - { match: ^~ /static/, proxy_pass: p }
+      - { match: ~ ^/api/v2/x, proxy_pass: p }
 ",
     );
-    let order: Vec<&Match> = plan.servers[0]
-        .locations
-        .iter()
-        .map(|l| &l.matcher)
-        .collect();
+    let s = &plan.servers[0];
+    let find = |p: &str| s.find(p.as_bytes());
+    assert_eq!(find("/api"), Some(2), "exact wins");
+    assert_eq!(find("/api/"), Some(3), "longest prefix");
+    assert_eq!(find("/api/v2/y"), Some(1));
+    assert_eq!(find("/api/v2/x"), Some(7), "a regex beats a plain prefix");
     assert_eq!(
-        order,
-        [
-            &Match::Exact("/api".into()),
-            &Match::Prefix("/api/v2".into()),
-            &Match::Prefix("/api".into()),
-            &Match::Prefix("/".into()),
-        ]
+        find("/x/media/a"),
+        Some(4),
+        "the seed's ~/media/ matches anywhere"
+    );
+    assert_eq!(find("/a.png"), Some(5), "~* is caseless");
+    assert_eq!(find("/media/a.png"), Some(4), "regexes in config order");
+    assert_eq!(find("/static/a.png"), Some(6), "^~ stops the regex search");
+    assert_eq!(find("/other"), Some(0));
+}
+
+#[test]
+fn duplicate_and_bad_locations_are_errors() {
+    let src = "upstreams:
+  p:
+    servers: [{ addr: 127.0.0.1:2 }]
+servers:
+  s:
+    listen: [\"127.0.0.1:1\"]
+    locations:
+      - { match: /a, proxy_pass: p }
+      - { match: ^~ /a, proxy_pass: p }
+      - { match: ~ (, proxy_pass: p }
+";
+    let e = problems(src);
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("t.yaml:9:18: duplicate location")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("t.yaml:10:18: invalid regex")),
+        "{e:?}"
     );
 }
 

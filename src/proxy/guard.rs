@@ -82,7 +82,14 @@ impl HeadGuard {
             }
             match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return None, // closed or reset mid-head: nothing to answer
+                Ok(_) => {
+                    // Closed or reset mid-head: nobody to answer, but nginx logs it as 400
+                    // ("client prematurely closed connection"), so a request sent is a line.
+                    if !buf.is_empty() {
+                        self.log(&snap, stream, &buf, 400);
+                    }
+                    return None;
+                }
                 Err(_) => {
                     // nginx closes without an answer and logs 408.
                     if !buf.is_empty() {

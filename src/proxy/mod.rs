@@ -26,6 +26,7 @@ mod errors;
 mod guard;
 pub mod head;
 mod realip;
+pub mod uri;
 mod vars;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,10 +109,20 @@ impl ProxyHttp for Gateway {
         ctx.started = Some(std::time::Instant::now());
         let snap = self.live.load_full();
         guard::on_request(session, &snap, self.server);
-        let route = snap.plan.servers.get(self.server).and_then(|s| {
-            let path = session.req_header().uri.path();
-            s.locations.iter().position(|l| l.matches(path))
+        // Routing sees the path decoded and with dot segments resolved, as nginx's does; a
+        // path that cannot be (bad `%` escape, `..` above the root) is a 400, as in nginx.
+        let route = snap.plan.servers.get(self.server).map(|s| {
+            uri::normalize(session.req_header().uri.path().as_bytes()).map(|p| s.find(&p))
         });
+        let route = match route {
+            Some(Err(_)) => {
+                ctx.snap = Some(snap);
+                session.respond_error(400).await?;
+                return Ok(true);
+            }
+            Some(Ok(r)) => r,
+            None => None,
+        };
         // A location names a pool or a canary; a canary picks this request's side (issue 15).
         let found = route.map(|i| {
             let target = snap.plan.servers[self.server].locations[i].target;

@@ -519,3 +519,35 @@ pub fn ctl(args: &[&str]) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// nginx (Debian's package) with `server_body` inside one `server` on a free loopback port,
+/// if nginx is installed; `None` otherwise.
+pub fn nginx_with(dir: &TempDir, server_body: &str) -> Option<(Proc, u16)> {
+    let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let port = free_port();
+    let d = dir.s("");
+    let conf = dir.write(
+        "nginx-with.conf",
+        &format!(
+            "daemon off; master_process off; pid {d}/nginx-with.pid; error_log {d}/nginx-with.err info;\n\
+             events {{}}\n\
+             http {{ access_log {d}/nginx-with.access; client_body_temp_path {d}; proxy_temp_path {d};\n\
+             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.1:{port};\n{server_body}}} }}\n"
+        ),
+    );
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(&d)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let p = Proc { child };
+    wait_for("nginx", Duration::from_secs(10), || port_open(port));
+    Some((p, port))
+}

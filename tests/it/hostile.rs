@@ -432,6 +432,30 @@ fn slow_header_and_idle_connections_are_closed_by_their_timeouts() {
 }
 
 #[test]
+fn a_client_closing_mid_head_is_logged_as_400_as_nginx() {
+    let f = front("");
+    // Half a head, then the client goes away (nginx: 400, "client prematurely closed").
+    let mut s = connect(f.port, None).unwrap();
+    s.write_all(b"GET /gone HTTP/1.1\r\nHost: a\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "closed unanswered");
+    // A connection closed before its first byte is no request: no line.
+    drop(connect(f.port, None).unwrap());
+    assert_eq!(
+        raw(
+            f.port,
+            b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        .status,
+        Some(200)
+    );
+    let log = log_lines(&f, 2);
+    assert!(log.contains("\"GET /gone HTTP/1.1\" 400 0"), "{log}");
+    assert_eq!(log.lines().count(), 2, "{log}");
+}
+
+#[test]
 fn headers_with_underscores_are_dropped_unless_allowed() {
     let hdrs = ["X_Real_IP: 6.6.6.6", "X-Ok: 1"];
     let f = front("");

@@ -1,0 +1,108 @@
+//! nginx's location matching through the real gateway, checked against real nginx where it is
+//! installed: the same paths reach the same app.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+/// The apps, each a demo backend answering with its name; one process serves them all.
+const APPS: [&str; 5] = ["root", "media", "images", "static", "exact"];
+
+/// (location as nginx writes it, as graygate's YAML writes it, app)
+const LOCATIONS: [(&str, &str, &str); 5] = [
+    ("/", "/", "root"),
+    ("~/media/", "~/media/", "media"),
+    ("~* \\.(png|gif)$", "\"~* \\\\.(png|gif)$\"", "images"),
+    ("^~ /static/", "^~ /static/", "static"),
+    ("= /exact", "= /exact", "exact"),
+];
+
+/// (request path, the app nginx sends it to, or the status it answers with)
+const PATHS: [(&str, &str); 15] = [
+    ("/", "root"),
+    ("/media/a.txt", "media"),
+    ("/x/media/b", "media"),
+    ("/x/../media/a", "media"),
+    ("/%6Dedia/a", "media"),
+    ("//media//a", "media"),
+    ("/MEDIA/a", "root"),
+    ("/a.PNG", "images"),
+    ("/media/a.png", "media"),
+    ("/static/a.png", "static"),
+    ("/exact", "exact"),
+    ("/exact/", "root"),
+    ("/../x", "400"),
+    ("/a%zz", "400"),
+    ("/%2e%2e/x", "400"),
+];
+
+fn apps(dir: &TempDir) -> (Proc, Vec<u16>) {
+    let ports: Vec<u16> = APPS.iter().map(|_| free_port()).collect();
+    let mut conf = format!(
+        "pid_file: {}\nerror_log: {}\ndemo_backends:\n",
+        dir.s("apps.pid"),
+        dir.s("apps.log")
+    );
+    for (name, port) in APPS.iter().zip(&ports) {
+        conf.push_str(&format!(
+            "  - {{ listen: \"127.0.0.1:{port}\", name: {name} }}\n"
+        ));
+    }
+    let p = start(&dir.write("apps.yaml", &conf), &ports);
+    (p, ports)
+}
+
+fn port_of(app: &str, ports: &[u16]) -> u16 {
+    ports[APPS.iter().position(|a| *a == app).unwrap()]
+}
+
+fn check(port: u16, who: &str) {
+    for (path, want) in PATHS {
+        let r = get_from(port, path, None, &[]).unwrap();
+        let got = if r.status == 200 {
+            r.backend().to_string()
+        } else {
+            r.status.to_string()
+        };
+        assert_eq!(got, want, "{who}: {path}");
+    }
+}
+
+#[test]
+fn paths_reach_the_location_nginx_picks() {
+    let dir = TempDir::new("locations");
+    let (_apps, ports) = apps(&dir);
+    let front = free_port();
+    let mut conf = format!(
+        "pid_file: {}\nerror_log: {}\nupstreams:\n",
+        dir.s("gw.pid"),
+        dir.s("error.log")
+    );
+    for (app, port) in APPS.iter().zip(&ports) {
+        conf.push_str(&format!(
+            "  {app}: {{ servers: [{{ addr: \"127.0.0.1:{port}\" }}] }}\n"
+        ));
+    }
+    conf.push_str(&format!(
+        "servers:\n  front:\n    listen: [\"127.0.0.1:{front}\"]\n    locations:\n"
+    ));
+    for (_, yaml, app) in LOCATIONS {
+        conf.push_str(&format!("      - {{ match: {yaml}, proxy_pass: {app} }}\n"));
+    }
+    let _gw = start(&dir.write("gw.yaml", &conf), &[front]);
+    check(front, "graygate");
+
+    let mut server = String::new();
+    for (nginx, _, app) in LOCATIONS {
+        let p = port_of(app, &ports);
+        server.push_str(&format!(
+            "location {nginx} {{ proxy_pass http://127.0.0.1:{p}; }}\n"
+        ));
+    }
+    let Some((_nginx, nport)) = nginx_with(&dir, &server) else {
+        eprintln!("nginx not installed: routing not compared");
+        return;
+    };
+    wait_for("nginx", Duration::from_secs(10), || port_open(nport));
+    check(nport, "nginx");
+}
