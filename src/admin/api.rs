@@ -250,6 +250,8 @@ fn change(
         why,
     };
     c.state.set(&new);
+    // The state file first: a change that was logged is one the next process finds.
+    save(&snap.plan);
     crate::metrics::transition(name, old.phase, phase);
     log::warn!(
         "canary \"{name}\": percent {} -> {}, state {} -> {} (by {who})",
@@ -258,7 +260,6 @@ fn change(
         old.phase.name(),
         phase.name()
     );
-    save(&snap.plan);
     json(200, &canary_json(&snap.plan, c))
 }
 
@@ -335,8 +336,8 @@ fn set_weight(live: &Live, pool: &str, addr: &str, w: f64, who: &Who) -> Respons
     };
     live.store(Arc::clone(&snap));
     snap.plan.commit();
-    log::warn!("upstream \"{pool}\" server {addr}: weight {old} -> {weight} (by {who})");
     save(&snap.plan);
+    log::warn!("upstream \"{pool}\" server {addr}: weight {old} -> {weight} (by {who})");
     json(200, &pool_json(&snap.plan, pool))
 }
 

@@ -176,9 +176,9 @@ pub fn tick(c: &CanaryPlan, now: Instant) -> Option<Status> {
     }
 }
 
-/// Sets `new` on `c`, logs the change as one line and counts the transition.
-pub fn apply(c: &CanaryPlan, old: &Status, new: &Status, by: &str) {
-    c.state.set(new);
+/// Logs a change of `c` as one line and counts the transition (once the state file has it:
+/// a process that dies in between leaves a change that the next one finds and does not redo).
+pub fn announce(c: &CanaryPlan, old: &Status, new: &Status, by: &str) {
     crate::metrics::transition(&c.name, old.phase, new.phase);
     log::warn!(
         "canary \"{}\": percent {} -> {}, state {} -> {} (by {by}: {})",
@@ -230,16 +230,20 @@ impl Ramp {
         }
         let snap = self.live.load_full();
         let plan: &Plan = &snap.plan;
-        let mut changed = false;
+        let mut changed = Vec::new();
         for c in &plan.canaries {
             let old = c.state.status();
             if let Some(new) = tick(c, now) {
-                apply(c, &old, &new, "ramp");
-                changed = true;
+                c.state.set(&new);
+                changed.push((c, old, new));
             }
         }
-        if changed {
-            super::persist::save(plan);
+        if changed.is_empty() {
+            return;
+        }
+        super::persist::save(plan);
+        for (c, old, new) in &changed {
+            announce(c, old, new, "ramp");
         }
     }
 }
@@ -294,6 +298,15 @@ impl BackgroundService for Ramp {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(TICK) => {}
+            }
+            // Without canaries there is nothing to drive once this generation leads (and no
+            // blocking thread to wake every tick).
+            let idle = {
+                let snap = self.live.load();
+                snap.plan.canaries.is_empty() && snap.plan.store.leads() == Some(true)
+            };
+            if idle {
+                continue;
             }
             let now = Instant::now();
             let me = self.clone();

@@ -114,6 +114,22 @@ pub struct Store {
     seen: Mutex<Option<Saved>>,
 }
 
+/// The store of this worker process, for [`retire_process`].
+static PROCESS: std::sync::OnceLock<std::sync::Arc<Store>> = std::sync::OnceLock::new();
+
+/// Names the store of this worker process (once, at start).
+pub fn register(store: &std::sync::Arc<Store>) {
+    let _ = PROCESS.set(std::sync::Arc::clone(store));
+}
+
+/// Before the process exits: waits for a change in progress to be written to the state file
+/// and lets no other start, so that the next generation finds every change this one made.
+pub fn retire_process() {
+    if let Some(s) = PROCESS.get() {
+        s.changing().retire();
+    }
+}
+
 /// The state file of the instance whose pid file is `pid_file`.
 pub fn state_path(pid_file: &str) -> PathBuf {
     let stem = pid_file.strip_suffix(".pid").unwrap_or(pid_file);
@@ -133,6 +149,16 @@ impl Store {
     /// on an async runtime thread.
     pub fn changing(&self) -> MutexGuard<'_, Lead> {
         self.changing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this process leads, if that can be told without waiting (for the async
+    /// runtime: `None` while a change is in progress).
+    pub fn leads(&self) -> Option<bool> {
+        match self.changing.try_lock() {
+            Ok(l) => Some(l.held()),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner().held()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     fn seen(&self) -> MutexGuard<'_, Option<Saved>> {

@@ -274,7 +274,14 @@ fn reloads_racing_weight_changes_lose_none() {
     // (a reload compiled from the snapshot before the change must not swap over it).
     for w in 2..12u32 {
         let c = conf.clone();
-        let reload = thread::spawn(move || ctl(&["-s", "reload", "-c", &c]));
+        // (A master that just started answers "busy" until its worker is ready.)
+        let reload = thread::spawn(move || loop {
+            let (ok, out) = ctl(&["-s", "reload", "-c", &c]);
+            if ok || !out.contains("busy") {
+                return (ok, out);
+            }
+            thread::sleep(Duration::from_millis(50));
+        });
         s.cli(&["weight", "new", &addr, &w.to_string()]);
         let (ok, out) = reload.join().expect("reload thread");
         assert!(ok, "{out}");
