@@ -10,6 +10,7 @@ pub mod canary;
 mod duration;
 mod limits;
 mod problem;
+mod response;
 mod runtime;
 mod spans;
 
@@ -25,6 +26,7 @@ pub use canary::{Admin, Canary};
 pub use duration::TimeValue;
 pub use limits::{parse_buffers, parse_size, HeaderBuffers, RealIp, Size};
 pub use problem::{Problem, Problems};
+pub use response::{AddHeader, Return};
 pub use runtime::{default_pid_file, runtime_dir};
 pub use spans::{Pos, Spans};
 
@@ -192,6 +194,10 @@ pub struct Server {
     pub error_log: Option<String>,
     #[serde(default)]
     pub locations: Vec<Location>,
+    /// Response headers for every location that has no `add_header` of its own (nginx's
+    /// inheritance).
+    #[serde(default)]
+    pub add_header: IndexMap<String, AddHeader>,
     // Client limits, nginx's directives of the same names (defaults in `plan::limits`).
     #[serde(default)]
     pub client_max_body_size: Option<Size>,
@@ -220,9 +226,16 @@ pub struct Location {
     /// `/prefix` or `= /exact`, as nginx's `location`.
     #[serde(rename = "match")]
     pub matcher: String,
-    pub proxy_pass: String,
+    /// Required unless the location answers with `return`.
+    #[serde(default)]
+    pub proxy_pass: Option<String>,
     #[serde(default)]
     pub proxy_set_header: IndexMap<String, String>,
+    /// Response headers added to this location's answers (replaces the server's list).
+    #[serde(default)]
+    pub add_header: IndexMap<String, AddHeader>,
+    #[serde(default, rename = "return")]
+    pub ret: Option<Return>,
     /// Overrides of the pool's timeouts for this location.
     #[serde(default)]
     pub connect_timeout: Option<TimeValue>,

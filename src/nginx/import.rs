@@ -117,6 +117,9 @@ struct Scope {
     headers: Option<IndexMap<String, String>>,
     /// Whether this level set `proxy_set_header` itself (then it replaces the inherited list).
     headers_own: bool,
+    /// `add_header` NAME -> (VALUE, always), with the same replace-not-merge inheritance.
+    add_headers: Option<IndexMap<String, (String, bool)>>,
+    add_headers_own: bool,
     timeouts: IndexMap<&'static str, String>,
     retry: Option<Retry>,
 }
@@ -146,6 +149,7 @@ impl Scope {
     fn child(&self) -> Scope {
         Scope {
             headers_own: false,
+            add_headers_own: false,
             ..self.clone()
         }
     }
@@ -307,6 +311,18 @@ fn http_setting(d: &Directive, scope: &mut Scope, out: &mut Out) -> bool {
                 .headers
                 .get_or_insert_with(IndexMap::new)
                 .insert(arg, value);
+        }
+        "add_header" => {
+            let value = d.arg(1).unwrap_or_default().to_string();
+            let always = d.arg(2) == Some("always");
+            if !scope.add_headers_own {
+                scope.add_headers = Some(IndexMap::new());
+                scope.add_headers_own = true;
+            }
+            scope
+                .add_headers
+                .get_or_insert_with(IndexMap::new)
+                .insert(arg, (value, always));
         }
         "proxy_connect_timeout" | "proxy_read_timeout" | "proxy_send_timeout" => {
             let key = match d.name.as_str() {
@@ -602,9 +618,19 @@ fn location(d: &Directive, mut scope: Scope, out: &mut Out) -> Option<Value> {
         }
     };
     let mut pass = None;
+    let mut ret = None;
     for s in d.block.iter().flatten() {
         match s.name.as_str() {
             "proxy_pass" => pass = proxy_pass(s, &path, out),
+            "return" => {
+                let words: Vec<&str> = s.args.iter().map(|a| a.text.as_str()).collect();
+                ret = Some(match words.as_slice() {
+                    [code] if code.bytes().all(|b| b.is_ascii_digit()) => {
+                        Value::from(code.parse::<u64>().unwrap_or(0))
+                    }
+                    w => Value::from(w.join(" ")),
+                });
+            }
             "location" => out.note(s, true, "nested locations are not translated"),
             _ if http_setting(s, &mut scope, out) => {
                 if matches!(s.name.as_str(), "access_log" | "error_log")
@@ -620,20 +646,40 @@ fn location(d: &Directive, mut scope: Scope, out: &mut Out) -> Option<Value> {
             _ => out.untranslated(s),
         }
     }
-    let Some(pass) = pass else {
+    if pass.is_none() && ret.is_none() {
         out.note(
             d,
             true,
-            "a location without proxy_pass (static files, uwsgi) is not yet translated",
+            "a location without proxy_pass or return (static files, uwsgi) is not yet translated",
         );
         return None;
-    };
-    if let Some(r) = &scope.retry {
+    }
+    if let (Some(r), Some(pass)) = (&scope.retry, &pass) {
         out.retries.insert(pass.clone(), r.clone());
     }
     let mut m = Mapping::new();
     m.insert("match".into(), matcher.into());
-    m.insert("proxy_pass".into(), pass.into());
+    if let Some(pass) = pass {
+        m.insert("proxy_pass".into(), pass.into());
+    }
+    if let Some(ret) = ret {
+        m.insert("return".into(), ret);
+    }
+    if let Some(h) = &scope.add_headers {
+        let mut hm = Mapping::new();
+        for (k, (v, always)) in h {
+            let v = if *always {
+                let mut f = Mapping::new();
+                f.insert("value".into(), v.as_str().into());
+                f.insert("always".into(), Value::Bool(true));
+                Value::Mapping(f)
+            } else {
+                v.as_str().into()
+            };
+            hm.insert(k.as_str().into(), v);
+        }
+        m.insert("add_header".into(), Value::Mapping(hm));
+    }
     if let Some(h) = &scope.headers {
         let mut hm = Mapping::new();
         for (k, v) in h {
@@ -800,7 +846,7 @@ error_log /data/logs/nginx.balance.error.log;
         assert_eq!(pool.servers[1].addr, "127.0.0.1:12001");
         let srv = &c.servers["listen_10001"];
         assert_eq!(srv.listen, ["0.0.0.0:10001"]);
-        assert_eq!(srv.locations[0].proxy_pass, "balance");
+        assert_eq!(srv.locations[0].proxy_pass.as_deref(), Some("balance"));
         assert_eq!(
             srv.locations[0].proxy_set_header["X-Real-IP"],
             "$remote_addr"
@@ -879,10 +925,8 @@ log_not_found off;
         assert!(i.changes_behaviour());
         let lines: Vec<String> = i.notes.iter().map(|n| n.to_string()).collect();
         let has = |s: &str| lines.iter().any(|l| l.contains(s));
-        assert!(
-            has("nginx.conf:5: \"add_header\" not translated"),
-            "{lines:#?}"
-        );
+        assert!(!has("add_header"), "{lines:#?}");
+        assert!(has("nginx.conf:6: \"root\" not translated"), "{lines:#?}");
         assert!(
             has("nginx.conf:8: \"uwsgi_pass\" not translated"),
             "{lines:#?}"
@@ -911,5 +955,27 @@ gzip on;",
             .iter()
             .any(|n| n.why.contains("is also served by \"a\"")));
         assert!(i.notes.iter().any(|n| n.directive == "gzip"));
+    }
+
+    #[test]
+    fn add_header_and_return_carry_over() {
+        let i = run(
+            "server { listen 8080; add_header X-A 1; add_header X-B 2 always;
+  location = /old { return 301 /new$is_args$args; }
+  location = /gone { return 410; }
+  location / { add_header X-C 3; proxy_pass http://127.0.0.1:9000; } }",
+        );
+        assert!(i.notes.is_empty(), "{:?}", i.notes);
+        let v: Value = serde_yaml::from_str(&i.yaml).unwrap();
+        let locs = v["servers"]["listen_8080"]["locations"]
+            .as_sequence()
+            .unwrap();
+        assert_eq!(locs[0]["return"], Value::from("301 /new$is_args$args"));
+        assert_eq!(locs[0]["add_header"]["X-A"], Value::from("1"));
+        assert_eq!(locs[0]["add_header"]["X-B"]["always"], Value::Bool(true));
+        assert_eq!(locs[1]["return"], Value::from(410));
+        assert!(locs[2]["add_header"].get("X-A").is_none());
+        let loaded = crate::config::parse("i.yaml".into(), &i.yaml, false).unwrap();
+        crate::plan::Plan::compile(&loaded, None).unwrap();
     }
 }

@@ -66,10 +66,11 @@ fn side(plan: &Plan, ip: [u8; 4], cookie: Option<&'static str>) -> Side {
         client: SocketAddr::from((ip, 5000)),
         cookie,
     };
-    let Target::Canary(_) = plan.servers[0].locations[0].target else {
+    let Some(Target::Canary(_)) = plan.servers[0].locations[0].target else {
         panic!("location should name the canary");
     };
-    let pick = plan.route(plan.servers[0].locations[0].target, &v, &mut Vec::new());
+    let target = plan.servers[0].locations[0].target.expect("a proxy_pass");
+    let pick = plan.route(target, &v, &mut Vec::new());
     let (_, side) = pick.canary.unwrap();
     assert_eq!(pick.pool, plan.canaries[0].pools[side as usize]);
     side

@@ -13,6 +13,7 @@ pub mod location;
 mod pool;
 #[cfg(test)]
 mod props;
+pub mod response;
 mod server;
 mod settings;
 pub mod template;
@@ -127,9 +128,14 @@ impl PoolPlan {
 #[derive(Debug)]
 pub struct LocationPlan {
     pub matcher: Match,
-    /// The pool or canary of `proxy_pass`; [`Plan::route`] resolves it per request.
-    pub target: Target,
+    /// The pool or canary of `proxy_pass`; [`Plan::route`] resolves it per request. `None`
+    /// when the location answers itself (`return`).
+    pub target: Option<Target>,
+    /// `return`: answered before any proxying, as nginx's rewrite phase does.
+    pub ret: Option<response::ReturnPlan>,
     pub set_headers: Vec<(http::HeaderName, Template)>,
+    /// `add_header`, the location's own or else the server's.
+    pub add_headers: Vec<response::AddHeaderPlan>,
     pub timeouts: Timeouts,
 }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use crate::config::{parse_addr, Loaded, Location, Problems, Server};
 
+use super::response::{compile_add_headers, compile_return, AddHeaderPlan};
 use super::settings::check_log_dir;
 use super::{check_above_zero, Demo, LocationPlan, ServerPlan, Target, Template, Timeouts};
 
@@ -106,11 +107,22 @@ pub(super) fn compile_server(
     if let Some(p) = &s.error_log {
         check_log_dir(l, p, &format!("{base}.error_log"), probs);
     }
+    let server_headers =
+        compile_add_headers(l, &format!("{base}.add_header"), &s.add_header, probs);
     let mut locations = Vec::new();
     let mut seen = HashSet::new();
     for (i, loc) in s.locations.iter().enumerate() {
         let at = format!("{base}.locations.{i}");
-        if let Some(lp) = compile_location(l, &at, loc, &shared.targets, &mut seen, probs) {
+        let lp = compile_location(
+            l,
+            &at,
+            loc,
+            &shared.targets,
+            &mut seen,
+            &server_headers,
+            probs,
+        );
+        if let Some(lp) = lp {
             locations.push(lp);
         }
     }
@@ -134,6 +146,7 @@ pub(super) fn compile_location(
     loc: &Location,
     targets: &Targets,
     seen: &mut HashSet<String>,
+    inherited: &[AddHeaderPlan],
     probs: &mut Problems,
 ) -> Option<LocationPlan> {
     let matcher = match super::location::parse_match(&loc.matcher) {
@@ -149,16 +162,41 @@ pub(super) fn compile_location(
             format!("duplicate location \"{}\"", loc.matcher),
         ));
     }
-    let Some(&target) = targets.0.get(loc.proxy_pass.as_str()) else {
-        probs.push(l.problem_at(
-            &format!("{at}.proxy_pass"),
-            format!(
-                "unknown upstream or canary \"{}\" in proxy_pass ({})",
-                loc.proxy_pass,
-                targets.known()
-            ),
-        ));
+    // nginx runs `return` (rewrite phase) before proxying: with both, `return` answers.
+    let ret = loc
+        .ret
+        .as_ref()
+        .and_then(|r| compile_return(l, &format!("{at}.return"), r, probs));
+    let target = match &loc.proxy_pass {
+        Some(name) => match targets.0.get(name.as_str()) {
+            Some(&t) => Some(t),
+            None => {
+                probs.push(l.problem_at(
+                    &format!("{at}.proxy_pass"),
+                    format!(
+                        "unknown upstream or canary \"{name}\" in proxy_pass ({})",
+                        targets.known()
+                    ),
+                ));
+                return None;
+            }
+        },
+        None if loc.ret.is_some() => None,
+        None => {
+            probs.push(l.problem_at(
+                &format!("{at}.match"),
+                "a location needs proxy_pass or return",
+            ));
+            return None;
+        }
+    };
+    if loc.ret.is_some() && ret.is_none() {
         return None;
+    }
+    let add_headers = if loc.add_header.is_empty() {
+        inherited.to_vec()
+    } else {
+        compile_add_headers(l, &format!("{at}.add_header"), &loc.add_header, probs)
     };
     let mut set_headers = Vec::new();
     for (h, v) in &loc.proxy_set_header {
@@ -189,7 +227,9 @@ pub(super) fn compile_location(
     Some(LocationPlan {
         matcher,
         target,
+        ret,
         set_headers,
+        add_headers,
         timeouts,
     })
 }

@@ -16,6 +16,8 @@ pub enum Var {
     RequestUri,
     Uri,
     Args,
+    /// `?` when the request has arguments, else empty.
+    IsArgs,
     ServerPort,
     RequestMethod,
     /// `$http_NAME`: a request header, `_` standing for `-`.
@@ -121,6 +123,11 @@ impl Template {
                             out.extend_from_slice(q.as_bytes());
                         }
                     }
+                    Var::IsArgs => {
+                        if v.path_and_query().contains('?') {
+                            out.push(b'?');
+                        }
+                    }
                     Var::ServerPort => {
                         if let Some(p) = v.server_port() {
                             let _ = write!(out, "{p}");
@@ -172,6 +179,7 @@ fn var(name: &str) -> Result<Var, String> {
         "request_uri" => Var::RequestUri,
         "uri" => Var::Uri,
         "args" | "query_string" => Var::Args,
+        "is_args" => Var::IsArgs,
         "server_port" => Var::ServerPort,
         "request_method" => Var::RequestMethod,
         _ => {

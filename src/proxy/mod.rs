@@ -26,6 +26,7 @@ mod errors;
 mod guard;
 pub mod head;
 mod realip;
+mod reply;
 pub mod uri;
 mod vars;
 
@@ -123,13 +124,21 @@ impl ProxyHttp for Gateway {
             Some(Ok(r)) => r,
             None => None,
         };
+        if let Some(loc) = route.map(|i| &snap.plan.servers[self.server].locations[i]) {
+            if let Some(ret) = &loc.ret {
+                let r = reply::send_return(session, ret, &loc.add_headers, &mut ctx.scratch).await;
+                ctx.snap = Some(snap);
+                r?;
+                return Ok(true);
+            }
+        }
         // A location names a pool or a canary; a canary picks this request's side (issue 15).
-        let found = route.map(|i| {
-            let target = snap.plan.servers[self.server].locations[i].target;
+        let found = route.and_then(|i| {
+            let target = snap.plan.servers[self.server].locations[i].target?;
             let pick = snap
                 .plan
                 .route(target, &SessionVars(session), &mut ctx.scratch);
-            (i, pick)
+            Some((i, pick))
         });
         ctx.snap = Some(snap);
         match found {
@@ -265,13 +274,27 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Adds `Connection: close` while this generation drains.
+    /// Adds the location's `add_header` lines, and `Connection: close` while this generation
+    /// drains.
     async fn response_filter(
         &self,
         session: &mut Session,
-        _resp: &mut ResponseHeader,
-        _ctx: &mut Ctx,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        // Direct field borrows (not a method) so that `scratch` can be lent beside the plan.
+        let loc = (ctx.snap.as_ref())
+            .filter(|_| ctx.routed)
+            .and_then(|s| s.plan.servers.get(self.server))
+            .and_then(|s| s.locations.get(ctx.location));
+        if let Some(loc) = loc.filter(|l| !l.add_headers.is_empty()) {
+            reply::add_headers(
+                resp,
+                &loc.add_headers,
+                &SessionVars(session),
+                &mut ctx.scratch,
+            );
+        }
         if self.draining.load(Ordering::Relaxed) {
             // The client learns now, in a response, that this connection ends: closing it
             // while idle would race with its next request.

@@ -92,7 +92,7 @@ fn untranslated_directives_are_named_and_exit_2() {
     assert_eq!(code, Some(2), "{err}");
     let name = f.display().to_string();
     assert!(
-        err.contains(&format!("{name}:4: \"add_header\" not translated")),
+        err.contains(&format!("{name}:5: \"root\" not translated")),
         "{err}"
     );
     assert!(

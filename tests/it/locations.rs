@@ -106,3 +106,65 @@ fn paths_reach_the_location_nginx_picks() {
     wait_for("nginx", Duration::from_secs(10), || port_open(nport));
     check(nport, "nginx");
 }
+
+/// `add_header` (inherited from the server unless a location has its own, 2xx/3xx only
+/// unless `always`) and `return` answer as nginx's do.
+#[test]
+fn add_header_and_return_as_nginx() {
+    let dir = TempDir::new("add-header");
+    let (_apps, ports) = apps(&dir);
+    let (root, media) = (port_of("root", &ports), port_of("media", &ports));
+    let front = free_port();
+    let conf = format!(
+        "pid_file: {}\nerror_log: {}\nupstreams:\n  root: {{ servers: [{{ addr: \"127.0.0.1:{root}\" }}] }}\n  \
+         media: {{ servers: [{{ addr: \"127.0.0.1:{media}\" }}] }}\n\
+         servers:\n  front:\n    listen: [\"127.0.0.1:{front}\"]\n    add_header: {{ X-Server: s }}\n    locations:\n\
+         \x20     - {{ match: /, proxy_pass: root }}\n\
+         \x20     - {{ match: /media/, proxy_pass: media, add_header: {{ X-Media: m, X-Always: {{ value: yes, always: true }} }} }}\n\
+         \x20     - {{ match: = /old, return: \"301 /new$is_args$args\" }}\n\
+         \x20     - {{ match: = /ok, return: \"200 fine\" }}\n\
+         \x20     - {{ match: = /gone, return: 410 }}\n",
+        dir.s("gw.pid"),
+        dir.s("error.log"),
+    );
+    let _gw = start(&dir.write("gw.yaml", &conf), &[front]);
+    let server = format!(
+        "add_header X-Server s;\n\
+         location / {{ proxy_pass http://127.0.0.1:{root}; }}\n\
+         location /media/ {{ proxy_pass http://127.0.0.1:{media}; add_header X-Media m; add_header X-Always yes always; }}\n\
+         location = /old {{ return 301 /new$is_args$args; }}\n\
+         location = /ok {{ return 200 fine; }}\n\
+         location = /gone {{ return 410; }}\n"
+    );
+    let nginx = nginx_with(&dir, &server);
+    let mut targets = vec![("graygate", front)];
+    if let Some((_, p)) = &nginx {
+        targets.push(("nginx", *p));
+    } else {
+        eprintln!("nginx not installed: add_header and return not compared");
+    }
+    for (who, port) in targets {
+        let r = get_from(port, "/x", None, &[]).unwrap();
+        assert_eq!(r.header("X-Server"), Some("s"), "{who}");
+        let r = get_from(port, "/media/a", None, &[]).unwrap();
+        assert_eq!(r.header("X-Media"), Some("m"), "{who}");
+        assert_eq!(r.header("X-Server"), None, "{who}: own list replaces");
+        let r = get_from(port, "/media/a?status=500&only=media", None, &[]).unwrap();
+        assert_eq!(r.status, 500, "{who}");
+        assert_eq!(r.header("X-Media"), None, "{who}: not on a 500");
+        assert_eq!(r.header("X-Always"), Some("yes"), "{who}: always");
+        let r = get_from(port, "/old?a=1", None, &[]).unwrap();
+        assert_eq!(r.status, 301, "{who}");
+        assert_eq!(
+            r.header("Location"),
+            Some(format!("http://localhost:{port}/new?a=1").as_str()),
+            "{who}"
+        );
+        assert_eq!(r.header("X-Server"), Some("s"), "{who}");
+        let r = get_from(port, "/ok", None, &[]).unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "fine"), "{who}");
+        let r = get_from(port, "/gone", None, &[]).unwrap();
+        assert_eq!(r.status, 410, "{who}");
+        assert_eq!(r.header("X-Server"), None, "{who}: 410 gets none");
+    }
+}
