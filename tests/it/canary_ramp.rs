@@ -76,13 +76,35 @@ servers:
     /// The process error log once it holds `what` (a line is written just after its change).
     pub fn log(&self, what: &str) -> String {
         let p = self.dir.path("error.log");
-        wait_for(what, Duration::from_secs(10), || read(&p).contains(what));
-        read(&p)
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = read(&p);
+            if text.contains(what) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what:?} in the error log:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
-    /// Canary "rel" as `/api/status` shows it.
+    /// Canary "rel" as `/api/status` shows it; a connection that a draining generation closes
+    /// unanswered (right after an upgrade) is asked again.
     pub fn status(&self) -> Value {
-        let r = get_from(self.admin, "/api/status", None, &[]).expect("admin answers");
+        let mut tries = 0;
+        let r = loop {
+            match get_from(self.admin, "/api/status", None, &[]) {
+                Ok(r) => break r,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("admin: {e}, asking again");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("admin answers: {e}"),
+            }
+        };
         assert_eq!(r.status, 200, "{}", r.body);
         let v: Value = serde_json::from_str(&r.body).expect("status is JSON");
         v["canaries"][0].clone()
@@ -90,12 +112,18 @@ servers:
 
     /// Waits until `cond` holds for the canary's status; returns that status.
     pub fn wait(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-        let mut last = Value::Null;
-        wait_for(what, Duration::from_secs(60), || {
-            last = self.status();
-            cond(&last)
-        });
-        last
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let last = self.status();
+            if cond(&last) {
+                return last;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; the canary is now {last}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
