@@ -1,5 +1,5 @@
 # The two commands a fresh machine needs: `make run` and `make test`.
-.PHONY: run test bench bench-lifecycle soak deps fuzz
+.PHONY: run test bench bench-lifecycle soak deps fuzz canary-page
 
 deps:
 	@scripts/deps.sh
@@ -36,3 +36,9 @@ soak:
 fuzz:
 	@scripts/deps.sh --fuzz
 	fuzz/run.sh $${FUZZ_SECONDS:-60}
+
+# Refreshes docs/canary-page.png (the README's picture of the canary page) from the browser
+# test's screenshot, which `make test` leaves in target/test-artefacts/.
+canary-page: deps
+	cargo test --release --test it -- canary_page
+	cp target/test-artefacts/canary-page.png docs/canary-page.png

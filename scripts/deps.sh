@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing graygate needs on a fresh Debian machine:
-# cmake (Pingora's zlib-ng), supervisor and logrotate (for their integration tests), python3-prometheus-client (the metrics tests' parser), chromium and chromium-driver (the canary page test), and with --bench also nginx and wrk for the side-by-side benchmarks,
-# with --fuzz cargo-fuzz.
+# cmake (Pingora's zlib-ng), supervisor and logrotate (for their integration tests),
+# python3-prometheus-client (the metrics tests' parser), chromium, chromium-driver and
+# fonts-liberation (the canary page test and its screenshot), and with --bench also nginx and
+# wrk for the side-by-side benchmarks, with --fuzz cargo-fuzz.
 set -euo pipefail
 
 need=()
@@ -12,6 +14,8 @@ command -v supervisord >/dev/null 2>&1 || need+=(supervisor)
 # The canary page test drives Debian's chromium headless (no browser download at test time).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# Its screenshot (docs/canary-page.png) needs text fonts; chromium only recommends them.
+dpkg -s fonts-liberation >/dev/null 2>&1 || need+=(fonts-liberation)
 # The logrotate integration test runs the shipped snippet with Debian's logrotate.
 command -v logrotate >/dev/null 2>&1 || need+=(logrotate)
 # The metrics tests parse /metrics with the Prometheus project's own (strict) OpenMetrics parser,

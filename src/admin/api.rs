@@ -3,21 +3,26 @@
 //! `GET /api/canaries/NAME/history` (the chart's samples of the last 30 minutes),
 //! `PUT /api/upstreams/POOL/servers/ADDR {"weight": N}`.
 //!
-//! A change is made under the store's lock, logged as one line in the process error log (who,
-//! old -> new) and written to the state file before the answer. A canary change is two atomic
-//! stores the next request reads; a weight change compiles the running config again with the
-//! new weight and swaps the snapshot, as a reload does, so requests in flight keep their plan.
+//! A change is made under the store's lock by the generation that leads (during an upgrade's
+//! overlap a change waits the moment the old generation takes to hand over), logged as one line
+//! in the process error log (who, old -> new) and written to the state file before the answer.
+//! A canary change is two atomic stores the next request reads; a weight change compiles the
+//! running config again with the new weight and swaps the snapshot, as a reload does (and
+//! serialised with reloads), so requests in flight keep their plan. Called on a blocking
+//! thread, never on the async runtime.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant};
 
 use http::{Method, Response};
 use serde_json::{json, Value};
 
 use crate::canary::analysis::Numbers;
-use crate::canary::persist::{recompile, save};
-use crate::canary::store::WeightOverride;
+use crate::canary::persist::{self, recompile, save};
+use crate::canary::store::{Lead, WeightOverride};
+use crate::canary::Store;
 use crate::canary::{percent_bp, percent_text, ramp, unix_now, Phase, Position, Status, BUCKETS};
 use crate::plan::{CanaryPlan, Plan, MAX_WEIGHT};
 use crate::snapshot::{Live, Snapshot};
@@ -175,6 +180,42 @@ fn list(names: &[&str]) -> String {
     }
 }
 
+/// How long a change waits for this generation to lead: while an upgrade's generations
+/// overlap, the old one leads until it is told to drain (a fraction of a second).
+const LEAD_WAIT: Duration = Duration::from_secs(10);
+
+/// The store's change lock, once this generation leads (see `canary::store::Lead`): a change
+/// made by a generation that does not drive the canaries would be overwritten by the one that
+/// does. Blocking.
+fn leading<'a>(live: &Live, store: &'a Store) -> Result<MutexGuard<'a, Lead>, ApiError> {
+    let deadline = Instant::now() + LEAD_WAIT;
+    loop {
+        let mut lead = store.changing();
+        if lead.retired() {
+            return Err(fail(
+                503,
+                "state",
+                "this worker generation is stopping (upgrade or reload); try again".into(),
+            ));
+        }
+        if persist::lead(live, &mut lead) {
+            return Ok(lead);
+        }
+        drop(lead);
+        if Instant::now() >= deadline {
+            return Err(fail(
+                503,
+                "state",
+                format!(
+                    "another graygate process still drives the canaries of {}; try again",
+                    store.path.display()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Applies `f` to canary `name`: from its plan, old status and ramp position to the new
 /// percent, phase and why.
 fn change(
@@ -183,9 +224,12 @@ fn change(
     who: &Who,
     f: impl FnOnce(&CanaryPlan, &Status, &mut Position) -> Result<(u32, Phase, String), ApiError>,
 ) -> Response<Vec<u8>> {
+    let store = Arc::clone(&live.load().plan.store);
+    let _lead = match leading(live, &store) {
+        Ok(l) => l,
+        Err(e) => return e.into(),
+    };
     let snap = live.load_full();
-    let store = Arc::clone(&snap.plan.store);
-    let _changing = store.changing.lock().unwrap_or_else(|e| e.into_inner());
     let c = match find(&snap.plan, name) {
         Ok(c) => c,
         Err(e) => return e.into(),
@@ -206,6 +250,8 @@ fn change(
         why,
     };
     c.state.set(&new);
+    // The state file first: a change that was logged is one the next process finds.
+    save(&snap.plan);
     crate::metrics::transition(name, old.phase, phase);
     log::warn!(
         "canary \"{name}\": percent {} -> {}, state {} -> {} (by {who})",
@@ -214,7 +260,6 @@ fn change(
         old.phase.name(),
         phase.name()
     );
-    save(&snap.plan);
     json(200, &canary_json(&snap.plan, c))
 }
 
@@ -234,9 +279,14 @@ fn set_weight(live: &Live, pool: &str, addr: &str, w: f64, who: &Who) -> Respons
             &format!("invalid server address \"{addr}\" (IP:PORT)"),
         );
     };
+    // Reloads and other changes swap snapshots under the same lock: the plan compiled here
+    // from the current one is the next one, nothing swaps in between.
+    let store = Arc::clone(&live.load().plan.store);
+    let _lead = match leading(live, &store) {
+        Ok(l) => l,
+        Err(e) => return e.into(),
+    };
     let cur = live.load_full();
-    let store = Arc::clone(&cur.plan.store);
-    let _changing = store.changing.lock().unwrap_or_else(|e| e.into_inner());
     let Some(pp) = cur.plan.pools.iter().find(|pp| pp.pool.name == pool) else {
         let known: Vec<&str> = cur
             .plan
@@ -258,7 +308,7 @@ fn set_weight(live: &Live, pool: &str, addr: &str, w: f64, who: &Who) -> Respons
         );
     };
     let old = peer.weight;
-    let before = store.weights();
+    let before = &cur.plan.weights;
     let mut after: Vec<WeightOverride> = before
         .iter()
         .filter(|o| !(o.pool == pool && o.addr == addr))
@@ -276,33 +326,19 @@ fn set_weight(live: &Live, pool: &str, addr: &str, w: f64, who: &Who) -> Respons
             file_weight,
         });
     }
-    store.set_weights(after);
-    // Reloads race with us: retry on the newest snapshot until ours is the one swapped in.
-    let mut base = cur;
-    let plan = loop {
-        let plan = match recompile(&base.plan) {
-            Ok(p) => p,
-            Err(e) => {
-                store.set_weights(before);
-                return error(400, "weight", &e);
-            }
-        };
-        let snap = match Snapshot::activate(plan) {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                store.set_weights(before);
-                return error(500, "weight", &format!("cannot open a log file: {e}"));
-            }
-        };
-        let prev = live.compare_and_swap(&base, Arc::clone(&snap));
-        if Arc::ptr_eq(&prev, &base) {
-            break snap;
-        }
-        base = live.load_full();
+    let plan = match recompile(&cur.plan, Some(&after)) {
+        Ok(p) => p,
+        Err(e) => return error(400, "weight", &e),
     };
+    let snap = match Snapshot::activate(plan) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return error(500, "weight", &format!("cannot open a log file: {e}")),
+    };
+    live.store(Arc::clone(&snap));
+    snap.plan.commit();
+    save(&snap.plan);
     log::warn!("upstream \"{pool}\" server {addr}: weight {old} -> {weight} (by {who})");
-    save(&plan.plan);
-    json(200, &pool_json(&plan.plan, pool))
+    json(200, &pool_json(&snap.plan, pool))
 }
 
 /// A time as RFC 3339 in UTC.

@@ -97,16 +97,27 @@ fn call(cmd: &Command, plan: &Plan, conf: &str) -> Result<String, String> {
         }
     };
     let target = reachable(admin.listen);
-    let (status, v) = request(
-        target,
-        method,
-        &path,
-        body.as_deref(),
-        admin.token.as_deref(),
-    )
-    .map_err(|e| {
-        format!("cannot reach the admin listener {target} of {conf}: {e} (is graygate running?)")
-    })?;
+    // 503: the worker that answered is handing over to a new generation (upgrade, reload with
+    // new listeners); the next connection reaches the new one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (status, v) = loop {
+        let answer = request(
+            target,
+            method,
+            &path,
+            body.as_deref(),
+            admin.token.as_deref(),
+        )
+        .map_err(|e| {
+            format!(
+                "cannot reach the admin listener {target} of {conf}: {e} (is graygate running?)"
+            )
+        })?;
+        if answer.0 != 503 || std::time::Instant::now() >= deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     if !(200..300).contains(&status) {
         let msg = v
             .get("error")

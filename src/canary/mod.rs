@@ -3,8 +3,8 @@
 //! - [`bucket`]: the fixed hash of a user's key into 10,000 buckets (a user's side is `bucket <
 //!   percent * 100`, so raising the percent only moves users stable -> canary).
 //! - [`state`]: a canary's live percent and phase (atomics the request path reads lock-free).
-//! - [`store`]: live weight overrides and the state file that carries live values over upgrades
-//!   and restarts.
+//! - [`store`]: the state file that carries live values over upgrades and restarts, and the
+//!   lead (which process may change them); `file`: its safe, durable reads and writes.
 //!
 //! - [`analysis`]: per-side counts (requests, 5xx, durations), windows and the verdict.
 //! - [`ramp`]: the automatic ramp from step to step (a background service of the worker).
@@ -14,6 +14,7 @@
 
 pub mod analysis;
 mod bucket;
+mod file;
 pub mod persist;
 pub mod ramp;
 mod state;

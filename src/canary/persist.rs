@@ -1,12 +1,16 @@
 //! Live values to and from the state file: saved after every live change, restored when a
-//! worker starts (restart or upgrade), each only where the config file still says what it said
-//! when the value was set.
+//! worker starts (restart or upgrade) and adopted when a generation takes the lead over from
+//! the one before it, each only where the config file still says what it said when the value
+//! was set.
+
+use std::sync::Arc;
 
 use crate::config;
 use crate::plan::Plan;
+use crate::snapshot::{Live, Snapshot};
 
-use super::store::{Saved, SavedCanary};
-use super::{percent_text, Phase, Status};
+use super::store::{Lead, Saved, SavedCanary, WeightOverride};
+use super::{percent_text, Phase, Position, Status};
 
 /// Every live value of `plan`, as the state file holds them.
 pub fn saved_of(plan: &Plan) -> Saved {
@@ -32,7 +36,7 @@ pub fn saved_of(plan: &Plan) -> Saved {
                 (c.name.clone(), saved)
             })
             .collect(),
-        weights: plan.store.weights(),
+        weights: plan.weights.clone(),
     }
 }
 
@@ -43,17 +47,9 @@ pub fn save(plan: &Plan) {
     }
 }
 
-/// Applies the state file to a freshly compiled `plan` (no previous plan in this process).
-/// Returns the plan to run: recompiled when live weights apply.
-pub fn restore(plan: Plan) -> Plan {
-    let saved = match plan.store.read() {
-        Ok(Some(s)) => s,
-        Ok(None) => return plan,
-        Err(e) => {
-            log::error!("state file ignored: {e}");
-            return plan;
-        }
-    };
+/// Sets the canaries of `plan` to what `saved` says, where the config file's percent is still
+/// the one they were set over. `how` says why ("after a restart").
+fn apply_canaries(plan: &Plan, saved: &Saved, how: &str) {
     for c in &plan.canaries {
         let Some(sc) = saved.canaries.get(&c.name) else {
             continue;
@@ -70,18 +66,22 @@ pub fn restore(plan: Plan) -> Plan {
         }
         let phase = Phase::from_name(&sc.state).unwrap_or(Phase::Manual);
         let mut why = sc.why.clone();
-        if let (Some(r), Some(i)) = (&c.ramp, sc.step) {
+        {
             let mut pos = c.state.position();
-            pos.step = Some(i.min(r.steps.len().saturating_sub(1)));
-            pos.failures = sc.failures;
-            // The window's counts lived in the old process: a new window starts now.
-            if phase.ramping() {
-                why = format!(
-                    "resumed at step {} of {} after a restart (the analysis window restarted); before: {}",
-                    i + 1,
-                    r.steps.len(),
-                    sc.why.split("; before: ").last().unwrap_or("")
-                );
+            *pos = Position::default();
+            if let (Some(r), Some(i)) = (&c.ramp, sc.step) {
+                pos.step = Some(i.min(r.steps.len().saturating_sub(1)));
+                pos.failures = sc.failures;
+                // The window's counts lived in the other process: a new window starts when the
+                // ramp next looks.
+                if phase.ramping() {
+                    why = format!(
+                        "resumed at step {} of {} {how} (the analysis window restarted); before: {}",
+                        i + 1,
+                        r.steps.len(),
+                        sc.why.split("; before: ").last().unwrap_or("")
+                    );
+                }
             }
         }
         c.state.set(&Status {
@@ -98,25 +98,79 @@ pub fn restore(plan: Plan) -> Plan {
             plan.store.path.display()
         );
     }
+}
+
+/// Applies the state file to a freshly compiled `plan` (no previous plan in this process).
+/// Returns the plan to run: recompiled when live weights apply.
+pub fn restore(plan: Plan) -> Plan {
+    let saved = match plan.store.read() {
+        Ok(Some(s)) => s,
+        Ok(None) => return plan,
+        Err(e) => {
+            log::error!("state file ignored: {e}");
+            return plan;
+        }
+    };
+    apply_canaries(&plan, &saved, "after a restart");
     if saved.weights.is_empty() {
         return plan;
     }
-    plan.store.set_weights(saved.weights);
-    match recompile(&plan) {
+    match recompile(&plan, Some(&saved.weights)) {
         Ok(p) => p,
         Err(e) => {
             log::error!("live weights of the state file not applied: {e}");
-            plan.store.set_weights(Vec::new());
             plan
         }
     }
 }
 
-/// Compiles the text `plan` runs again, with `plan` as the previous plan (so live weights of
-/// its store and all live state carry over).
-pub fn recompile(plan: &Plan) -> Result<Plan, String> {
+/// Compiles the text `plan` runs again, with `plan` as the previous plan (so all live state
+/// carries over), and `weights` as the live weights if given (else `plan`'s).
+pub fn recompile(plan: &Plan, weights: Option<&[WeightOverride]>) -> Result<Plan, String> {
     let src = &plan.source;
     config::parse(src.name.clone(), &src.text, src.embedded)
-        .and_then(|l| Plan::compile(&l, Some(plan)))
+        .and_then(|l| Plan::compile_with(&l, Some(plan), weights))
         .map_err(|p| p.to_string())
+}
+
+/// Whether this process leads (see `Lead`), taking the lead if it is free. A process that
+/// takes it adopts what the previous leader (an older generation) changed in the state file
+/// since this one started. Call with the store's `changing` lock held (`lead` is its guard).
+pub fn lead(live: &Live, lead: &mut Lead) -> bool {
+    if lead.held() {
+        return true;
+    }
+    let snap = live.load_full();
+    if !lead.try_take(&snap.plan.store.path) {
+        return false;
+    }
+    match snap.plan.store.read_if_changed() {
+        Ok(Some(saved)) => adopt(live, &snap, &saved),
+        Ok(None) => {}
+        Err(e) => log::error!("state file ignored: {e}"),
+    }
+    true
+}
+
+/// Applies `saved` (written by the previous generation while this one started) to the running
+/// snapshot `snap`.
+fn adopt(live: &Live, snap: &Arc<Snapshot>, saved: &Saved) {
+    apply_canaries(
+        &snap.plan,
+        saved,
+        "after taking over from the previous generation",
+    );
+    if saved.weights == snap.plan.weights {
+        return;
+    }
+    let next = recompile(&snap.plan, Some(&saved.weights))
+        .and_then(|p| Snapshot::activate(p).map_err(|e| format!("cannot open a log file: {e}")));
+    match next {
+        Ok(s) => {
+            let s = Arc::new(s);
+            live.store(Arc::clone(&s));
+            s.plan.commit();
+        }
+        Err(e) => log::error!("live weights of the state file not applied: {e}"),
+    }
 }

@@ -1,12 +1,14 @@
 //! The automatic ramp: each canary with `steps` moves from step to step while its analysis
 //! passes, and back to 0% when it fails more often than allowed.
 //!
-//! It runs as a background service of the serving worker ([`Ramp`]), so exactly one process
-//! drives a canary: a draining generation (after `-s upgrade`) stops at once, and the new one
-//! resumes at the step the state file names, with a fresh window. A reload in place keeps the
-//! canary's state object, its position and its window. Every change is made under the
-//! store's `changing` lock (as the API's are), logged as one line, counted in
-//! `graygate_canary_transitions_total` and written to the state file.
+//! It runs as a background service of every worker ([`Ramp`]), but only the generation that
+//! leads (holds the state file's lock, see `store::Lead`) drives: while an upgrade's old and
+//! new generations overlap, the old one decides until it is told to drain, then gives the lead
+//! up; the new one takes it, adopts what the old one changed meanwhile (the step, failures,
+//! percent) from the state file, and goes on with a fresh window. So no transition is lost or
+//! made twice. A reload in place keeps the canary's state object, its position and its window.
+//! Every change is made under the store's `changing` lock (as the API's are), logged as one
+//! line, counted in `graygate_canary_transitions_total` and written to the state file.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -174,9 +176,9 @@ pub fn tick(c: &CanaryPlan, now: Instant) -> Option<Status> {
     }
 }
 
-/// Sets `new` on `c`, logs the change as one line and counts the transition.
-pub fn apply(c: &CanaryPlan, old: &Status, new: &Status, by: &str) {
-    c.state.set(new);
+/// Logs a change of `c` as one line and counts the transition (once the state file has it:
+/// a process that dies in between leaves a change that the next one finds and does not redo).
+pub fn announce(c: &CanaryPlan, old: &Status, new: &Status, by: &str) {
     crate::metrics::transition(&c.name, old.phase, new.phase);
     log::warn!(
         "canary \"{}\": percent {} -> {}, state {} -> {} (by {by}: {})",
@@ -201,6 +203,7 @@ pub fn next_analysis_in(c: &CanaryPlan) -> Option<f64> {
 }
 
 /// The background service driving every canary's ramp and sampling the chart.
+#[derive(Clone)]
 pub struct Ramp {
     pub live: Live,
     /// Set when this generation drains: another process drives the canaries from then on.
@@ -208,27 +211,39 @@ pub struct Ramp {
 }
 
 impl Ramp {
+    /// One look at every canary, on a blocking thread: it waits for the store's lock and may
+    /// write the state file.
     fn look(&self, now: Instant) {
         let snap = self.live.load_full();
-        let plan: &Plan = &snap.plan;
-        let _changing = plan
-            .store
-            .changing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if self.draining.load(Ordering::Relaxed) {
+        let store = Arc::clone(&snap.plan.store);
+        let mut lead = store.changing();
+        if self.draining.load(Ordering::Acquire) {
+            if !lead.retired() {
+                lead.retire();
+                log::info!("canary ramps handed over: this worker generation drains");
+            }
             return;
         }
-        let mut changed = false;
+        // While an older generation still leads (an upgrade's overlap), it alone decides.
+        if !super::persist::lead(&self.live, &mut lead) {
+            return;
+        }
+        let snap = self.live.load_full();
+        let plan: &Plan = &snap.plan;
+        let mut changed = Vec::new();
         for c in &plan.canaries {
             let old = c.state.status();
             if let Some(new) = tick(c, now) {
-                apply(c, &old, &new, "ramp");
-                changed = true;
+                c.state.set(&new);
+                changed.push((c, old, new));
             }
         }
-        if changed {
-            super::persist::save(plan);
+        if changed.is_empty() {
+            return;
+        }
+        super::persist::save(plan);
+        for (c, old, new) in &changed {
+            announce(c, old, new, "ramp");
         }
     }
 }
@@ -284,8 +299,20 @@ impl BackgroundService for Ramp {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(TICK) => {}
             }
+            // Without canaries there is nothing to drive once this generation leads (and no
+            // blocking thread to wake every tick).
+            let idle = {
+                let snap = self.live.load();
+                snap.plan.canaries.is_empty() && snap.plan.store.leads() == Some(true)
+            };
+            if idle {
+                continue;
+            }
             let now = Instant::now();
-            self.look(now);
+            let me = self.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || me.look(now)).await {
+                log::error!("canary ramp: {e}");
+            }
             if now.duration_since(sampled) >= SAMPLE {
                 sampled = now;
                 sample(&self.live.load().plan, &mut last);

@@ -14,7 +14,7 @@ mod drain;
 mod error;
 mod generation;
 pub mod master;
-mod os;
+pub(crate) mod os;
 mod pidfile;
 mod reload;
 pub mod runtime_dir;

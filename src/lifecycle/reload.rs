@@ -9,14 +9,16 @@ use crate::snapshot::{Live, Snapshot};
 
 /// The worker's config memfd (rewritten by the master before each SIGHUP) and the live
 /// snapshot it feeds.
+#[derive(Clone)]
 pub struct Reloader {
-    pub conf: File,
+    pub conf: Arc<File>,
     pub live: Live,
 }
 
 impl Reloader {
     /// Applies the handed-over config if it needs no new sockets; otherwise keeps the running
-    /// one. Either way the master hears how it went.
+    /// one. Either way the master hears how it went. Blocking (compiles, opens files, waits for
+    /// a live change in progress): run it off the async runtime.
     pub fn reload(&self) {
         let outcome = self.apply();
         match &outcome {
@@ -32,6 +34,10 @@ impl Reloader {
 
     fn apply(&self) -> Result<(), String> {
         let source = Source::read_from(&self.conf).map_err(|e| format!("config hand-over: {e}"))?;
+        // A live change (admin API, ramp) compiles and swaps too: one at a time, so that
+        // neither swaps in a plan compiled from a snapshot the other has replaced.
+        let store = Arc::clone(&self.live.load().plan.store);
+        let _changing = store.changing();
         let current = self.live.load_full();
         let plan = source
             .compile(Some(&current.plan))
@@ -40,7 +46,10 @@ impl Reloader {
             return Err("listeners or process settings changed (the master starts a new generation for that)".into());
         }
         let s = Snapshot::activate(plan).map_err(|e| format!("cannot open a log file: {e}"))?;
-        self.live.store(Arc::new(s));
+        let s = Arc::new(s);
+        self.live.store(Arc::clone(&s));
+        // Only now may the new plan change state it shares with the old one.
+        s.plan.commit();
         Ok(())
     }
 }

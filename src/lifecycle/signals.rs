@@ -57,7 +57,12 @@ impl ShutdownSignalWatch for Signals {
         self.ready.done();
         loop {
             tokio::select! {
-                _ = hup.recv() => self.reloader.reload(),
+                _ = hup.recv() => {
+                    let r = self.reloader.clone();
+                    if let Err(e) = tokio::task::spawn_blocking(move || r.reload()).await {
+                        log::error!("reload: {e}");
+                    }
+                }
                 _ = usr1.recv() => {
                     log::info!("reopening logs");
                     crate::logs::reopen_all();
@@ -66,6 +71,13 @@ impl ShutdownSignalWatch for Signals {
                     if !self.draining.swap(true, Ordering::AcqRel) {
                         log::info!("gracefully shutting down (SIGQUIT): draining connections");
                         self.stop_accepting.send_replace(true);
+                        // The next generation drives the canaries from now on: give the lead
+                        // up (after a change in progress is written), so it takes over at once.
+                        let live = self.reloader.live.clone();
+                        let retire = move || live.load().plan.store.changing().retire();
+                        if let Err(e) = tokio::task::spawn_blocking(retire).await {
+                            log::error!("handing the canaries over: {e}");
+                        }
                     }
                 }
                 _ = term.recv() => {

@@ -35,8 +35,10 @@ use super::sockets::{self, LISTEN_FDS_ENV};
 use super::source::{Source, CONF_FD_ENV};
 use crate::snapshot::Snapshot;
 
-/// Flushes the logs and exits (a worker has no pid file: the master owns it).
+/// Flushes the logs and exits (a worker has no pid file: the master owns it). A live change or
+/// ramp step in progress is written to the state file first (the next generation reads it).
 pub(crate) fn exit(code: i32) -> ! {
+    crate::canary::store::retire_process();
     crate::logs::flush_all();
     std::process::exit(code)
 }
@@ -157,12 +159,18 @@ pub fn run() -> Result<(), Error> {
         path: "of the configuration".into(),
         err,
     })?;
+    snapshot.plan.commit();
     if let Some(f) = &snapshot.process_log {
         crate::logs::error::set_process_file(f.clone());
     }
     // Workers never fork (the master daemonizes), so the writer thread starts here.
     crate::logs::start_writer();
     let live = Arc::new(ArcSwap::from_pointee(snapshot));
+    let snap = live.load_full();
+    crate::canary::store::register(&snap.plan.store);
+    // Drive the canaries at once, unless an older generation still does (upgrade overlap):
+    // then the ramp service takes over when it lets go.
+    crate::canary::persist::lead(&live, &mut snap.plan.store.changing());
     let snap = live.load_full();
 
     let conf = ServerConf {
@@ -250,7 +258,7 @@ pub fn run() -> Result<(), Error> {
 
     let signals = Signals {
         reloader: Reloader {
-            conf: conf_file,
+            conf: Arc::new(conf_file),
             live,
         },
         draining,

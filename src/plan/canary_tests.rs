@@ -148,6 +148,7 @@ fn a_reload_keeps_the_live_percent_unless_the_file_changed() {
     assert_eq!(st.percent_bp(), 4000);
     // The user edited the file: it wins.
     let edited = compile_with(&file("20", "$remote_addr", ""), Some(&again)).unwrap();
+    edited.commit();
     assert_eq!(edited.canaries[0].state.percent_bp(), 2000);
     assert_eq!(st.status().phase, Phase::Manual);
 }
@@ -237,18 +238,58 @@ servers:
     };
     let first = compile_with(&src(1), None).unwrap();
     let addr: SocketAddr = "127.0.0.1:2".parse().unwrap();
-    first
-        .store
-        .set_weights(vec![crate::canary::store::WeightOverride {
-            pool: "p".into(),
-            addr,
-            weight: 7,
-            file_weight: 1,
-        }]);
-    let live = compile_with(&src(1), Some(&first)).unwrap();
+    let set = [crate::canary::store::WeightOverride {
+        pool: "p".into(),
+        addr,
+        weight: 7,
+        file_weight: 1,
+    }];
+    let loaded = config::parse("t.yaml".into(), &src(1), false).unwrap();
+    let changed = Plan::compile_with(&loaded, Some(&first), Some(&set)).unwrap();
+    assert_eq!(changed.pools[0].pool.peers[0].weight, 7);
+    // A reload of the same file keeps it; one that edits the server's weight drops it.
+    let live = compile_with(&src(1), Some(&changed)).unwrap();
     assert_eq!(live.pools[0].pool.peers[0].weight, 7);
-    assert_eq!(live.store.weights().len(), 1);
+    assert_eq!(live.weights.len(), 1);
     let edited = compile_with(&src(4), Some(&live)).unwrap();
     assert_eq!(edited.pools[0].pool.peers[0].weight, 4);
-    assert!(edited.store.weights().is_empty());
+    assert!(edited.weights.is_empty());
+}
+
+#[test]
+fn compiling_changes_no_live_state_until_commit() {
+    // A plan running at a live 40%, with a server taken out by a health check.
+    let src = |percent: &str, with_check: bool| {
+        let f = file(percent, "$remote_addr", "");
+        let plain = "old: { servers: [{ addr: 127.0.0.1:2 }] }";
+        let check = "old: { servers: [{ addr: 127.0.0.1:2 }], health_check: { path: /h } }";
+        if with_check {
+            f.replace(plain, check)
+        } else {
+            f
+        }
+    };
+    let first = compile_with(&src("10", true), None).unwrap();
+    first.commit();
+    let st = Arc::clone(&first.canaries[0].state);
+    st.set(&crate::canary::Status {
+        percent_bp: 4000,
+        phase: Phase::Paused,
+        since: 1,
+        why: "live".into(),
+    });
+    let peer = Arc::clone(&first.pools[0].pool.peers[0].state);
+    peer.healthy.store(false, Ordering::Relaxed);
+    // A valid plan with a new file percent and without the check: compiled, but not (yet)
+    // running, e.g. because its log files cannot be opened. Nothing live may have changed.
+    let next = compile_with(&src("20", false), Some(&first)).unwrap();
+    assert!(Arc::ptr_eq(&next.canaries[0].state, &st));
+    assert_eq!(st.percent_bp(), 4000);
+    assert_eq!(st.status().phase, Phase::Paused);
+    assert!(!peer.healthy.load(Ordering::Relaxed));
+    // Once it runs, its changes apply.
+    next.commit();
+    assert_eq!(st.percent_bp(), 2000);
+    assert_eq!(st.status().phase, Phase::Manual);
+    assert!(peer.healthy.load(Ordering::Relaxed));
 }

@@ -29,6 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::canary::store::WeightOverride;
 use crate::canary::Store;
 use crate::config::{Loaded, Problems};
 use crate::upstream::health::Check;
@@ -167,8 +168,11 @@ pub struct Plan {
     /// Sticky splits between two pools; [`Target::Canary`] indexes this.
     pub canaries: Vec<CanaryPlan>,
     pub admin: Option<AdminPlan>,
-    /// Live weight overrides and the state file, one per process, handed from plan to plan.
+    /// The state file and who may change live values, one per process, handed from plan to plan.
     pub store: Arc<Store>,
+    /// The live weights this plan runs with (set by the admin API, kept over reloads while the
+    /// file's weight stays the one they replaced).
+    pub weights: Vec<WeightOverride>,
     /// The text this plan was compiled from, so that a live weight change recompiles exactly
     /// what runs (not a file edited since).
     pub source: Source,
@@ -197,8 +201,22 @@ fn check_above_zero(l: &Loaded, at: &str, d: Duration, probs: &mut Problems) {
 
 impl Plan {
     /// Checks `l` and compiles it. `prev` lends its per-server state to the same servers, so a
-    /// reload keeps failure counts and health verdicts.
+    /// reload keeps failure counts and health verdicts, and its live weights.
+    ///
+    /// Compiling changes nothing that runs: state shared with `prev` (health verdicts, canary
+    /// percents, the store's weights) changes only in [`Plan::commit`], once this plan is the
+    /// live one. A plan that is rejected, or whose log files cannot be opened, leaves all as it was.
     pub fn compile(l: &Loaded, prev: Option<&Plan>) -> Result<Plan, Problems> {
+        Plan::compile_with(l, prev, None)
+    }
+
+    /// [`Plan::compile`] with `weights` as the live weights instead of those `prev` runs with
+    /// (a weight change, or the state file's weights at start).
+    pub fn compile_with(
+        l: &Loaded,
+        prev: Option<&Plan>,
+        weights: Option<&[WeightOverride]>,
+    ) -> Result<Plan, Problems> {
         let c = &l.config;
         let mut probs = Problems::default();
         let settings = settings::compile_settings(l, &mut probs);
@@ -210,7 +228,13 @@ impl Plan {
                 &settings.pid_file,
             ))),
         };
-        let prev_state = pool::PrevState::of(prev, &store);
+        let same_store = prev.filter(|p| Arc::ptr_eq(&p.store, &store));
+        let live_weights = match (weights, same_store) {
+            (Some(w), _) => w,
+            (None, Some(p)) => p.weights.as_slice(),
+            (None, None) => &[],
+        };
+        let prev_state = pool::PrevState::of(prev, live_weights);
         let pools: Vec<PoolPlan> = c
             .upstreams
             .iter()
@@ -253,16 +277,7 @@ impl Plan {
         if !probs.is_empty() {
             return Err(probs.sorted());
         }
-        // Only a health check brings a server it took out back: without one (a reload removed
-        // it), a carried-over verdict would keep the server out for good. Done once the plan is
-        // valid, so that a rejected reload changes nothing.
-        for pp in pools.iter().filter(|pp| pp.health_check.is_none()) {
-            for peer in &pp.pool.peers {
-                peer.state.healthy.store(true, Ordering::Relaxed);
-            }
-        }
-        canary::apply_file_values(&canaries);
-        store.set_weights(prev_state.kept_weights());
+        let weights = prev_state.kept_weights();
         let metrics = crate::metrics::Handles::build(&servers, &pools, &canaries, admin.is_some());
         Ok(Plan {
             metrics,
@@ -273,6 +288,7 @@ impl Plan {
             canaries,
             admin,
             store,
+            weights,
             source: Source {
                 name: l.name.clone(),
                 text: Arc::clone(&l.text),
@@ -280,6 +296,20 @@ impl Plan {
             },
             create_log_dirs: l.embedded,
         })
+    }
+
+    /// Makes this plan's changes to live state, once it is the live plan (after the snapshot
+    /// swap; callers serialise swaps under the store's `changing` lock). Idempotent.
+    /// - Only a health check brings a server it took out back: without one (a reload removed
+    ///   it), a carried-over verdict would keep the server out for good.
+    /// - A canary whose percent in the file changed since the last load takes the file's value.
+    pub fn commit(&self) {
+        for pp in self.pools.iter().filter(|pp| pp.health_check.is_none()) {
+            for peer in &pp.pool.peers {
+                peer.state.healthy.store(true, Ordering::Relaxed);
+            }
+        }
+        canary::apply_file_values(&self.canaries);
     }
 
     /// The pools with an active health check, each with its check (what the health checker

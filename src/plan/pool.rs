@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::canary::store::WeightOverride;
-use crate::canary::Store;
 use crate::config::{
     resolve_addrs, HealthCheck, HealthCheckType, Loaded, Policy, Problems, Upstream, UpstreamServer,
 };
@@ -20,16 +19,16 @@ const IP_HASH_RANGE: u64 = 6271;
 
 /// Per-server state of the previous plan, by pool name and address, lent to the same servers
 /// of the new plan so that a reload keeps failure counts and health verdicts.
-/// Also applies the weights changed live ([`Store`]) to servers whose config weight is still
+/// Also applies the weights changed live (`Plan::weights`) to servers whose config weight is still
 /// the one they replaced, and remembers which of them still apply.
 pub(super) struct PrevState<'a> {
     peers: HashMap<(&'a str, SocketAddr), &'a Arc<PeerState>>,
-    store: &'a Store,
+    weights: &'a [WeightOverride],
     kept: RefCell<Vec<WeightOverride>>,
 }
 
 impl<'a> PrevState<'a> {
-    pub(super) fn of(prev: Option<&'a Plan>, store: &'a Store) -> PrevState<'a> {
+    pub(super) fn of(prev: Option<&'a Plan>, weights: &'a [WeightOverride]) -> PrevState<'a> {
         let peers = match prev {
             None => HashMap::new(),
             Some(p) => p
@@ -45,14 +44,18 @@ impl<'a> PrevState<'a> {
         };
         PrevState {
             peers,
-            store,
+            weights,
             kept: RefCell::new(Vec::new()),
         }
     }
 
     /// The live weight of `pool`/`addr` if one was set over `file_weight`.
     fn live_weight(&self, pool: &str, addr: SocketAddr, file_weight: u32) -> Option<u32> {
-        let w = self.store.weight(pool, addr, file_weight)?;
+        let w = self
+            .weights
+            .iter()
+            .find(|o| o.pool == pool && o.addr == addr && o.file_weight == file_weight)?
+            .weight;
         self.kept.borrow_mut().push(WeightOverride {
             pool: pool.to_string(),
             addr,

@@ -624,6 +624,7 @@ fn a_reload_without_health_check_brings_back_the_servers_it_took_out() {
     assert!(!state.healthy.load(Ordering::Relaxed));
     // The check removed: nothing would ever bring the server back, so it is back now.
     let unchecked = compile_with(&with_pool(ONE_SERVER), Some(&same)).unwrap();
+    unchecked.commit();
     assert!(Arc::ptr_eq(&state, &unchecked.pools[0].pool.peers[0].state));
     assert!(state.healthy.load(Ordering::Relaxed));
 }

@@ -128,9 +128,15 @@ fn a_ramp_moves_users_only_in_the_direction_of_the_change() {
             assert!(out.contains(&format!("{p}% to new")), "{out}");
             let now = sides(s.listen, 1000, by_cookie);
             let share = now.iter().filter(|&&c| c).count() as f64 / 10.0;
-            // The issue asks for 1.5 points; with 1,000 users any hash has a binomial spread of
-            // about 1.4-1.6 points (one sigma) at 25-50%, so 1.5 cannot hold for every key set.
-            // 2.5 holds for these keys; the unit test `spreads_evenly` checks 100,000 keys.
+            // The issue asks for 1.5 points. The keys are fixed, so the shares are too; measured
+            // at 1/5/25/50%: byip 1.5/5.8/27.0/51.9 (worst 2.0 points, at 25%), bycookie
+            // 1.2/6.9/27.3/49.7 (worst 2.3, at 25%). That is the hash behaving, not a flaw: a
+            // share of 1,000 independent users has a binomial spread of 1.37 points (one sigma)
+            // at 25% and 1.58 at 50%, and over 60 disjoint blocks of 1,000 keys shaped like
+            // these (sequential 127.x.y.z, user-N) the spread measured 1.34-1.61, i.e. binomial
+            // (the unit test `sequential_addresses_spread_binomially` checks that). So 1.5 is
+            // a one-sigma bound that about a third of all key sets miss at 50%; no fixed hash
+            // can promise it for 1,000 users. 2.5 is the bound these keys need (worst 2.3).
             assert!(
                 (share - p).abs() <= 2.5,
                 "{name} at {p}%: {share}% of users on the canary"
@@ -228,6 +234,68 @@ fn live_changes_under_load_fail_no_request() {
     );
 }
 
+/// `PUT /api/canaries/NAME {"percent": P}` on the admin listener; the status.
+fn put_percent(admin_port: u16, name: &str, p: u32) -> u16 {
+    let body = format!("{{\"percent\": {p}}}");
+    let req = format!(
+        "PUT /api/canaries/{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    admin(admin_port, &req).0
+}
+
+#[test]
+fn percent_0_to_100_in_1_point_steps_under_64_connections_fails_no_request() {
+    let (s, _gw) = setup("canary-steps", false);
+    // 64 keep-alive clients, each from its own address (so both sides have users throughout).
+    let load = Load::start(s.listen, 64, false);
+    load.wait_more(500);
+    for p in 0..=100 {
+        assert_eq!(put_percent(s.admin, "byip", p), 200, "percent {p}");
+        // Every step is seen by requests (one per client on average).
+        load.wait_more(64);
+    }
+    let r = load.finish();
+    assert!(r.failed.is_empty(), "failed requests: {:?}", r.failed);
+    assert!(r.ok > 64 * 101, "{r:?}");
+    // At 100% every user is on the canary side.
+    let st = s.cli(&["canary", "status", "byip"]);
+    assert!(st.contains("100% to new"), "{st}");
+    let r = get_from(s.listen, "/", Some(Ipv4Addr::new(127, 77, 0, 1)), &[]).expect("request");
+    assert_eq!(r.backend(), "new");
+}
+
+#[test]
+fn reloads_racing_weight_changes_lose_none() {
+    let (s, _gw) = setup("canary-race", false);
+    let conf = s.conf.to_string_lossy().to_string();
+    let addr = format!("127.0.0.1:{}", s._new_port());
+    // Each weight change runs while a reload compiles and swaps: the last word is the change's
+    // (a reload compiled from the snapshot before the change must not swap over it).
+    for w in 2..12u32 {
+        let c = conf.clone();
+        // (A master that just started answers "busy" until its worker is ready.)
+        let reload = thread::spawn(move || loop {
+            let (ok, out) = ctl(&["-s", "reload", "-c", &c]);
+            if ok || !out.contains("busy") {
+                return (ok, out);
+            }
+            thread::sleep(Duration::from_millis(50));
+        });
+        s.cli(&["weight", "new", &addr, &w.to_string()]);
+        let (ok, out) = reload.join().expect("reload thread");
+        assert!(ok, "{out}");
+        let st = s.cli(&["canary", "status"]);
+        assert!(
+            st.contains(&format!("{addr} weight {w} ")),
+            "weight {w} lost after a reload:\n{st}"
+        );
+    }
+    // The state file says the same.
+    let saved = read(&s.dir.path("gw.state.json"));
+    assert!(saved.contains("\"weight\": 11"), "{saved}");
+}
+
 impl Setup {
     fn _new_port(&self) -> u16 {
         let y = read(&self.conf);
@@ -259,6 +327,48 @@ fn get_raw(port: u16, req: &str) -> Resp {
     let mut c = connect(port, None).expect("connect admin");
     c.write_all(req.as_bytes()).expect("send");
     read_response(&mut BufReader::new(c)).expect("admin answer")
+}
+
+/// A request whose body is announced but never sent: the answer, within `limit`.
+fn answer_without_body(port: u16, head: &str, limit: Duration) -> Resp {
+    use std::io::{BufReader, Write};
+    let mut c = connect(port, None).expect("connect admin");
+    c.set_read_timeout(Some(limit)).unwrap();
+    c.write_all(head.as_bytes()).expect("send");
+    read_response(&mut BufReader::new(c)).expect("an answer before the body arrives")
+}
+
+#[test]
+fn the_admin_token_is_checked_before_the_body_and_bodies_are_bounded() {
+    let (s, _gw) = setup("canary-body", true);
+    // No token, a body announced and never sent: 401 at once (the body is never waited for).
+    let r = answer_without_body(
+        s.admin,
+        "PUT /api/canaries/byip HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n",
+        Duration::from_secs(3),
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    let auth = "Authorization: Bearer t0ken-for-tests\r\n";
+    // With the token: a body over 64 KiB is refused from its length alone.
+    let r = answer_without_body(
+        s.admin,
+        &format!(
+            "PUT /api/canaries/byip HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 100000\r\n\r\n"
+        ),
+        Duration::from_secs(3),
+    );
+    assert_eq!(r.status, 413, "{}", r.body);
+    // A body that stops arriving: 408 after the body timeout (5 s), not a worker task held
+    // for ever.
+    let r = answer_without_body(
+        s.admin,
+        &format!("PUT /api/canaries/byip HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 15\r\n\r\n{{\"perc"),
+        Duration::from_secs(20),
+    );
+    assert_eq!(r.status, 408, "{}", r.body);
+    assert!(r.body.contains("\"field\": \"body\""), "{}", r.body);
+    // The canary was not touched.
+    assert!(s.cli(&["canary", "status", "byip"]).contains(" 0% to new"));
 }
 
 #[test]

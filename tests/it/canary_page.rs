@@ -1,6 +1,8 @@
 //! The live canary page (issue 16) in a real browser: Debian's chromium, headless, driven by
 //! Debian's chromedriver through the W3C WebDriver protocol (plain HTTP + JSON, no client
-//! library). `scripts/deps.sh` installs both.
+//! library). `scripts/deps.sh` installs both; without them the test fails (it never passes
+//! without a browser). Its screenshot goes to `target/test-artefacts/canary-page.png`;
+//! `make canary-page` runs it and copies the screenshot to `docs/canary-page.png`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -67,8 +69,37 @@ struct Driver {
     session: String,
 }
 
+/// Where the test leaves files for people: `target/test-artefacts/NAME` (the test binary is
+/// `target/<profile>/deps/it-*`). `make canary-page` copies the screenshot to the docs.
+fn artefact(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("target directory above target/<profile>/deps");
+    let dir = target.join("test-artefacts");
+    std::fs::create_dir_all(&dir).expect("create target/test-artefacts");
+    dir.join(name)
+}
+
+/// Debian's chromium and chromedriver, which `scripts/deps.sh` installs (`make test` runs it):
+/// missing, the test fails and says so, it does not pass without a browser.
+fn require_browser() {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+    };
+    assert!(
+        std::path::Path::new(CHROMIUM).is_file() && on_path("chromedriver"),
+        "the page test needs Debian's chromium ({CHROMIUM}) and chromium-driver (chromedriver on PATH): run scripts/deps.sh"
+    );
+}
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
 impl Driver {
     fn start(profile: &std::path::Path) -> Driver {
+        require_browser();
         let port = free_port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -84,7 +115,7 @@ impl Driver {
             "POST",
             "/session",
             Some(json!({ "capabilities": { "alwaysMatch": {
-                "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args }
+                "goog:chromeOptions": { "binary": CHROMIUM, "args": args }
             }}})),
         );
         let session = v["sessionId"]
@@ -187,9 +218,8 @@ fn the_page_shows_the_live_numbers_and_its_abort_button_works() {
     let png = d.call("GET", "screenshot", None);
     let png = decode_base64(png.as_str().expect("screenshot"));
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-    std::fs::write("/tmp/graygate-canary-page.png", &png).expect("write screenshot");
-    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/canary-page.png");
-    std::fs::write(docs, &png).expect("write docs/canary-page.png");
+    let shot = artefact("canary-page.png");
+    std::fs::write(&shot, &png).unwrap_or_else(|e| panic!("write {}: {e}", shot.display()));
     // Abort, pressed in the page and confirmed, sets 0%.
     let b = d.call(
         "POST",

@@ -76,13 +76,35 @@ servers:
     /// The process error log once it holds `what` (a line is written just after its change).
     pub fn log(&self, what: &str) -> String {
         let p = self.dir.path("error.log");
-        wait_for(what, Duration::from_secs(10), || read(&p).contains(what));
-        read(&p)
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = read(&p);
+            if text.contains(what) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what:?} in the error log:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
-    /// Canary "rel" as `/api/status` shows it.
+    /// Canary "rel" as `/api/status` shows it; a connection that a draining generation closes
+    /// unanswered (right after an upgrade) is asked again.
     pub fn status(&self) -> Value {
-        let r = get_from(self.admin, "/api/status", None, &[]).expect("admin answers");
+        let mut tries = 0;
+        let r = loop {
+            match get_from(self.admin, "/api/status", None, &[]) {
+                Ok(r) => break r,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("admin: {e}, asking again");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("admin answers: {e}"),
+            }
+        };
         assert_eq!(r.status, 200, "{}", r.body);
         let v: Value = serde_json::from_str(&r.body).expect("status is JSON");
         v["canaries"][0].clone()
@@ -90,12 +112,18 @@ servers:
 
     /// Waits until `cond` holds for the canary's status; returns that status.
     pub fn wait(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-        let mut last = Value::Null;
-        wait_for(what, Duration::from_secs(60), || {
-            last = self.status();
-            cond(&last)
-        });
-        last
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let last = self.status();
+            if cond(&last) {
+                return last;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; the canary is now {last}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -320,4 +348,87 @@ fn r_status(admin: u16) -> Value {
     let r = get_from(admin, "/api/status", None, &[]).expect("admin answers");
     let v: Value = serde_json::from_str(&r.body).expect("status is JSON");
     v["canaries"][0].clone()
+}
+
+/// The `percent A -> B` of every step the ramp made, as the process error log has them.
+fn ramp_moves(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .filter(|l| l.contains("(by ramp: "))
+        .filter_map(|l| {
+            let rest = l.split_once("percent ")?.1;
+            let (from, rest) = rest.split_once(" -> ")?;
+            let to = rest.split_once(',')?.0;
+            (from != to).then(|| (from.to_string(), to.to_string()))
+        })
+        .collect()
+}
+
+/// The master's worker processes (not a `-t` check it runs during an upgrade).
+fn workers(master: i32) -> Vec<i32> {
+    children(master)
+        .into_iter()
+        .filter(|&p| read(std::path::Path::new(&format!("/proc/{p}/cmdline"))).contains("--worker"))
+        .collect()
+}
+
+/// A stopped process, continued when dropped (also when the test fails).
+struct Stopped(i32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = signal(self.0, libc::SIGCONT);
+    }
+}
+
+#[test]
+fn upgrades_mid_ramp_lose_no_step_and_make_none_twice() {
+    // Short steps, so that each upgrade falls mid-ramp.
+    let steps: Vec<String> = (1..=25).map(|i| (i * 4).to_string()).collect();
+    let r = Ramp::start(
+        "ramp-upgrade",
+        &format!(
+            "    steps: [{}]\n    interval: 150ms\n    analysis: {{ min_requests: 1 }}",
+            steps.join(", ")
+        ),
+    );
+    let _t = Traffic::start(r.listen, plain);
+    r.cli(&["canary", "start", "rel"]);
+    let conf = r.conf.to_string_lossy().to_string();
+    let log = r.dir.path("error.log");
+    let master = r.gw.pid();
+    for _ in 0..3 {
+        let old = workers(master);
+        let moved = ramp_moves(&read(&log)).len();
+        let c = conf.clone();
+        let upgrade = std::thread::spawn(move || ctl(&["-s", "upgrade", "-c", &c]));
+        // The overlap of two generations lasts a few milliseconds: stretch it by holding the
+        // master (which tells the old generation to drain) once it has started the new one,
+        // until the ramp has moved twice meanwhile. Only one generation may have moved it.
+        wait_for("the new generation", Duration::from_secs(20), || {
+            workers(master).iter().any(|w| !old.contains(w))
+        });
+        signal(master, libc::SIGSTOP).expect("stop the master");
+        let held = Stopped(master);
+        wait_for(
+            "two steps while both generations run",
+            Duration::from_secs(20),
+            || ramp_moves(&read(&log)).len() >= moved + 2,
+        );
+        drop(held);
+        let (ok, out) = upgrade.join().expect("upgrade thread");
+        assert!(ok, "{out}");
+        let v = r.status();
+        assert!(matches!(state(&v), "running" | "waiting"), "{v}");
+    }
+    let v = r.wait("promoted", |v| state(v) == "promoted");
+    assert_eq!(v["percent"], 100.0, "{v}");
+    // Each step exactly once, in order: 4 -> 8 -> ... -> 100, whichever generation made it.
+    let text = r.log("state running -> promoted (by ramp:");
+    let want: Vec<(String, String)> = steps
+        .windows(2)
+        .map(|w| (w[0].clone(), w[1].clone()))
+        .collect();
+    let mut got = ramp_moves(&text);
+    got.sort_by_key(|(a, _)| a.parse::<u32>().unwrap_or(0));
+    assert_eq!(got, want, "{text}");
 }
