@@ -1046,30 +1046,17 @@ gzip on;",
             .as_sequence()
             .unwrap();
         // `location /` had a uwsgi_pass: no location that would serve the app's source.
-        assert!(
-            locs.iter().all(|l| l["match"] != Value::from("/")),
-            "{}",
-            i.yaml
-        );
-        let m = locs
-            .iter()
-            .find(|l| l["match"] == Value::from("/m/"))
-            .unwrap();
+        assert!(locs.iter().all(|l| l["match"] != "/"), "{}", i.yaml);
+        let m = locs.iter().find(|l| l["match"] == "/m/").unwrap();
         assert_eq!(m["alias"], Value::from("/data/media/"));
         assert!(
             m.get("root").is_none(),
             "alias overrides the inherited root"
         );
         assert_eq!(m["disable_symlinks"], Value::from("off"));
-        let ht = locs
-            .iter()
-            .find(|l| l["return"] == Value::from(404))
-            .unwrap();
+        let ht = locs.iter().find(|l| l["return"] == 404).unwrap();
         assert_eq!(ht["match"], Value::from("~ /\\.ht"));
-        let s = locs
-            .iter()
-            .find(|l| l["match"] == Value::from("/s/"))
-            .unwrap();
+        let s = locs.iter().find(|l| l["match"] == "/s/").unwrap();
         assert_eq!(s["root"], Value::from("/srv/www"));
     }
 }
