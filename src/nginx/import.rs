@@ -191,9 +191,13 @@ pub fn import(tree: &[Directive]) -> Imported {
 }
 
 fn main_block(tree: &[Directive], scope: &mut Scope, out: &mut Out) {
-    // Upstreams first: a `proxy_pass` may name one defined further down.
+    // Upstreams first: a `proxy_pass` may name one defined further down (conf.d snippets).
+    for d in tree.iter().filter(|d| d.name == "upstream") {
+        upstream(d, out);
+    }
     for d in tree {
         match d.name.as_str() {
+            "upstream" => {}
             "http" => {
                 if let Some(b) = &d.block {
                     let mut http = scope.child();
@@ -226,7 +230,7 @@ fn main_block(tree: &[Directive], scope: &mut Scope, out: &mut Out) {
                 out.top
                     .insert("daemon".into(), Value::Bool(d.arg(0) == Some("on")));
             }
-            "upstream" | "server" | "log_format" | "map" | "split_clients" => {
+            "server" | "log_format" | "map" | "split_clients" => {
                 // A conf.d snippet: these live inside `http` in nginx.conf.
                 http_block(std::slice::from_ref(d), scope, out);
             }
@@ -322,6 +326,19 @@ fn http_setting(d: &Directive, scope: &mut Scope, out: &mut Out) -> bool {
                 "default_type" => "default_type",
                 _ => "disable_symlinks",
             };
+            if key == "disable_symlinks" && arg != "off" {
+                out.note(
+                    d,
+                    true,
+                    format!("\"{arg}\": graygate refuses only links out of the root"),
+                );
+                scope.files.shift_remove("disable_symlinks");
+                return true;
+            }
+            if key == "alias" {
+                // A location's alias overrides the root it inherits, as in nginx.
+                scope.files.shift_remove("root");
+            }
             scope.files.insert(key, arg.into());
         }
         "index" => {
@@ -642,6 +659,7 @@ fn location(d: &Directive, mut scope: Scope, out: &mut Out) -> Option<Value> {
     };
     let mut pass = None;
     let mut ret = None;
+    let mut handler_missing = false;
     for s in d.block.iter().flatten() {
         match s.name.as_str() {
             "proxy_pass" => pass = proxy_pass(s, &path, out),
@@ -666,10 +684,18 @@ fn location(d: &Directive, mut scope: Scope, out: &mut Out) -> Option<Value> {
                 }
             }
             _ if out.no_effect(s) => {}
-            _ => out.untranslated(s),
+            _ => {
+                // A content handler graygate lacks (uwsgi_pass, fastcgi_pass, ...): the location
+                // must not fall back to serving its root (the app's source) as files.
+                if s.name.ends_with("_pass") {
+                    handler_missing = true;
+                }
+                out.untranslated(s)
+            }
         }
     }
-    let serves_files = scope.files.contains_key("root") || scope.files.contains_key("alias");
+    let serves_files =
+        !handler_missing && (scope.files.contains_key("root") || scope.files.contains_key("alias"));
     if pass.is_none() && ret.is_none() && !serves_files {
         out.note(
             d,
@@ -692,6 +718,10 @@ fn location(d: &Directive, mut scope: Scope, out: &mut Out) -> Option<Value> {
     } else if !proxies {
         for (k, v) in &scope.files {
             m.insert((*k).into(), v.clone());
+        }
+        // nginx follows every symlink unless told otherwise; graygate's default is stricter.
+        if !scope.files.contains_key("disable_symlinks") {
+            m.insert("disable_symlinks".into(), "off".into());
         }
     }
     if let Some(h) = &scope.add_headers {
@@ -1002,5 +1032,31 @@ gzip on;",
         assert!(locs[2]["add_header"].get("X-A").is_none());
         let loaded = crate::config::parse("i.yaml".into(), &i.yaml, false).unwrap();
         crate::plan::Plan::compile(&loaded, None).unwrap();
+    }
+
+    #[test]
+    fn files_follow_nginx_and_app_locations_are_not_served_as_files() {
+        let i = run("server { listen 8081; root /srv/www;
+  location / { root /data/app; uwsgi_pass 127.0.0.1:3000; }
+  location /m/ { alias /data/media/; }
+  location ~ /\\.ht { return 404; }
+  location /s/ { index a.html; } }");
+        let v: Value = serde_yaml::from_str(&i.yaml).unwrap();
+        let locs = v["servers"]["listen_8081"]["locations"]
+            .as_sequence()
+            .unwrap();
+        // `location /` had a uwsgi_pass: no location that would serve the app's source.
+        assert!(locs.iter().all(|l| l["match"] != "/"), "{}", i.yaml);
+        let m = locs.iter().find(|l| l["match"] == "/m/").unwrap();
+        assert_eq!(m["alias"], Value::from("/data/media/"));
+        assert!(
+            m.get("root").is_none(),
+            "alias overrides the inherited root"
+        );
+        assert_eq!(m["disable_symlinks"], Value::from("off"));
+        let ht = locs.iter().find(|l| l["return"] == 404).unwrap();
+        assert_eq!(ht["match"], Value::from("~ /\\.ht"));
+        let s = locs.iter().find(|l| l["match"] == "/s/").unwrap();
+        assert_eq!(s["root"], Value::from("/srv/www"));
     }
 }

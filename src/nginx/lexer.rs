@@ -93,18 +93,23 @@ fn quoted(it: &mut Chars, q: char, start: Pos) -> Result<String, (Pos, String)> 
             Some((_, c)) if c == q => return Ok(s),
             Some((_, '\\')) => match it.next() {
                 None => return Err((start, "unterminated quoted string".into())),
-                Some((_, c)) => match c {
-                    '"' | '\'' | '\\' => s.push(c),
-                    't' => s.push('\t'),
-                    'r' => s.push('\r'),
-                    'n' => s.push('\n'),
-                    c => {
-                        s.push('\\');
-                        s.push(c);
-                    }
-                },
+                Some((_, c)) => unescape(&mut s, c),
             },
             Some((_, c)) => s.push(c),
+        }
+    }
+}
+
+/// nginx's escapes after a `\`; anything else keeps its backslash.
+fn unescape(s: &mut String, c: char) {
+    match c {
+        '"' | '\'' | '\\' => s.push(c),
+        't' => s.push('\t'),
+        'r' => s.push('\r'),
+        'n' => s.push('\n'),
+        c => {
+            s.push('\\');
+            s.push(c);
         }
     }
 }
@@ -130,9 +135,11 @@ fn bare(it: &mut Chars) -> Result<String, (Pos, String)> {
             }
             '{' | '}' => break,
             '\\' => {
+                // As in quoted words: `\"`, `\'`, `\\`, `\t`, `\r`, `\n` are escapes, any other
+                // `\x` stays as written (regexes: `\.`, `\d`).
                 it.next();
                 match it.next() {
-                    Some((_, n)) => s.push(n),
+                    Some((_, n)) => unescape(&mut s, n),
                     None => return Err((pos, "unexpected end of file after \"\\\"".into())),
                 }
             }
@@ -243,7 +250,12 @@ mod tests {
             ]
         );
         assert_eq!(words("set $x ${host}a;"), ["set", "$x", "${host}a", ";"]);
-        assert_eq!(words("a b\\ c;"), ["a", "b c", ";"]);
+        assert_eq!(words("a b\\ c;"), ["a", "b\\ c", ";"]);
+        assert_eq!(
+            words("location ~ /\\.ht {"),
+            ["location", "~", "/\\.ht", "{"]
+        );
+        assert_eq!(words("a b\\;c;"), ["a", "b\\;c", ";"]);
     }
 
     #[test]

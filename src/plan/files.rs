@@ -74,7 +74,10 @@ pub fn compile_files(
         probs.push(l.problem_at(&format!("{at}.index"), format!("invalid index \"{bad}\"")));
     }
     Some(FilesPlan {
-        base: PathBuf::from(base.trim_end_matches('/')),
+        base: PathBuf::from(match base.trim_end_matches('/') {
+            "" => "/",
+            b => b,
+        }),
         strip,
         index,
         default_type: loc

@@ -27,8 +27,9 @@ impl AddHeaderPlan {
 /// What `return` answers.
 #[derive(Debug)]
 pub enum ReturnPlan {
-    /// 301, 302, 303, 307, 308 with a `Location` (made absolute as nginx's
-    /// `absolute_redirect on` does when it starts with `/`).
+    /// 301, 302, 303, 307, 308 with a `Location`; a rendered value starting with `/` is made
+    /// absolute from the request (nginx's `absolute_redirect on`), so that `//evil.example`
+    /// from a variable cannot become a protocol-relative redirect.
     Redirect { code: u16, url: Template },
     /// Any other status, with a body (may be empty).
     Body { code: u16, text: Template },
@@ -112,11 +113,7 @@ pub fn compile_return(
         ));
         return None;
     };
-    let text = if is_redirect(code) && text.starts_with('/') {
-        format!("$scheme://$host{text}")
-    } else {
-        text.to_string()
-    };
+    let text = text.to_string();
     if is_redirect(code) && text.is_empty() {
         probs.push(l.problem_at(at, format!("return {code} needs a URL")));
         return None;

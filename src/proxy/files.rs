@@ -36,6 +36,7 @@ pub(super) async fn serve(
     uri: &[u8],
     add: &[AddHeaderPlan],
     id: u128,
+    same_location: &(dyn Fn(&[u8]) -> bool + Sync),
     scratch: &mut Vec<u8>,
 ) -> Result<Complaint> {
     let method = &session.req_header().method;
@@ -47,10 +48,28 @@ pub(super) async fn serve(
         Some(prefix) => uri.strip_prefix(prefix.as_bytes()).unwrap_or(uri),
         None => uri,
     };
+    // `location /img { alias /data/images/; }` and `/img../x`: the rest must be a path of its
+    // own, or it would climb out of the alias (nginx's known "off-by-slash").
+    let loose_alias = files.strip.as_ref().is_some_and(|p| !p.ends_with('/'));
+    if loose_alias && !rel.is_empty() && rel[0] != b'/' {
+        page_response(session, 404, add, id, scratch).await?;
+        return Ok(None);
+    }
     let mut path = files.base.clone();
-    path.push(OsStr::from_bytes(rel.strip_prefix(b"/").unwrap_or(rel)));
+    let rest = rel.strip_prefix(b"/").unwrap_or(rel);
+    if !rest.is_empty() {
+        // An alias naming a file (`location = /favicon.ico { alias /data/f.ico; }`) has no rest.
+        path.push(OsStr::from_bytes(rest));
+    }
     if uri.ends_with(b"/") {
         for name in &files.index {
+            // nginx looks the index up as a new request; serve it here only if it would land in
+            // this same location (an `index.php` meant for a PHP location is never sent as text).
+            let mut index_uri = uri.to_vec();
+            index_uri.extend_from_slice(name.as_bytes());
+            if !same_location(&index_uri) {
+                continue;
+            }
             let candidate = path.join(name);
             if tokio::fs::metadata(&candidate)
                 .await
@@ -99,6 +118,23 @@ async fn inside_root(files: &FilesPlan, path: &Path) -> bool {
     real.starts_with(root)
 }
 
+/// The check again on what was opened (`/proc/self/fd`), so that a symlink swapped in after
+/// `inside_root` cannot lead the open elsewhere.
+async fn opened_inside_root(files: &FilesPlan, file: &tokio::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    if files.follow_symlinks {
+        return true;
+    }
+    let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let (Ok(root), Ok(real)) = (
+        tokio::fs::canonicalize(&files.base).await,
+        tokio::fs::read_link(&link).await,
+    ) else {
+        return false;
+    };
+    real.starts_with(root)
+}
+
 async fn send_file(
     session: &mut Session,
     files: &FilesPlan,
@@ -125,6 +161,13 @@ async fn send_file(
             return Ok(why);
         }
     };
+    if !inside_root(files, path).await {
+        page_response(session, 403, add, id, scratch).await?;
+        return Ok(Some(format!(
+            "\"{}\" leads out of the root (a symlink; set disable_symlinks: off to follow it)",
+            path.display()
+        )));
+    }
     if meta.is_dir() {
         // nginx: 301 to the same path with a slash (absolute, from the request's Host).
         let location = {
@@ -144,14 +187,15 @@ async fn send_file(
         resp.insert_header(http::header::LOCATION, location)?;
         return finish_page(session, resp, 301, add, id, scratch).await;
     }
-    if !inside_root(files, path).await {
-        page_response(session, 403, add, id, scratch).await?;
-        return Ok(Some(format!(
-            "\"{}\" leads out of the root (a symlink; set disable_symlinks: off to follow it)",
-            path.display()
-        )));
-    }
-    let mut file = match tokio::fs::File::open(path).await {
+    // O_NONBLOCK: a FIFO under the root must not hang a thread in open(); only a regular
+    // file is served, and its size and time come from the opened file (a file swapped by a
+    // deploy between checks cannot mix two versions).
+    let opened = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .await;
+    let mut file = match opened {
         Ok(f) => f,
         Err(e) => {
             let code = if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -163,6 +207,23 @@ async fn send_file(
             return Ok(Some(format!("open() \"{}\" failed ({e})", path.display())));
         }
     };
+    let meta = match file.metadata().await {
+        Ok(m) if m.is_file() => m,
+        _ => {
+            page_response(session, 404, add, id, scratch).await?;
+            return Ok(Some(format!(
+                "\"{}\" is not a regular file",
+                path.display()
+            )));
+        }
+    };
+    if !opened_inside_root(files, &file).await {
+        page_response(session, 403, add, id, scratch).await?;
+        return Ok(Some(format!(
+            "\"{}\" leads out of the root (a symlink; set disable_symlinks: off to follow it)",
+            path.display()
+        )));
+    }
     let size = meta.len();
     let mtime = meta
         .modified()

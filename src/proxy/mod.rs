@@ -128,7 +128,11 @@ impl ProxyHttp for Gateway {
             }
         };
         if let Some(loc) = route.map(|i| &snap.plan.servers[self.server].locations[i]) {
-            // A location that answers itself: `return`, else files from disk.
+            // A location that answers itself: `return`, else files from disk. These answers
+            // skip `response_filter`, so a draining generation closes their connection here.
+            if (loc.ret.is_some() || loc.files.is_some()) && self.draining.load(Ordering::Relaxed) {
+                session.set_keepalive(None);
+            }
             if let Some(ret) = &loc.ret {
                 let r = reply::send_return(
                     session,
@@ -149,8 +153,10 @@ impl ProxyHttp for Gateway {
                     .map(|n| n.into_owned())
                     .unwrap_or_default();
                 let id = ctx.request_id;
-                let r =
-                    files::serve(session, f, &norm, &loc.add_headers, id, &mut ctx.scratch).await;
+                let server = &snap.plan.servers[self.server];
+                let same = |u: &[u8]| server.find(u) == route;
+                let add = &loc.add_headers;
+                let r = files::serve(session, f, &norm, add, id, &same, &mut ctx.scratch).await;
                 ctx.begin(snap, self.server);
                 if let Some(why) = r? {
                     self.log_line(session, ctx, &why);

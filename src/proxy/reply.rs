@@ -46,6 +46,12 @@ pub(super) async fn send_return(
         let code = match ret {
             ReturnPlan::Redirect { code, url } => {
                 url.render(&vars, scratch);
+                if scratch.first() == Some(&b'/') {
+                    let path = std::mem::take(scratch);
+                    scratch.extend_from_slice(b"http://");
+                    scratch.extend_from_slice(vars.host());
+                    scratch.extend_from_slice(&path);
+                }
                 *code
             }
             ReturnPlan::Body { code, text } => {
@@ -68,6 +74,8 @@ pub(super) async fn send_return(
             resp.insert_header(http::header::CONTENT_TYPE, "text/html")?;
             Bytes::from(page(code))
         }
+        // 204 and 304 carry no body and no Content-Length (Pingora sends none anyway).
+        ReturnPlan::Body { .. } if code == 204 || code == 304 => Bytes::new(),
         ReturnPlan::Body { .. } => {
             if !rendered.is_empty() {
                 resp.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
@@ -75,7 +83,9 @@ pub(super) async fn send_return(
             Bytes::from(rendered)
         }
     };
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    if code != 204 && code != 304 {
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    }
     {
         let vars = SessionVars(session, request_id);
         add_headers(&mut resp, add, &vars, scratch);

@@ -198,3 +198,55 @@ fn static_files_answer_as_nginx() {
     );
     assert!(!log.contains("favicon"), "log_not_found: false: {log}");
 }
+
+/// Faults found by review: an index meant for another location, a FIFO under the root, an
+/// alias naming a file, an alias without its slash, and a redirect built from the request.
+#[test]
+fn file_edge_cases_do_not_leak_or_hang() {
+    let dir = TempDir::new("files-edge");
+    let root = dir.path("www");
+    std::fs::create_dir_all(root.join("app")).unwrap();
+    std::fs::write(root.join("app/index.php"), "<?php $password = 'x';").unwrap();
+    std::fs::write(root.join("f.ico"), "icon").unwrap();
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    std::fs::write(root.join("secret.txt"), "secret").unwrap();
+    let fifo = root.join("app/pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let www = root.display().to_string();
+    let front = free_port();
+    let conf = format!(
+        "pid_file: {}\nerror_log: {}\nservers:\n  front:\n    listen: [\"127.0.0.1:{front}\"]\n    error_log: {}\n    locations:\n\
+         \x20     - {{ match: /app/, root: {www}, index: [index.php] }}\n\
+         \x20     - {{ match: \"~ \\\\.php$\", return: \"403\" }}\n\
+         \x20     - {{ match: = /favicon.ico, alias: {www}/f.ico }}\n\
+         \x20     - {{ match: /img, alias: {www}/images/, disable_symlinks: off }}\n\
+         \x20     - {{ match: /go/, return: \"302 $request_uri\" }}\n",
+        dir.s("gw.pid"),
+        dir.s("error.log"),
+        dir.s("front.error.log"),
+    );
+    let _gw = start(&dir.write("gw.yaml", &conf), &[front]);
+    // The index would be handled by the `.php` location: never sent as a file from here.
+    let r = ask(front, "GET", "/app/", "");
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert!(!String::from_utf8_lossy(&r.body).contains("password"));
+    // A FIFO is not a regular file: 404 at once, no thread stuck in open().
+    assert_eq!(ask(front, "GET", "/app/pipe", "").status, 404);
+    assert_eq!(ask(front, "GET", "/app/pipe", "").status, 404);
+    let r = ask(front, "GET", "/favicon.ico", "");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"icon"[..]));
+    // `/img../secret.txt` would climb out of the alias.
+    assert_eq!(ask(front, "GET", "/img../secret.txt", "").status, 404);
+    // A rendered `//host` is made absolute from the request, never protocol-relative.
+    let r = ask(front, "GET", "/go///evil.example/x", "");
+    assert_eq!(r.status, 302);
+    let loc = r.h("Location").unwrap();
+    assert!(
+        loc.starts_with(&format!("http://localhost:{front}/")),
+        "{loc}"
+    );
+}

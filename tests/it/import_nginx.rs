@@ -100,7 +100,7 @@ fn untranslated_directives_are_named_and_exit_2() {
         "{err}"
     );
     assert!(
-        err.contains(&format!("{name}:10: \"location\" not translated")),
+        err.contains(&format!("{name}:3: \"location\" not translated")),
         "{err}"
     );
 }
