@@ -89,6 +89,7 @@ start_graygate() {
     echo "upgrade_sock: $W/graygate-$port.sock"
     echo "error_log: $W/graygate.error.log"
     echo "threads: 1"
+    echo "worker_connections: 20000"   # the idle test holds 10,000 (the default is 4096)
     echo "grace_period: 3s"
     echo "shutdown_timeout: 3s"
     # Metrics are recorded only with an admin listener (nobody could read them otherwise).
