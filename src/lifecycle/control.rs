@@ -201,6 +201,12 @@ pub fn read_pid(pid_file: &str) -> Result<i32, Error> {
 /// the control socket (reload and upgrade with the absolute config path, so that the master
 /// applies the file that was just checked here) and say how it went; reopen falls back to
 /// SIGUSR1 when the socket is unreachable; quit and stop are plain signals.
+/// The master's answer to a command while it is busy with another.
+pub(super) const BUSY: &str = "busy, try again";
+/// How long `-s reload`/`-s upgrade` wait for a busy master (a generation's start is bounded
+/// by 10 s, an upgrade's re-exec and start by about twice that).
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub fn send(cmd: Command, pid_file: &str, conf: Option<&Path>) -> Result<String, Error> {
     let conf = || conf.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()));
     let m = match cmd {
@@ -210,8 +216,19 @@ pub fn send(cmd: Command, pid_file: &str, conf: Option<&Path>) -> Result<String,
         Command::Quit | Command::Stop => None,
     };
     let mut why = String::new();
-    if let Some(m) = m {
-        match request(pid_file, &m) {
+    // The master answers BUSY while a reload or upgrade is under way (it serves one command at
+    // a time): a reload or upgrade waits its turn, a reopen goes as the signal nginx's does
+    // (queued by the master, never refused), so that logrotate never fails on a busy moment.
+    let deadline = std::time::Instant::now() + BUSY_WAIT;
+    while let Some(m) = &m {
+        match request(pid_file, m) {
+            Ok(Message::Err(t)) if t == BUSY && cmd == Command::Reopen => {
+                why = " (the master was busy: sent as a signal)".into();
+                break;
+            }
+            Ok(Message::Err(t)) if t == BUSY && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
             Ok(Message::Ok(t)) => return Ok(t),
             Ok(Message::Err(t)) => return Err(Error::Refused(t)),
             Ok(other) => return Err(Error::Refused(format!("unexpected answer \"{other}\""))),
@@ -224,6 +241,7 @@ pub fn send(cmd: Command, pid_file: &str, conf: Option<&Path>) -> Result<String,
                     ) =>
             {
                 why = format!(" (control socket {} unreachable: {err})", path.display());
+                break;
             }
             Err(e) => return Err(e),
         }

@@ -167,7 +167,7 @@ impl Master {
                         let peer = s.peer_cred().ok().and_then(|c| c.pid());
                         match control::read(&mut s).await {
                             Some(m) if m.is_report() => self.note_report(m, peer),
-                            Some(_) => control::write(&mut s, &Message::Err("busy, try again".into())).await,
+                            Some(_) => control::write(&mut s, &Message::Err(control::BUSY.into())).await,
                             None => {}
                         }
                     }
