@@ -194,6 +194,11 @@ impl HeadGuard {
             return;
         };
         session.set_read_timeout(Some(lim.body_timeout));
+        // nginx's `send_timeout` (60s): a client that stops reading its response does not hold
+        // the request (an open file, an upstream connection) for ever; and its `lingering_time`
+        // (30s): an unread request body is drained for reuse at most that long.
+        session.set_write_timeout(Some(SEND_TIMEOUT));
+        session.set_total_drain_timeout(Some(LINGERING_TIME));
         if session.get_keepalive_reuses_remaining().is_none() {
             // First request of the connection: Pingora counts the rest down for us.
             let reuses = if lim.keepalive_timeout.is_zero() {
@@ -208,6 +213,11 @@ impl HeadGuard {
         }
     }
 }
+
+/// nginx's default `send_timeout`: the longest a write to a client may wait.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// nginx's default `lingering_time`: the longest an unread request body is drained.
+const LINGERING_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Client connections open in this worker process, all server blocks together.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
