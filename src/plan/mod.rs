@@ -144,6 +144,13 @@ pub struct LocationPlan {
     pub timeouts: Timeouts,
 }
 
+impl LocationPlan {
+    /// Whether the location answers requests itself (`return`, files) rather than proxying.
+    pub fn answers(&self) -> bool {
+        self.ret.is_some() || self.files.is_some()
+    }
+}
+
 #[derive(Debug)]
 pub struct ServerPlan {
     pub name: String,

@@ -2,9 +2,9 @@
 //!
 //! The path of a request through the phases (the request head has been read and checked
 //! against the client limits before, by [`HeadGuard`] in the keep-alive loop):
-//! 1. `request_filter`: take the current snapshot, apply `real_ip`, route the path to a
-//!    location (404 if none); a location that names a canary picks the request's side, hence
-//!    its pool.
+//! 1. `request_filter`: take the current snapshot, apply `real_ip`, route the normalised path
+//!    to a location (404 if none); a location with `return` or files answers here
+//!    ([`reply::answer`]); one that names a canary picks the request's side, hence its pool.
 //! 2. `request_body_filter`: `client_max_body_size` for chunked bodies.
 //! 3. `upstream_peer`: the pool picks a server (ip_hash, round robin, or consistent on the
 //!    rendered `hash_key`).
@@ -16,10 +16,13 @@
 //!    against it, and Pingora retries on the next server the policy picks while one is usable,
 //!    never once part of the response has gone to the client. A client that went away is
 //!    nobody's fault but its own: not logged as an upstream error, not counted.
-//! 7. `response_filter`: `Connection: close` while the generation drains.
+//! 7. `response_filter`: `add_header`, and `Connection: close` while the generation drains.
 //! 8. `fail_to_proxy`: 502 / 504 like nginx (nothing if the response had started).
 //! 9. `logging`: the request metrics and the access log line (499 for a client that gave up);
 //!    a request that ended without a server fault is a success for nginx's passive health.
+//!
+//! Over 400 lines on purpose: it is the one `ProxyHttp` impl, one hook each with its fault
+//! rules; the work of each hook already lives in the sibling modules.
 
 mod ctx;
 mod errors;
@@ -127,42 +130,19 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         };
-        if let Some(loc) = route.map(|i| &snap.plan.servers[self.server].locations[i]) {
-            // A location that answers itself: `return`, else files from disk. These answers
-            // skip `response_filter`, so a draining generation closes their connection here.
-            if (loc.ret.is_some() || loc.files.is_some()) && self.draining.load(Ordering::Relaxed) {
+        // A location that answers itself (`return`, files from disk) ends the request here.
+        // These answers skip `response_filter`, so a draining generation closes them here.
+        if let Some(i) = route.filter(|&i| snap.plan.servers[self.server].locations[i].answers()) {
+            if self.draining.load(Ordering::Relaxed) {
                 session.set_keepalive(None);
             }
-            if let Some(ret) = &loc.ret {
-                let r = reply::send_return(
-                    session,
-                    ret,
-                    &loc.add_headers,
-                    ctx.request_id,
-                    &mut ctx.scratch,
-                )
-                .await;
-                ctx.begin(snap, self.server);
-                r?;
-                return Ok(true);
+            let server = &snap.plan.servers[self.server];
+            let r = reply::answer(session, server, i, ctx.request_id, &mut ctx.scratch).await;
+            ctx.begin(snap, self.server);
+            if let Some(why) = r? {
+                self.log_line(session, ctx, &why);
             }
-            if let Some(f) = &loc.files {
-                // The session is written to while the path is used: a copy, for files only.
-                let path = session.req_header().uri.path().as_bytes();
-                let norm = uri::normalize(path)
-                    .map(|n| n.into_owned())
-                    .unwrap_or_default();
-                let id = ctx.request_id;
-                let server = &snap.plan.servers[self.server];
-                let same = |u: &[u8]| server.find(u) == route;
-                let add = &loc.add_headers;
-                let r = files::serve(session, f, &norm, add, id, &same, &mut ctx.scratch).await;
-                ctx.begin(snap, self.server);
-                if let Some(why) = r? {
-                    self.log_line(session, ctx, &why);
-                }
-                return Ok(true);
-            }
+            return Ok(true);
         }
         // A location names a pool or a canary; a canary picks this request's side (issue 15).
         let found = route.and_then(|i| {
@@ -184,7 +164,8 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             None => {
-                session.respond_error(404).await?;
+                // nginx's 404 keeps the connection (Pingora's error page would close it).
+                reply::page_response(session, 404, &[], ctx.request_id, &mut ctx.scratch).await?;
                 Ok(true)
             }
         }

@@ -8,6 +8,7 @@ use pingora_proxy::Session;
 
 use crate::plan::response::{AddHeaderPlan, ReturnPlan};
 use crate::plan::template::Vars;
+use crate::plan::ServerPlan;
 
 use super::vars::SessionVars;
 
@@ -135,4 +136,39 @@ pub(super) async fn page_response(
             .await?;
     }
     Ok(())
+}
+
+/// Answers for location `i` of `server`, which [`crate::plan::LocationPlan::answers`]: its
+/// `return`, else its files. Returns a line for the server's error log, if any.
+pub(super) async fn answer(
+    session: &mut Session,
+    server: &ServerPlan,
+    i: usize,
+    request_id: u128,
+    scratch: &mut Vec<u8>,
+) -> Result<super::files::Complaint> {
+    let loc = &server.locations[i];
+    if let Some(ret) = &loc.ret {
+        send_return(session, ret, &loc.add_headers, request_id, scratch).await?;
+        return Ok(None);
+    }
+    let Some(f) = &loc.files else {
+        return Ok(None);
+    };
+    // The session is written to while the path is used: a copy, for files only.
+    let path = session.req_header().uri.path().as_bytes();
+    let norm = super::uri::normalize(path)
+        .map(|n| n.into_owned())
+        .unwrap_or_default();
+    let same = |u: &[u8]| server.find(u) == Some(i);
+    super::files::serve(
+        session,
+        f,
+        &norm,
+        &loc.add_headers,
+        request_id,
+        &same,
+        scratch,
+    )
+    .await
 }
