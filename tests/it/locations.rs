@@ -168,3 +168,33 @@ fn add_header_and_return_as_nginx() {
         assert_eq!(r.header("X-Server"), None, "{who}: 410 gets none");
     }
 }
+
+/// A path no location matches gets nginx's 404 and the connection stays open for the next
+/// request, as nginx keeps it.
+#[test]
+fn a_404_keeps_the_connection() {
+    use std::io::{BufReader, Write};
+    let dir = TempDir::new("loc-404");
+    let (_apps, ports) = apps(&dir);
+    let root = port_of("root", &ports);
+    let front = free_port();
+    let conf = format!(
+        "pid_file: {}\nerror_log: {}\nupstreams:\n  root: {{ servers: [{{ addr: \"127.0.0.1:{root}\" }}] }}\n\
+         servers:\n  front:\n    listen: [\"127.0.0.1:{front}\"]\n    locations:\n      - {{ match: /app/, proxy_pass: root }}\n",
+        dir.s("gw.pid"),
+        dir.s("error.log"),
+    );
+    let _gw = start(&dir.write("gw.yaml", &conf), &[front]);
+    let s = connect(front, None).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    w.write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let first = read_response(&mut r).unwrap();
+    assert_eq!(first.status, 404);
+    assert_ne!(first.header("Connection"), Some("close"));
+    w.write_all(b"GET /app/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let second = read_response(&mut r).unwrap();
+    assert_eq!((second.status, second.backend()), (200, "root"));
+}
