@@ -551,3 +551,14 @@ pub fn nginx_with(dir: &TempDir, server_body: &str) -> Option<(Proc, u16)> {
     wait_for("nginx", Duration::from_secs(10), || port_open(port));
     Some((p, port))
 }
+
+/// The master's (first) worker, waiting for it: the master binds the port before it forks the
+/// worker, so an open port does not mean a worker exists yet.
+pub fn worker_of(master: i32) -> i32 {
+    let mut found = 0;
+    wait_for("a worker process", Duration::from_secs(20), || {
+        found = children(master).first().copied().unwrap_or(0);
+        found != 0
+    });
+    found
+}

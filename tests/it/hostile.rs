@@ -525,7 +525,7 @@ fn rss_kb(pid: i32) -> u64 {
 fn five_thousand_slow_clients_cost_no_thread_and_do_not_block_others() {
     // Above the default 4096, which would refuse the normal clients below.
     let f = front("worker_connections: 6000\n");
-    let worker = children(f.gw.pid())[0];
+    let worker = worker_of(f.gw.pid());
     assert_eq!(get(f.port, "/").status, 200);
     let (threads_before, rss_before) = (threads(worker), rss_kb(worker));
     let mut slow = Vec::new();
@@ -965,7 +965,7 @@ fn a_stalled_log_drops_counted_lines_and_resumes() {
     let conf = dir.write("gw.yaml", &yaml);
     let gw = start(&conf, &[port]);
     assert_eq!(get(port, "/").status, 200);
-    let worker = children(gw.pid())[0];
+    let worker = worker_of(gw.pid());
 
     // Two rounds of 12 MB of log lines each (7 KB URIs), far past the pipe and the 1 MB
     // buffer: the first warms up, the second must not grow the worker.
