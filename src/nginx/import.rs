@@ -177,6 +177,21 @@ impl Out {
             self.note(d, false, *why);
             return true;
         }
+        // A stock file that was not beside the config (see `parse::STOCK_FILES`): the mime
+        // table is built in, and the CGI parameter lists only matter with their `*_pass`,
+        // which is judged on its own. `proxy_params` sets headers: it is not dropped.
+        let stock = d
+            .arg(0)
+            .and_then(|a| a.rsplit('/').next())
+            .unwrap_or_default();
+        if d.name == "include" && stock != "proxy_params" {
+            let why = match stock {
+                "mime.types" => "graygate has the common entries of mime.types built in",
+                _ => "the parameters of a *_pass directive, judged with it",
+            };
+            self.note(d, false, why);
+            return true;
+        }
         false
     }
 }
@@ -1058,5 +1073,26 @@ gzip on;",
         assert_eq!(ht["match"], Value::from("~ /\\.ht"));
         let s = locs.iter().find(|l| l["match"] == "/s/").unwrap();
         assert_eq!(s["root"], Value::from("/srv/www"));
+    }
+
+    #[test]
+    fn stock_includes_are_dropped_but_proxy_params_is_not() {
+        let i = run("http { include mime.types; include proxy_params;
+  server { listen 8082; location / { include uwsgi_params; return 204; } } }");
+        let kinds: Vec<(String, bool)> = i
+            .notes
+            .iter()
+            .map(|n| (n.directive.clone(), n.changes_behaviour))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("include".to_string(), false),
+                ("include".to_string(), true),
+                ("include".to_string(), false)
+            ],
+            "{:?}",
+            i.notes
+        );
     }
 }
