@@ -520,21 +520,23 @@ pub fn ctl(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// nginx (Debian's package) with `server_body` inside one `server` on a free loopback port,
-/// if nginx is installed; `None` otherwise.
-pub fn nginx_with(dir: &TempDir, server_body: &str) -> Option<(Proc, u16)> {
+/// nginx (Debian's package) with `http_body` in its `http` block and `server_body` inside
+/// one `server` on a free loopback port, if nginx is installed; `None` otherwise. Its access
+/// log is `DIR/nginx.access`.
+pub fn nginx_with(dir: &TempDir, http_body: &str, server_body: &str) -> Option<(Proc, u16)> {
     let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
         .into_iter()
         .find(|p| Path::new(p).exists())?;
     let port = free_port();
     let d = dir.s("");
     let conf = dir.write(
-        "nginx-with.conf",
+        "nginx.conf",
         &format!(
-            "daemon off; master_process off; pid {d}/nginx-with.pid; error_log {d}/nginx-with.err info;\n\
+            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/nginx.err info;\n\
              events {{}}\n\
-             http {{ access_log {d}/nginx-with.access; client_body_temp_path {d}; proxy_temp_path {d};\n\
+             http {{ access_log {d}/nginx.access; client_body_temp_path {d}; proxy_temp_path {d};\n\
              fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             {http_body}\n\
              server {{ listen 127.0.0.1:{port};\n{server_body}}} }}\n"
         ),
     );

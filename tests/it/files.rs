@@ -116,7 +116,7 @@ fn static_files_answer_as_nginx() {
          location /alias/ {{ alias {www}/media/; }}\n\
          location = /favicon.ico {{ root {www}; log_not_found off; }}\n"
     );
-    let nginx = nginx_with(&dir, &server);
+    let nginx = nginx_with(&dir, "", &server);
     if nginx.is_none() {
         eprintln!("nginx not installed: static files not compared");
     }

@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
@@ -253,38 +252,15 @@ pub fn nginx(dir: &TempDir, backend_port: u16) -> Option<(Proc, u16)> {
 /// nginx 1.22 in front of `servers` (one `upstream` block, nginx's defaults) with
 /// `directives` in the location, if nginx is installed.
 pub fn nginx_upstream(dir: &TempDir, servers: &[u16], directives: &str) -> Option<(Proc, u16)> {
-    let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
-    let port = free_port();
-    let d = dir.s("");
     let list: String = servers
         .iter()
         .map(|p| format!("server 127.0.0.1:{p}; "))
         .collect();
-    let conf = dir.write(
-        "nginx.conf",
-        &format!(
-            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/nginx.err info;\n\
-             events {{}}\n\
-             http {{ access_log {d}/nginx.access; client_body_temp_path {d}; proxy_temp_path {d};\n\
-             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             upstream u {{ {list} }}\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://u; {directives} }} }} }}\n"
-        ),
-    );
-    let child = Command::new(bin)
-        .arg("-p")
-        .arg(&d)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let p = Proc { child };
-    wait_for("nginx", Duration::from_secs(10), || port_open(port));
-    Some((p, port))
+    nginx_with(
+        dir,
+        &format!("upstream u {{ {list} }}"),
+        &format!("location / {{ proxy_pass http://u; {directives} }}\n"),
+    )
 }
 
 #[test]

@@ -99,7 +99,7 @@ fn paths_reach_the_location_nginx_picks() {
             "location {nginx} {{ proxy_pass http://127.0.0.1:{p}; }}\n"
         ));
     }
-    let Some((_nginx, nport)) = nginx_with(&dir, &server) else {
+    let Some((_nginx, nport)) = nginx_with(&dir, "", &server) else {
         eprintln!("nginx not installed: routing not compared");
         return;
     };
@@ -136,7 +136,7 @@ fn add_header_and_return_as_nginx() {
          location = /ok {{ return 200 fine; }}\n\
          location = /gone {{ return 410; }}\n"
     );
-    let nginx = nginx_with(&dir, &server);
+    let nginx = nginx_with(&dir, "", &server);
     let mut targets = vec![("graygate", front)];
     if let Some((_, p)) = &nginx {
         targets.push(("nginx", *p));
