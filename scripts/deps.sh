@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing graygate needs on a fresh Debian machine:
-# cmake (Pingora's zlib-ng), supervisor and logrotate (for their integration tests),
+# cmake (Pingora's zlib-ng), uWSGI (uwsgi_pass tests), etcd and protoc (fleet), OpenSSL (TLS),
+# supervisor and logrotate (for their integration tests),
 # python3-prometheus-client (the metrics tests' parser), chromium, chromium-driver and
 # fonts-liberation (the canary page test and its screenshot), and with --bench also nginx and
 # wrk for the side-by-side benchmarks, with --fuzz cargo-fuzz.
@@ -21,6 +22,17 @@ command -v logrotate >/dev/null 2>&1 || need+=(logrotate)
 # The metrics tests parse /metrics with the Prometheus project's own (strict) OpenMetrics parser,
 # with Debian's python (a python3 earlier in PATH, e.g. pyenv's, does not see Debian's modules).
 /usr/bin/python3 -c 'import prometheus_client.openmetrics.parser' >/dev/null 2>&1 || need+=(python3-prometheus-client)
+# The uwsgi_pass tests run Debian's uWSGI with its python3 plugin and a tiny WSGI app.
+command -v uwsgi >/dev/null 2>&1 || need+=(uwsgi)
+dpkg -s uwsgi-plugin-python3 >/dev/null 2>&1 || need+=(uwsgi-plugin-python3)
+# The fleet tests start Debian's etcd on loopback; the etcd client crate builds with protoc.
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# Pingora's TLS (openssl feature) links the system OpenSSL, found through pkg-config; the TLS
+# tests make their certificates with the openssl CLI.
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [[ "${1:-}" == "--bench" ]]; then
   command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
