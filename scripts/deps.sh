@@ -3,8 +3,8 @@
 # cmake (Pingora's zlib-ng), uWSGI (uwsgi_pass tests), etcd and protoc (fleet), OpenSSL (TLS),
 # supervisor and logrotate (for their integration tests),
 # python3-prometheus-client (the metrics tests' parser), chromium, chromium-driver and
-# fonts-liberation (the canary page test and its screenshot), nginx (the comparison tests), and with --bench also
-# wrk for the side-by-side benchmarks, with --fuzz cargo-fuzz.
+# fonts-liberation (the canary page test and its screenshot), nginx (the comparison tests); with
+# --bench also wrk for the side-by-side benchmarks, with --fuzz cargo-fuzz.
 set -euo pipefail
 
 need=()
