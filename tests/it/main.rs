@@ -17,4 +17,5 @@ mod observe;
 mod pools;
 mod processes;
 mod runtime;
+mod seed;
 mod supervisor;
