@@ -21,6 +21,7 @@ mod settings;
 pub mod template;
 #[cfg(test)]
 mod tests;
+pub mod uwsgi;
 mod variable;
 
 use std::collections::HashMap;
@@ -142,6 +143,8 @@ pub struct LocationPlan {
     /// `add_header`, the location's own or else the server's.
     pub add_headers: Vec<response::AddHeaderPlan>,
     pub timeouts: Timeouts,
+    /// `uwsgi_pass`: the request goes to a uwsgi app server (`target` is then `None`).
+    pub uwsgi: Option<uwsgi::UwsgiPlan>,
 }
 
 impl LocationPlan {
@@ -242,7 +245,7 @@ impl Plan {
             (None, None) => &[],
         };
         let prev_state = pool::PrevState::of(prev, live_weights);
-        let pools: Vec<PoolPlan> = c
+        let mut pools: Vec<PoolPlan> = c
             .upstreams
             .iter()
             .map(|(name, u)| pool::compile_pool(l, name, u, &prev_state, &mut probs))
@@ -255,6 +258,8 @@ impl Plan {
             .map(|(i, name)| (name.as_str(), i))
             .collect();
         let canaries = canary::compile_canaries(l, &pool_names, prev, &mut probs);
+        let named = |n: &str| pool_names.contains_key(n) || c.canaries.contains_key(n);
+        let uwsgi_pools = uwsgi::address_pools(l, &named, &prev_state, &mut pools, &mut probs);
         let admin = canary::compile_admin(l, &mut probs);
         let formats = logs::compile_formats(l, &mut probs);
         let mut shared = server::Shared {
@@ -262,6 +267,7 @@ impl Plan {
             targets: server::Targets::new(&pool_names, c.canaries.keys().map(String::as_str)),
             demos: &demos,
             listening: HashMap::new(),
+            uwsgi_pools,
         };
         let servers: Vec<ServerPlan> = c
             .servers

@@ -58,6 +58,8 @@ pub(super) struct Shared<'a> {
     pub demos: &'a [Demo],
     /// Listen addresses taken so far, with the server that took each.
     pub listening: HashMap<SocketAddr, String>,
+    /// The pools made for addresses in `uwsgi_pass` (see [`super::uwsgi::address_pools`]).
+    pub uwsgi_pools: HashMap<String, usize>,
 }
 
 /// The server `servers.NAME`.
@@ -117,15 +119,7 @@ pub(super) fn compile_server(
     let mut seen = HashSet::new();
     for (i, loc) in s.locations.iter().enumerate() {
         let at = format!("{base}.locations.{i}");
-        let lp = compile_location(
-            l,
-            &at,
-            loc,
-            &shared.targets,
-            &mut seen,
-            &server_headers,
-            probs,
-        );
+        let lp = compile_location(l, &at, loc, shared, &mut seen, &server_headers, probs);
         if let Some(lp) = lp {
             locations.push(lp);
         }
@@ -149,7 +143,7 @@ pub(super) fn compile_location(
     l: &Loaded,
     at: &str,
     loc: &Location,
-    targets: &Targets,
+    shared: &Shared,
     seen: &mut HashSet<String>,
     inherited: &[AddHeaderPlan],
     probs: &mut Problems,
@@ -172,6 +166,11 @@ pub(super) fn compile_location(
         .ret
         .as_ref()
         .and_then(|r| compile_return(l, &format!("{at}.return"), r, probs));
+    let targets = &shared.targets;
+    let find = |n: &str| {
+        (targets.0.get(n).copied()).or_else(|| shared.uwsgi_pools.get(n).map(|&i| Target::Pool(i)))
+    };
+    let uwsgi = super::uwsgi::compile_uwsgi(l, at, loc, &find, probs).ok()?;
     let target = match &loc.proxy_pass {
         Some(name) => match targets.0.get(name.as_str()) {
             Some(&t) => Some(t),
@@ -186,11 +185,17 @@ pub(super) fn compile_location(
                 return None;
             }
         },
-        None if loc.ret.is_some() || loc.root.is_some() || loc.alias.is_some() => None,
+        None if loc.ret.is_some()
+            || loc.root.is_some()
+            || loc.alias.is_some()
+            || uwsgi.is_some() =>
+        {
+            None
+        }
         None => {
             probs.push(l.problem_at(
                 &format!("{at}.match"),
-                "a location needs proxy_pass, return, root or alias",
+                "a location needs proxy_pass, uwsgi_pass, return, root or alias",
             ));
             return None;
         }
@@ -245,5 +250,6 @@ pub(super) fn compile_location(
         set_headers,
         add_headers,
         timeouts,
+        uwsgi,
     })
 }

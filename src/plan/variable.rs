@@ -59,8 +59,10 @@ pub enum Var {
 
 /// One upstream attempt of a request, for the `$upstream_*` variables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tried {
+pub struct Tried<'a> {
     pub addr: SocketAddr,
+    /// A server on a unix socket (`addr` is then a placeholder).
+    pub unix: Option<&'a std::path::Path>,
     /// The upstream's status, or nginx's 502/504 for an attempt that got none; 0: unknown.
     pub status: u16,
     /// From connecting to the response's last byte (nginx's `$upstream_response_time`).
@@ -287,7 +289,10 @@ impl Var {
             Var::BytesSent => v.bytes_sent().map(|n| write!(out, "{n}")).is_some(),
             Var::RequestTime => v.request_time().map(|d| seconds(out, d)).is_some(),
             Var::UpstreamAddr => list(v, out, |out, t| {
-                let _ = write!(out, "{}", t.addr);
+                let _ = match t.unix {
+                    Some(p) => write!(out, "unix:{}", p.display()),
+                    None => write!(out, "{}", t.addr),
+                };
             }),
             Var::UpstreamStatus => list(v, out, |out, t| match t.status {
                 0 => out.push(b'-'),

@@ -19,3 +19,4 @@ mod processes;
 mod runtime;
 mod seed;
 mod supervisor;
+mod uwsgi;
