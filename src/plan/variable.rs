@@ -124,7 +124,10 @@ impl Var {
             "scheme" => Var::Scheme,
             "proxy_add_x_forwarded_for" => Var::ProxyAddXForwardedFor,
             "request_uri" => Var::RequestUri,
-            "uri" => Var::Uri,
+            "uri" | "document_uri" => Var::Uri,
+            // nginx's names for two request headers (`uwsgi_params` uses them).
+            "content_type" => Var::Http("content-type".into()),
+            "content_length" => Var::Http("content-length".into()),
             "args" | "query_string" => Var::Args,
             "is_args" => Var::IsArgs,
             "server_port" => Var::ServerPort,

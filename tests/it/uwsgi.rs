@@ -46,12 +46,12 @@ def application(env, start_response):
     return [body]
 "#;
 
-/// A running uWSGI with the app, on a TCP port or a unix socket.
-struct App {
+/// A running uWSGI with the app, on a TCP port or a unix socket (`/path`), once it accepts.
+pub struct App {
     _proc: Proc,
 }
 
-fn uwsgi(dir: &TempDir, name: &str, socket: &str) -> App {
+pub fn uwsgi(dir: &TempDir, name: &str, socket: &str) -> App {
     // One file per app: rewriting a file another uWSGI is loading could hand it half a file.
     let app = dir.write(&format!("app-{name}.py"), APP);
     let child = Command::new("uwsgi")
