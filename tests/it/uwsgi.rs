@@ -394,6 +394,11 @@ fn fake_app() -> (u16, std::sync::mpsc::Receiver<Got>) {
                 _ => Vec::new(),
             };
             let _ = s.write_all(&reply);
+            if map["PATH_INFO"] == "/stall" {
+                // A head and part of the body, then nothing until the gateway gives up.
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\npartial");
+                let _ = s.read(&mut [0u8; 1]);
+            }
             tx.send((map, body)).unwrap();
         }
     });
@@ -409,7 +414,7 @@ fn protocol_layout_cgi_replies_and_bad_apps() {
         &dir,
         port,
         "",
-        &format!("      - match: /\n        uwsgi_pass: 127.0.0.1:{app}\n"),
+        &format!("      - match: /\n        uwsgi_pass: 127.0.0.1:{app}\n      - match: = /stall\n        uwsgi_pass: 127.0.0.1:{app}\n        uwsgi_read_timeout: 1s\n"),
     );
     let wait = || got.recv_timeout(Duration::from_secs(10)).unwrap();
 
@@ -468,4 +473,22 @@ fn protocol_layout_cgi_replies_and_bad_apps() {
             "{text}"
         );
     }
+
+    // A failure after the head went out ends the client connection: the chunked body is
+    // never terminated, and nothing else is spliced onto it.
+    let mut s = connect(port, None).unwrap();
+    s.write_all(b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("partial"), "{text}");
+    assert!(!text.ends_with("0\r\n\r\n"), "{text}");
+    wait();
+    let text = wait_log(&log, "\"GET /stall HTTP/1.1\"");
+    assert!(
+        text.contains("upstream timed out (110: Connection timed out) while reading upstream"),
+        "{text}"
+    );
 }
