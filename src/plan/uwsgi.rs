@@ -114,6 +114,30 @@ pub(super) fn address_pools(
     names
 }
 
+/// An upstream behind `uwsgi_pass` whose health check speaks HTTP would fail every check
+/// (a uwsgi server does not answer HTTP) and take every server out: refused.
+pub(super) fn check_health(
+    l: &Loaded,
+    pool_names: &HashMap<&str, usize>,
+    pools: &[PoolPlan],
+    probs: &mut Problems,
+) {
+    for (sname, s) in &l.config.servers {
+        for (i, loc) in s.locations.iter().enumerate() {
+            let Some(&p) = loc.uwsgi_pass.as_deref().and_then(|n| pool_names.get(n)) else {
+                continue;
+            };
+            let http = pools.get(p).and_then(|pp| pp.health_check.as_ref());
+            if http.is_some_and(|c| c.kind == crate::upstream::health::Kind::Http) {
+                probs.push(l.problem_at(
+                    &format!("servers.{sname}.locations.{i}.uwsgi_pass"),
+                    format!("upstream \"{}\" has an http health check, which a uwsgi server cannot answer: use health_check: {{ type: tcp }}", pools[p].pool.name),
+                ));
+            }
+        }
+    }
+}
+
 /// A server on a unix socket: its address is a placeholder, the path says where it is.
 fn unix_peer(path: &Path) -> Peer {
     let mut p = Peer::new(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), 1);
@@ -285,6 +309,15 @@ mod tests {
             )),
             ["t.yaml:8:58: unknown variable \"$nope\""]
         );
+        let hc = with_location("uwsgi_pass: apps").replace(
+            "    servers: [{ addr: 127.0.0.1:2 }]\n",
+            "    servers: [{ addr: 127.0.0.1:2 }]\n    health_check: { type: http }\n",
+        );
+        assert_eq!(
+            problems(&hc),
+            ["t.yaml:9:33: upstream \"apps\" has an http health check, which a uwsgi server cannot answer: use health_check: { type: tcp }"]
+        );
+        assert!(problems(&hc.replace("type: http", "type: tcp")).is_empty());
         assert_eq!(
             problems(&with_location("uwsgi_pass: apps, uwsgi_send_timeout: 0s")),
             ["t.yaml:8:59: uwsgi_send_timeout must be above 0"]
