@@ -394,6 +394,13 @@ fn fake_app() -> (u16, std::sync::mpsc::Receiver<Got>) {
                 _ => Vec::new(),
             };
             let _ = s.write_all(&reply);
+            if map["PATH_INFO"] == "/chunked" {
+                // An app that chunks its body itself and keeps its connection open.
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+                );
+                let _ = s.read(&mut [0u8; 1]);
+            }
             if map["PATH_INFO"] == "/stall" {
                 // A head and part of the body, then nothing until the gateway gives up.
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\npartial");
@@ -445,6 +452,11 @@ fn protocol_layout_cgi_replies_and_bad_apps() {
     let (vars, body) = wait();
     assert_eq!(vars["CONTENT_LENGTH"], "7");
     assert_eq!(body, b"abcdefg");
+
+    // The app's own chunks are decoded and framed anew; its open connection ends nothing.
+    let r = get(port, "/chunked");
+    assert_eq!((r.status, r.body.as_str()), (200, "abcde"));
+    wait();
 
     // Garbage, a close before the head, a head over proxy_buffer_size: 502, one line each.
     let log = dir.path("front.error.log");

@@ -11,14 +11,16 @@
 //!    arrives (`uwsgi_send_timeout` per write); no retry from here on;
 //! 4. the reply head, at most `proxy_buffer_size` bytes (`uwsgi_read_timeout` per read),
 //!    parsed as HTTP or CGI ([`head`]); hop-by-hop headers dropped, `add_header` added;
-//! 5. the body streamed to the client in 64 KiB reads until the app closes, framed by the
-//!    app's `Content-Length` or chunked (close-delimited for HTTP/1.0 clients), so that the
-//!    client connection stays open when it can. A failure after the head aborts the client
+//! 5. the body streamed to the client in 64 KiB reads until the app closes (or its
+//!    `Content-Length` or own chunked framing ends), framed by the app's `Content-Length` or
+//!    chunked (close-delimited for HTTP/1.0 clients), so that the client connection stays
+//!    open when it can. A failure after the head aborts the client
 //!    connection; nothing else is ever spliced onto a started response.
 //!
 //! Faults before the head are nginx's: connect refused or any error 502, a timeout 504, each
 //! with one error log line naming the server (`upstream: "uwsgi://ADDR"`).
 
+mod chunked;
 mod conn;
 mod head;
 mod packet;
@@ -43,6 +45,9 @@ use conn::{Conn, Fault};
 
 /// The most one read of the reply body takes.
 const CHUNK: usize = 64 << 10;
+
+/// nginx's words for a chunked body that does not parse.
+const BAD_CHUNKS: &str = "upstream sent invalid chunked response";
 
 /// A server as nginx names it in its error log.
 struct Url<'a>(&'a Peer);
@@ -202,24 +207,38 @@ pub(super) async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut Ctx) ->
     // The body: what came with the head, then the rest as it arrives.
     let _ = buf.split_to(head.len);
     let mut left = head.content_length.unwrap_or(u64::MAX);
+    // An app that chunks its body itself: decoded here, framed anew for the client.
+    let mut dechunk = head.chunked.then(chunked::Dechunk::default);
     loop {
         if !buf.is_empty() {
             let mut chunk = buf.split().freeze();
-            if chunk.len() as u64 > left {
+            if let Some(d) = dechunk.as_mut() {
+                let mut out = Vec::with_capacity(chunk.len());
+                if d.feed(&chunk, &mut out).is_err() {
+                    let e = Error::explain(ErrorType::Custom(BAD_CHUNKS), "").into_up();
+                    failed(gw, session, ctx, &e, Phase::Body);
+                    return Err(e);
+                }
+                chunk = bytes::Bytes::from(out);
+            } else if chunk.len() as u64 > left {
                 chunk.truncate(left as usize);
             }
-            left -= chunk.len() as u64;
-            session
-                .write_response_body(Some(chunk), false)
-                .await
-                .map_err(Error::into_down)?;
+            if dechunk.is_none() {
+                left -= chunk.len() as u64;
+            }
+            if !chunk.is_empty() {
+                session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .map_err(Error::into_down)?;
+            }
         }
-        if left == 0 {
+        if left == 0 || dechunk.as_ref().is_some_and(chunked::Dechunk::done) {
             break;
         }
         buf.reserve(CHUNK);
         match conn.recv(&mut buf, limits.read).await {
-            Ok(0) if head.content_length.is_none() => break,
+            Ok(0) if head.content_length.is_none() && dechunk.is_none() => break,
             Ok(0) => {
                 let e = Error::explain(ErrorType::ConnectionClosed, "").into_up();
                 failed(gw, session, ctx, &e, Phase::Body);
@@ -387,6 +406,9 @@ fn failed(gw: &Gateway, session: &Session, ctx: &mut Ctx, e: &Error, phase: Phas
 
 /// nginx's words; a connect error other than a refusal names its errno as nginx does.
 fn describe(e: &Error, phase: Phase) -> String {
+    if e.etype() == &ErrorType::Custom(BAD_CHUNKS) {
+        return format!("{BAD_CHUNKS} while reading upstream");
+    }
     if let (ErrorType::ConnectError, Some(io)) = (
         e.etype(),
         e.cause
