@@ -136,6 +136,7 @@ mod tests {
         assert_eq!(h.content_length, Some(3));
         assert!(h.resp.headers.get("connection").is_none());
         assert!(!h.chunked);
+        assert_eq!(h.resp.headers.get("content-type").unwrap(), "text/plain");
         let h =
             parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n")
                 .unwrap()
@@ -144,7 +145,6 @@ mod tests {
         assert_eq!(h.content_length, None);
         assert!(h.resp.headers.get("content-length").is_none());
         assert!(h.resp.headers.get("transfer-encoding").is_none());
-        assert_eq!(h.resp.headers.get("content-type").unwrap(), "text/plain");
     }
 
     #[test]
