@@ -82,6 +82,16 @@ NGX
 
 # graygate on $1 (port) with upstream servers $2...
 start_graygate() {
+  local port=$1
+  write_graygate_conf "$@"
+  taskset -c "$PROXY_CPU" "$GG" -c "$GG_CONF" 2>>"$W/graygate.stderr" &
+  wait_port "$port"
+  for _ in $(seq 1 100); do [[ -f "$W/graygate-$port.pid" ]] && break; sleep 0.05; done
+  PROXY_PIDFILE="$W/graygate-$port.pid"
+}
+
+# The bench's graygate config for $1 (port) and upstream servers $2... in $GG_CONF.
+write_graygate_conf() {
   local port=$1; shift
   local conf="$W/graygate-$port.yaml"
   {
@@ -109,10 +119,6 @@ start_graygate() {
     echo "        proxy_pass: balance"
     echo "        proxy_set_header: { X-Real-IP: \$remote_addr }"
   } >"$conf"
-  taskset -c "$PROXY_CPU" "$GG" -c "$conf" 2>>"$W/graygate.stderr" &
-  wait_port "$port"
-  for _ in $(seq 1 100); do [[ -f "$W/graygate-$port.pid" ]] && break; sleep 0.05; done
-  PROXY_PIDFILE="$W/graygate-$port.pid"
   GG_CONF="$conf"
 }
 

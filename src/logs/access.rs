@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
-use super::clock;
+use super::{clock, text};
 
 /// `METHOD URI VERSION` as the client sent it (nginx's `$request`): the same in the access
 /// log and in the error log's `request: "..."`.
@@ -80,9 +80,7 @@ fn quoted_or_dash(out: &mut Vec<u8>, v: Option<&[u8]>) {
 /// Appends one `combined` line for `e`, newline included.
 pub fn combined(out: &mut Vec<u8>, e: &Entry<'_>) {
     match e.remote_addr {
-        Some(ip) => {
-            let _ = write!(out, "{ip}");
-        }
+        Some(ip) => text::ip(out, ip),
         None => out.push(b'-'),
     }
     out.extend_from_slice(b" - ");
@@ -94,7 +92,11 @@ pub fn combined(out: &mut Vec<u8>, e: &Entry<'_>) {
     clock::time_local(out);
     out.extend_from_slice(b"] \"");
     e.request.write(out);
-    let _ = write!(out, "\" {} {} ", e.status, e.body_bytes_sent);
+    out.extend_from_slice(b"\" ");
+    text::uint(out, u64::from(e.status));
+    out.push(b' ');
+    text::uint(out, e.body_bytes_sent as u64);
+    out.push(b' ');
     quoted_or_dash(out, e.referer);
     out.push(b' ');
     quoted_or_dash(out, e.user_agent);
