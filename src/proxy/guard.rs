@@ -72,8 +72,10 @@ impl HeadGuard {
     /// How long a connection may wait for its next request: `client_header_timeout` before
     /// the first, `keepalive_timeout` between requests.
     pub fn idle_timeout(&self, first: bool) -> Duration {
+        // Read in place: `Limits` holds the `real_ip` lists, a clone would allocate per request.
         let snap = self.live.load();
-        let lim = self.limits(&snap).cloned().unwrap_or_default();
+        let d = Limits::default();
+        let lim = self.limits(&snap).unwrap_or(&d);
         if first {
             lim.header_timeout
         } else {
@@ -95,7 +97,7 @@ impl HeadGuard {
             .conns
             .as_ref()
             .map(|c| crate::metrics::Busy::new(&c.reading));
-        let lim = self.limits(&snap)?.clone();
+        let lim = self.limits(&snap)?;
         let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + lim.header_timeout);
         let mut buf = BytesMut::with_capacity(HEAD_BUF);
         let mut scan = Scan::default();
@@ -121,7 +123,7 @@ impl HeadGuard {
                     return None;
                 }
             }
-            match scan.feed(&buf, &lim) {
+            match scan.feed(&buf, lim) {
                 Verdict::More => {}
                 Verdict::Done(h) => {
                     if !h.drop.is_empty() {
