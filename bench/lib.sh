@@ -62,7 +62,7 @@ start_nginx_proxy() {
   cat >"$conf" <<NGX
 pid $W/nginx-$kind-$port.pid;
 error_log $W/nginx-$kind.error.log;
-worker_processes 1;
+worker_processes ${THREADS:-1};
 worker_rlimit_nofile 65536;
 events { worker_connections 65536; }
 http {
@@ -98,7 +98,7 @@ write_graygate_conf() {
     echo "pid_file: $W/graygate-$port.pid"
     echo "upgrade_sock: $W/graygate-$port.sock"
     echo "error_log: $W/graygate.error.log"
-    echo "threads: 1"
+    echo "threads: ${THREADS:-1}"
     echo "worker_connections: 20000"   # the idle test holds 10,000 (the default is 4096)
     echo "grace_period: 3s"
     echo "shutdown_timeout: 3s"

@@ -3,8 +3,8 @@
 # cmake (Pingora's zlib-ng), uWSGI (uwsgi_pass tests), etcd and protoc (fleet), OpenSSL (TLS),
 # supervisor and logrotate (for their integration tests),
 # python3-prometheus-client (the metrics tests' parser), chromium, chromium-driver and
-# fonts-liberation (the canary page test and its screenshot), and with --bench also nginx and
-# wrk for the side-by-side benchmarks, with --fuzz cargo-fuzz.
+# fonts-liberation (the canary page test and its screenshot), and with --bench also nginx,
+# wrk, valgrind and perf for the benchmarks, with --fuzz cargo-fuzz.
 set -euo pipefail
 
 need=()
@@ -36,6 +36,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [[ "${1:-}" == "--bench" ]]; then
   command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  # bench/instructions.sh (callgrind) and bench/flame.sh (perf record).
+  command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+  command -v perf >/dev/null 2>&1 || need+=(linux-perf)
 fi
 if ((${#need[@]})); then
   echo "deps: installing ${need[*]}" >&2
