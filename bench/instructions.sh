@@ -73,8 +73,8 @@ done
   echo "| proxy | instructions / request | allocations / request |"
   echo "|---|---|---|"
   for c in "${NAMES[@]}"; do echo "| $c | ${IR[$c]} | ${AL[$c]} |"; done
-  echo "| graygate / bare Pingora with the same upstream timeouts | $(awk -v a="${IR[graygate]}" -v b="${IR[bare-pingora-timeouts]}" 'BEGIN { printf "%.2f", a / b }') | +$(awk -v a="${AL[graygate]}" -v b="${AL[bare-pingora-timeouts]}" 'BEGIN { printf "%.2f", a - b }') |"
-  echo "| graygate / bare Pingora | $(awk -v a="${IR[graygate]}" -v b="${IR[bare-pingora]}" 'BEGIN { printf "%.2f", a / b }') | +$(awk -v a="${AL[graygate]}" -v b="${AL[bare-pingora]}" 'BEGIN { printf "%.2f", a - b }') |"
+  echo "| graygate / bare Pingora with the same upstream timeouts | $(awk -v a="${IR[graygate]}" -v b="${IR[bare-pingora-timeouts]}" 'BEGIN { printf "%.2f", a / b }') | $(awk -v a="${AL[graygate]}" -v b="${AL[bare-pingora-timeouts]}" 'BEGIN { printf "%+.2f", a - b }') |"
+  echo "| graygate / bare Pingora | $(awk -v a="${IR[graygate]}" -v b="${IR[bare-pingora]}" 'BEGIN { printf "%.2f", a / b }') | $(awk -v a="${AL[graygate]}" -v b="${AL[bare-pingora]}" 'BEGIN { printf "%+.2f", a - b }') |"
 } | tee "$ROOT/bench/INSTRUCTIONS.md.new"
 if [[ ${KEEP:-1} == 1 ]]; then
   mv "$ROOT/bench/INSTRUCTIONS.md.new" "$ROOT/bench/INSTRUCTIONS.md"

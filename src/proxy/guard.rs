@@ -83,14 +83,16 @@ impl HeadGuard {
         }
     }
 
-    /// Reads the next request head from `stream`, until `deadline` if given (the first
-    /// request's: `client_header_timeout` counts from the accept, as in nginx, not again from
-    /// the first byte), else for `client_header_timeout`. `None`: the connection is done
-    /// (refused, timed out or closed); a refusal has been answered and logged.
+    /// Reads the next request head from `stream`, whose first byte, `first`, the keep-alive
+    /// loop has read already; until `deadline` if given (the first request's:
+    /// `client_header_timeout` counts from the accept, as in nginx, not again from the first
+    /// byte), else for `client_header_timeout`. `None`: the connection is done (refused, timed
+    /// out or closed); a refusal has been answered and logged.
     pub async fn read_head(
         &self,
         stream: &mut Stream,
         deadline: Option<tokio::time::Instant>,
+        first: u8,
     ) -> Option<Checked> {
         let snap = self.live.load_full();
         let _reading = self
@@ -100,6 +102,7 @@ impl HeadGuard {
         let lim = self.limits(&snap)?;
         let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + lim.header_timeout);
         let mut buf = BytesMut::with_capacity(HEAD_BUF);
+        buf.extend_from_slice(&[first]);
         let mut scan = Scan::default();
         loop {
             if buf.capacity() == buf.len() {
