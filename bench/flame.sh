@@ -14,7 +14,12 @@ profile() {
   pid=$(cat "$PROXY_PIDFILE")
   # The worker: graygate's master only waits; the bare proxy is one process.
   local w
-  w=$(pgrep -P "$pid" | head -1 || true)
+  # graygate's master forks its worker after binding: wait for it.
+  for _ in $(seq 1 100); do
+    w=$(pgrep -P "$pid" | head -1 || true)
+    [[ -n $w || $name == bare ]] && break
+    sleep 0.05
+  done
   [[ -n $w ]] || w=$pid
   taskset -c "$LOAD_CPU" wrk -t1 -c64 -d2s "http://127.0.0.1:$PORT/" >/dev/null
   taskset -c "$LOAD_CPU" wrk -t1 -c64 -d$((FLAME_SECONDS + 2))s "http://127.0.0.1:$PORT/" >/dev/null &

@@ -86,7 +86,7 @@ start_graygate() {
   write_graygate_conf "$@"
   taskset -c "$PROXY_CPU" "$GG" -c "$GG_CONF" 2>>"$W/graygate.stderr" &
   wait_port "$port"
-  for _ in $(seq 1 100); do [[ -f "$W/graygate-$port.pid" ]] && break; sleep 0.05; done
+  for _ in $(seq 1 100); do [[ -s "$W/graygate-$port.pid" ]] && break; sleep 0.05; done
   PROXY_PIDFILE="$W/graygate-$port.pid"
 }
 
