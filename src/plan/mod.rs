@@ -260,6 +260,7 @@ impl Plan {
         let canaries = canary::compile_canaries(l, &pool_names, prev, &mut probs);
         let named = |n: &str| pool_names.contains_key(n) || c.canaries.contains_key(n);
         let uwsgi_pools = uwsgi::address_pools(l, &named, &prev_state, &mut pools, &mut probs);
+        uwsgi::check_health(l, &pool_names, &pools, &mut probs);
         let admin = canary::compile_admin(l, &mut probs);
         let formats = logs::compile_formats(l, &mut probs);
         let mut shared = server::Shared {

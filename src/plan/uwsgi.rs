@@ -114,6 +114,30 @@ pub(super) fn address_pools(
     names
 }
 
+/// An upstream behind `uwsgi_pass` whose health check speaks HTTP would fail every check
+/// (a uwsgi server does not answer HTTP) and take every server out: refused.
+pub(super) fn check_health(
+    l: &Loaded,
+    pool_names: &HashMap<&str, usize>,
+    pools: &[PoolPlan],
+    probs: &mut Problems,
+) {
+    for (sname, s) in &l.config.servers {
+        for (i, loc) in s.locations.iter().enumerate() {
+            let Some(&p) = loc.uwsgi_pass.as_deref().and_then(|n| pool_names.get(n)) else {
+                continue;
+            };
+            let http = pools.get(p).and_then(|pp| pp.health_check.as_ref());
+            if http.is_some_and(|c| c.kind == crate::upstream::health::Kind::Http) {
+                probs.push(l.problem_at(
+                    &format!("servers.{sname}.locations.{i}.uwsgi_pass"),
+                    format!("upstream \"{}\" has an http health check, which a uwsgi server cannot answer: use health_check: {{ type: tcp }}", pools[p].pool.name),
+                ));
+            }
+        }
+    }
+}
+
 /// A server on a unix socket: its address is a placeholder, the path says where it is.
 fn unix_peer(path: &Path) -> Peer {
     let mut p = Peer::new(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), 1);
@@ -213,4 +237,90 @@ pub(super) fn compile_uwsgi(
             probs,
         ),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config;
+    use crate::plan::{Plan, Target};
+
+    fn problems(src: &str) -> Vec<String> {
+        let loaded = config::parse("t.yaml".into(), src, false).unwrap();
+        match Plan::compile(&loaded, None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    /// One server block whose single location is `loc` (YAML flow mapping body).
+    fn with_location(loc: &str) -> String {
+        format!(
+            "upstreams:\n  apps:\n    servers: [{{ addr: 127.0.0.1:2 }}]\nservers:\n  s:\n    listen: [\"127.0.0.1:1\"]\n    locations:\n      - {{ match: /, {loc} }}\n"
+        )
+    }
+
+    #[test]
+    fn addresses_become_pools_and_names_win() {
+        let src = "upstreams:\n  apps:\n    servers: [{ addr: 127.0.0.1:2 }]\nservers:\n  s:\n    listen: [\"127.0.0.1:1\"]\n    locations:\n      - { match: /, uwsgi_pass: apps }\n      - { match: /a, uwsgi_pass: \"127.0.0.1:30000\", uwsgi_read_timeout: 360 }\n      - { match: /b, uwsgi_pass: \"127.0.0.1:30000\" }\n      - { match: /c, uwsgi_pass: \"unix:/run/app.sock\", uwsgi_param: { X: \"$remote_addr\" } }\n";
+        let loaded = config::parse("t.yaml".into(), src, false).unwrap();
+        let plan = Plan::compile(&loaded, None).unwrap();
+        let locs = &plan.servers[0].locations;
+        let target = |i: usize| locs[i].uwsgi.as_ref().unwrap().target;
+        assert_eq!(target(0), Target::Pool(0));
+        assert_eq!(target(1), Target::Pool(1));
+        assert_eq!(target(2), Target::Pool(1), "one pool per address");
+        assert_eq!(target(3), Target::Pool(2));
+        assert_eq!(plan.pools[1].pool.name, "127.0.0.1:30000");
+        let sock = &plan.pools[2].pool.peers[0];
+        assert_eq!(
+            sock.unix.as_deref(),
+            Some(std::path::Path::new("/run/app.sock"))
+        );
+        let u = locs[1].uwsgi.as_ref().unwrap();
+        assert_eq!(u.read_timeout, Some(std::time::Duration::from_secs(360)));
+        assert!(locs[0].target.is_none(), "not proxied over HTTP");
+    }
+
+    #[test]
+    fn mistakes_name_their_place() {
+        assert_eq!(
+            problems(&with_location("uwsgi_pass: nope")),
+            ["t.yaml:8:33: unknown upstream or canary \"nope\" in uwsgi_pass (an address is written IP:PORT or unix:/path)"]
+        );
+        assert_eq!(
+            problems(&with_location("uwsgi_pass: \"unix:app.sock\"")),
+            ["t.yaml:8:33: a unix socket in uwsgi_pass needs an absolute path, not \"unix:app.sock\""]
+        );
+        assert_eq!(
+            problems(&with_location("uwsgi_pass: apps, proxy_pass: apps")),
+            ["t.yaml:8:33: a location has either proxy_pass or uwsgi_pass, not both"]
+        );
+        assert_eq!(
+            problems(&with_location("uwsgi_pass: apps, root: /srv")),
+            ["t.yaml:8:33: a location either passes to uwsgi or serves files (root/alias), not both"]
+        );
+        assert_eq!(
+            problems(&with_location("proxy_pass: apps, uwsgi_read_timeout: 5s")),
+            ["t.yaml:8:39: uwsgi_read_timeout needs uwsgi_pass in the same location"]
+        );
+        assert_eq!(
+            problems(&with_location(
+                "uwsgi_pass: apps, uwsgi_param: { X: \"$nope\" }"
+            )),
+            ["t.yaml:8:58: unknown variable \"$nope\""]
+        );
+        let hc = with_location("uwsgi_pass: apps").replace(
+            "    servers: [{ addr: 127.0.0.1:2 }]\n",
+            "    servers: [{ addr: 127.0.0.1:2 }]\n    health_check: { type: http }\n",
+        );
+        assert_eq!(
+            problems(&hc),
+            ["t.yaml:9:33: upstream \"apps\" has an http health check, which a uwsgi server cannot answer: use health_check: { type: tcp }"]
+        );
+        assert!(problems(&hc.replace("type: http", "type: tcp")).is_empty());
+        assert_eq!(
+            problems(&with_location("uwsgi_pass: apps, uwsgi_send_timeout: 0s")),
+            ["t.yaml:8:59: uwsgi_send_timeout must be above 0"]
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! `uwsgi_pass` against real uWSGI (Debian's `uwsgi` with its python3 plugin) running a tiny
 //! WSGI app, and the same requests through real nginx where it is installed.
 
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -46,12 +46,12 @@ def application(env, start_response):
     return [body]
 "#;
 
-/// A running uWSGI with the app, on a TCP port or a unix socket.
-struct App {
+/// A running uWSGI with the app, on a TCP port or a unix socket (`/path`), once it accepts.
+pub struct App {
     _proc: Proc,
 }
 
-fn uwsgi(dir: &TempDir, name: &str, socket: &str) -> App {
+pub fn uwsgi(dir: &TempDir, name: &str, socket: &str) -> App {
     // One file per app: rewriting a file another uWSGI is loading could hand it half a file.
     let app = dir.write(&format!("app-{name}.py"), APP);
     let child = Command::new("uwsgi")
@@ -346,5 +346,161 @@ fn unix_socket_pool_ip_hash_and_client_abort() {
     wait_log(
         &dir.path("front.error.log"),
         &format!("upstream: \"uwsgi://127.0.0.1:{pb}\""),
+    );
+}
+
+/// What a fake app got: its CGI variables and the body.
+type Got = (std::collections::HashMap<String, String>, Vec<u8>);
+
+/// A fake uwsgi app on a raw socket: reads each request as the protocol lays it out
+/// (checked byte by byte), reports it, and answers by its `PATH_INFO`.
+fn fake_app() -> (u16, std::sync::mpsc::Receiver<Got>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut head = [0u8; 4];
+            s.read_exact(&mut head).unwrap();
+            assert_eq!((head[0], head[3]), (0, 0), "modifier1 and modifier2");
+            let size = u16::from_le_bytes([head[1], head[2]]) as usize;
+            let mut vars = vec![0u8; size];
+            s.read_exact(&mut vars).unwrap();
+            let mut map = std::collections::HashMap::new();
+            let mut at = 0;
+            let take = |at: &mut usize| {
+                let n = u16::from_le_bytes([vars[*at], vars[*at + 1]]) as usize;
+                let v = String::from_utf8_lossy(&vars[*at + 2..*at + 2 + n]).into_owned();
+                *at += 2 + n;
+                v
+            };
+            while at < size {
+                let k = take(&mut at);
+                let v = take(&mut at);
+                map.insert(k, v);
+            }
+            let len: usize = map["CONTENT_LENGTH"].parse().unwrap_or(0);
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).unwrap();
+            let reply: Vec<u8> = match map["PATH_INFO"].as_str() {
+                "/cgi" => {
+                    b"Status: 201 Created\r\nX-A: 1\r\nConnection: close\r\nKeep-Alive: timeout=99\r\n\r\nhello".to_vec()
+                }
+                "/garbage" => b"\x00\x01junk\r\n\r\n".to_vec(),
+                "/big" => {
+                    format!("HTTP/1.1 200 OK\r\nX-Pad: {}\r\n\r\n", "a".repeat(5000)).into_bytes()
+                }
+                _ => Vec::new(),
+            };
+            let _ = s.write_all(&reply);
+            if map["PATH_INFO"] == "/chunked" {
+                // An app that chunks its body itself and keeps its connection open.
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+                );
+                let _ = s.read(&mut [0u8; 1]);
+            }
+            if map["PATH_INFO"] == "/stall" {
+                // A head and part of the body, then nothing until the gateway gives up.
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\npartial");
+                let _ = s.read(&mut [0u8; 1]);
+            }
+            tx.send((map, body)).unwrap();
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn protocol_layout_cgi_replies_and_bad_apps() {
+    let dir = TempDir::new("uwsgi-fake");
+    let (app, got) = fake_app();
+    let port = free_port();
+    let _gw = gateway(
+        &dir,
+        port,
+        "",
+        &format!("      - match: /\n        uwsgi_pass: 127.0.0.1:{app}\n      - match: = /stall\n        uwsgi_pass: 127.0.0.1:{app}\n        uwsgi_read_timeout: 1s\n"),
+    );
+    let wait = || got.recv_timeout(Duration::from_secs(10)).unwrap();
+
+    // A CGI-style reply (no length: chunked to the client), with the body the client sent.
+    let r = post(port, "/cgi", b"abc");
+    assert_eq!(r.status, 201);
+    assert_eq!(r.body, "hello");
+    assert_eq!(r.header("x-a"), Some("1"));
+    assert_eq!(r.header("keep-alive"), None, "hop-by-hop headers dropped");
+    assert_ne!(r.header("connection"), Some("close"));
+    let (vars, body) = wait();
+    assert_eq!(
+        (
+            vars["REQUEST_METHOD"].as_str(),
+            vars["CONTENT_LENGTH"].as_str()
+        ),
+        ("POST", "3")
+    );
+    assert_eq!(vars["CONTENT_TYPE"], "application/octet-stream");
+    assert_eq!(body, b"abc");
+
+    // A chunked request body: the app is told its whole length.
+    let mut s = connect(port, None).unwrap();
+    s.write_all(b"POST /cgi HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut BufReader::new(s)).unwrap();
+    assert_eq!(r.status, 201);
+    let (vars, body) = wait();
+    assert_eq!(vars["CONTENT_LENGTH"], "7");
+    assert_eq!(body, b"abcdefg");
+
+    // The app's own chunks are decoded and framed anew; its open connection ends nothing.
+    let r = get(port, "/chunked");
+    assert_eq!((r.status, r.body.as_str()), (200, "abcde"));
+    wait();
+
+    // Garbage, a close before the head, a head over proxy_buffer_size: 502, one line each.
+    let log = dir.path("front.error.log");
+    for (path, line) in [
+        ("/garbage", "upstream sent"),
+        (
+            "/close",
+            "upstream prematurely closed connection while reading response header from upstream",
+        ),
+        (
+            "/big",
+            "upstream sent too big header while reading response header from upstream",
+        ),
+    ] {
+        assert_eq!(get(port, path).status, 502, "{path}");
+        wait();
+        let text = wait_log(&log, &format!("\"GET {path} HTTP/1.1\""));
+        let mine: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(&format!("GET {path} ")))
+            .collect();
+        assert_eq!(mine.len(), 1, "{text}");
+        assert!(mine[0].contains(line), "{text}");
+        assert!(
+            mine[0].contains(&format!("upstream: \"uwsgi://127.0.0.1:{app}\"")),
+            "{text}"
+        );
+    }
+
+    // A failure after the head went out ends the client connection: the chunked body is
+    // never terminated, and nothing else is spliced onto it.
+    let mut s = connect(port, None).unwrap();
+    s.write_all(b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("partial"), "{text}");
+    assert!(!text.ends_with("0\r\n\r\n"), "{text}");
+    wait();
+    let text = wait_log(&log, "\"GET /stall HTTP/1.1\"");
+    assert!(
+        text.contains("upstream timed out (110: Connection timed out) while reading upstream"),
+        "{text}"
     );
 }

@@ -12,8 +12,10 @@ pub struct Head {
     pub resp: ResponseHeader,
     /// Bytes of the buffer the head took; the body starts after them.
     pub len: usize,
-    /// The app's `Content-Length`, if it gave one.
+    /// The app's `Content-Length`, if it gave one (and no chunked body).
     pub content_length: Option<u64>,
+    /// The app sent `Transfer-Encoding: chunked`: its body is to be decoded.
+    pub chunked: bool,
 }
 
 /// Headers that describe one connection, not the response (RFC 9110 7.6.1): never passed on.
@@ -67,7 +69,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, String> {
         let _ = resp.set_reason_phrase(Some(r));
     }
     let mut content_length = None;
+    let mut chunked = false;
     for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last coding says how the body ends (RFC 9112 6.1).
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        }
         if hop_by_hop(h.name) || h.name.eq_ignore_ascii_case("status") {
             continue;
         }
@@ -91,10 +99,16 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, String> {
         resp.append_header(name, value)
             .map_err(|_| String::from("invalid header"))?;
     }
+    if chunked {
+        // Transfer-Encoding wins over Content-Length (RFC 9112 6.3).
+        content_length = None;
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+    }
     Ok(Some(Head {
         resp,
         len,
         content_length,
+        chunked,
     }))
 }
 
@@ -121,7 +135,16 @@ mod tests {
         assert_eq!(&raw[h.len..], b"abc");
         assert_eq!(h.content_length, Some(3));
         assert!(h.resp.headers.get("connection").is_none());
+        assert!(!h.chunked);
         assert_eq!(h.resp.headers.get("content-type").unwrap(), "text/plain");
+        let h =
+            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert!(h.chunked);
+        assert_eq!(h.content_length, None);
+        assert!(h.resp.headers.get("content-length").is_none());
+        assert!(h.resp.headers.get("transfer-encoding").is_none());
     }
 
     #[test]

@@ -11,20 +11,22 @@
 //!    arrives (`uwsgi_send_timeout` per write); no retry from here on;
 //! 4. the reply head, at most `proxy_buffer_size` bytes (`uwsgi_read_timeout` per read),
 //!    parsed as HTTP or CGI ([`head`]); hop-by-hop headers dropped, `add_header` added;
-//! 5. the body streamed to the client in 64 KiB reads until the app closes, framed by the
-//!    app's `Content-Length` or chunked (close-delimited for HTTP/1.0 clients), so that the
-//!    client connection stays open when it can. A failure after the head aborts the client
+//! 5. the body streamed to the client in 64 KiB reads until the app closes (or its
+//!    `Content-Length` or own chunked framing ends), framed by the app's `Content-Length` or
+//!    chunked (close-delimited for HTTP/1.0 clients), so that the client connection stays
+//!    open when it can. A failure after the head aborts the client
 //!    connection; nothing else is ever spliced onto a started response.
 //!
 //! Faults before the head are nginx's: connect refused or any error 502, a timeout 504, each
 //! with one error log line naming the server (`upstream: "uwsgi://ADDR"`).
 
+mod chunked;
 mod conn;
+mod faults;
 mod head;
 mod packet;
 mod params;
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,28 +35,17 @@ use pingora::{Error, ErrorType, Result};
 use pingora_proxy::Session;
 
 use super::ctx::hold;
-use super::errors::{self, Phase};
+use super::errors::Phase;
 use super::vars::SessionVars;
 use super::{Ctx, Gateway};
 use crate::plan::uwsgi::{UwsgiPlan, DEFAULT_TIMEOUT};
 use crate::plan::PoolPlan;
 use crate::upstream::Peer;
 use conn::{Conn, Fault};
+use faults::{failed, fault_error, BAD_CHUNKS};
 
 /// The most one read of the reply body takes.
 const CHUNK: usize = 64 << 10;
-
-/// A server as nginx names it in its error log.
-struct Url<'a>(&'a Peer);
-
-impl fmt::Display for Url<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0.unix {
-            Some(p) => write!(f, "uwsgi://unix:{}:", p.display()),
-            None => write!(f, "uwsgi://{}", self.0.addr),
-        }
-    }
-}
 
 /// The three timeouts for one server: the location's, else the pool's, else nginx's 60 s.
 struct Limits {
@@ -202,24 +193,38 @@ pub(super) async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut Ctx) ->
     // The body: what came with the head, then the rest as it arrives.
     let _ = buf.split_to(head.len);
     let mut left = head.content_length.unwrap_or(u64::MAX);
+    // An app that chunks its body itself: decoded here, framed anew for the client.
+    let mut dechunk = head.chunked.then(chunked::Dechunk::default);
     loop {
         if !buf.is_empty() {
             let mut chunk = buf.split().freeze();
-            if chunk.len() as u64 > left {
+            if let Some(d) = dechunk.as_mut() {
+                let mut out = Vec::with_capacity(chunk.len());
+                if d.feed(&chunk, &mut out).is_err() {
+                    let e = Error::explain(ErrorType::Custom(BAD_CHUNKS), "").into_up();
+                    failed(gw, session, ctx, &e, Phase::Body);
+                    return Err(e);
+                }
+                chunk = bytes::Bytes::from(out);
+            } else if chunk.len() as u64 > left {
                 chunk.truncate(left as usize);
             }
-            left -= chunk.len() as u64;
-            session
-                .write_response_body(Some(chunk), false)
-                .await
-                .map_err(Error::into_down)?;
+            if dechunk.is_none() {
+                left -= chunk.len() as u64;
+            }
+            if !chunk.is_empty() {
+                session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .map_err(Error::into_down)?;
+            }
         }
-        if left == 0 {
+        if left == 0 || dechunk.as_ref().is_some_and(chunked::Dechunk::done) {
             break;
         }
         buf.reserve(CHUNK);
         match conn.recv(&mut buf, limits.read).await {
-            Ok(0) if head.content_length.is_none() => break,
+            Ok(0) if head.content_length.is_none() && dechunk.is_none() => break,
             Ok(0) => {
                 let e = Error::explain(ErrorType::ConnectionClosed, "").into_up();
                 failed(gw, session, ctx, &e, Phase::Body);
@@ -349,56 +354,6 @@ async fn connect(
             }
         }
     }
-}
-
-/// A step's failure as the Pingora error the rest of the proxy knows (statuses, metrics).
-fn fault_error(f: Fault, phase: Phase) -> Box<Error> {
-    let etype = match (&f, phase) {
-        (Fault::TimedOut, Phase::Connecting) => ErrorType::ConnectTimedout,
-        (Fault::TimedOut, _) => ErrorType::ReadTimedout,
-        (Fault::Io(e), Phase::Connecting) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            ErrorType::ConnectRefused
-        }
-        (Fault::Io(_), Phase::Connecting) => ErrorType::ConnectError,
-        (Fault::Io(_), _) => ErrorType::ReadError,
-    };
-    match f {
-        Fault::TimedOut => Error::explain(etype, "timed out").into_up(),
-        Fault::Io(e) => Error::because(etype, "uwsgi", e).into_up(),
-    }
-}
-
-/// A fault of the server: counted against it (nginx's passive health), its `max_conns` slot
-/// given back, and one line in the server block's error log naming it.
-fn failed(gw: &Gateway, session: &Session, ctx: &mut Ctx, e: &Error, phase: Phase) {
-    if let (Some(pool), Some(i)) = (ctx.pool(), ctx.peer) {
-        pool.failed(i);
-    }
-    ctx.try_failed(e, phase == Phase::Connecting);
-    hold(&mut ctx.held, None);
-    let what = describe(e, phase);
-    let (Some(snap), Some(peer)) = (ctx.snap.as_ref(), ctx.peer()) else {
-        return;
-    };
-    if let Some(Some(log)) = snap.error_logs.get(gw.server) {
-        errors::log_line(log, session, gw.server_name(snap), Some(&Url(peer)), &what);
-    }
-}
-
-/// nginx's words; a connect error other than a refusal names its errno as nginx does.
-fn describe(e: &Error, phase: Phase) -> String {
-    if let (ErrorType::ConnectError, Some(io)) = (
-        e.etype(),
-        e.cause
-            .as_deref()
-            .and_then(|c| c.downcast_ref::<std::io::Error>()),
-    ) {
-        let code = io.raw_os_error().unwrap_or(0);
-        let text = std::io::Error::from_raw_os_error(code).to_string();
-        let text = text.split(" (os error").next().unwrap_or(&text);
-        return format!("connect() failed ({code}: {text}) while connecting to upstream");
-    }
-    errors::describe(e, phase)
 }
 
 /// Whether the location at `i` of `server` passes to uwsgi.
