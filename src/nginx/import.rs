@@ -662,6 +662,9 @@ fn listen(d: &Directive, out: &mut Out) -> Option<String> {
     Some(with_port(addr, 80))
 }
 
+/// nginx's `root` when none is set: `html` under the prefix Debian's package is built with.
+const NGINX_DEFAULT_ROOT: &str = "/usr/share/nginx/html";
+
 fn location(d: &Directive, mut scope: Scope, out: &mut Out) -> Option<Value> {
     let (modifier, path) = location_match(d)?;
     let matcher = match modifier {
@@ -717,6 +720,18 @@ fn location(d: &Directive, mut scope: Scope, out: &mut Out) -> Option<Value> {
                 out.untranslated(s)
             }
         }
+    }
+    // No handler and no root anywhere: nginx serves files from its compiled-in root (`html`
+    // under its prefix, /usr/share/nginx/html in Debian's package), as the seed's
+    // `location = /favicon.ico { log_not_found off; }` does: the same root is written.
+    if pass.is_none()
+        && uwsgi_pass.is_none()
+        && ret.is_none()
+        && !handler_missing
+        && !scope.files.contains_key("root")
+        && !scope.files.contains_key("alias")
+    {
+        scope.files.insert("root", Value::from(NGINX_DEFAULT_ROOT));
     }
     let serves_files =
         !handler_missing && (scope.files.contains_key("root") || scope.files.contains_key("alias"));
@@ -1027,10 +1042,15 @@ log_not_found off;
             Value::from("*")
         );
         // The favicon location has no root of its own or inherited: nginx's default root.
-        assert!(
-            has("nginx.conf:14: \"location\" not translated"),
-            "{lines:#?}"
+        assert!(!has("\"location\""), "{lines:#?}");
+        let favicon = &v["servers"]["listen_11001"]["locations"][2];
+        assert_eq!(
+            favicon["root"],
+            Value::from(NGINX_DEFAULT_ROOT),
+            "{}",
+            i.yaml
         );
+        assert_eq!(favicon["log_not_found"], Value::from(false), "{}", i.yaml);
     }
 
     #[test]
