@@ -1,7 +1,7 @@
 //! `uwsgi_pass` against real uWSGI (Debian's `uwsgi` with its python3 plugin) running a tiny
 //! WSGI app, and the same requests through real nginx where it is installed.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -401,6 +401,10 @@ fn fake_app() -> (u16, std::sync::mpsc::Receiver<Got>) {
                 );
                 let _ = s.read(&mut [0u8; 1]);
             }
+            if map["PATH_INFO"] == "/mute" {
+                // No reply at all until the gateway gives up.
+                let _ = s.read(&mut [0u8; 1]);
+            }
             if map["PATH_INFO"] == "/stall" {
                 // A head and part of the body, then nothing until the gateway gives up.
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\npartial");
@@ -503,4 +507,59 @@ fn protocol_layout_cgi_replies_and_bad_apps() {
         text.contains("upstream timed out (110: Connection timed out) while reading upstream"),
         "{text}"
     );
+}
+
+/// Replies the gateway must not pass on as they are, and an interim `100 Continue` before a
+/// fault.
+#[test]
+fn interim_replies_and_bad_heads() {
+    let dir = TempDir::new("uwsgi-interim");
+    let (app, got) = fake_app();
+    let port = free_port();
+    let _gw = gateway(
+        &dir,
+        port,
+        "",
+        &format!("      - match: /\n        uwsgi_pass: 127.0.0.1:{app}\n      - match: = /mute\n        uwsgi_pass: 127.0.0.1:{app}\n        uwsgi_read_timeout: 1s\n"),
+    );
+    let wait = || got.recv_timeout(Duration::from_secs(10)).unwrap();
+    let access = dir.path("access.log");
+
+    // `Expect: 100-continue`, then an app that times out: the 504 still follows the 100, and
+    // the access log says 504.
+    let mut s = connect(port, None).unwrap();
+    s.write_all(
+        b"POST /mute HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 100"), "{line}");
+    while line != "\r\n" {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+    }
+    r.get_mut().write_all(b"abc").unwrap();
+    let resp = read_response(&mut r).unwrap();
+    assert_eq!(resp.status, 504);
+    wait();
+    let text = wait_log(&access, "\"POST /mute HTTP/1.1\"");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("504 ") && l.contains("/mute")),
+        "{text}"
+    );
+
+    // An HTTP/1.0 client is sent no 100 (as nginx).
+    let mut s = connect(port, None).unwrap();
+    s.write_all(
+        b"POST /cgi HTTP/1.0\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc",
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    wait();
 }
