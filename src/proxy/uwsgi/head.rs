@@ -80,10 +80,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, String> {
             continue;
         }
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or("invalid Content-Length")?;
+            let n = content_length_of(h.value).ok_or("invalid Content-Length")?;
             if content_length.is_some_and(|c| c != n) {
                 return Err("conflicting Content-Length".into());
             }
@@ -110,6 +107,19 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, String> {
         content_length,
         chunked,
     }))
+}
+
+/// Digits only (no sign, as RFC 9110 8.6), at most `i64::MAX` as nginx's `ngx_atoof`.
+fn content_length_of(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v)
+        .ok()?
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| u64::try_from(n).ok())
 }
 
 /// `Status: 404 Not Found` -> 404.
@@ -167,6 +177,15 @@ mod tests {
         assert!(parse(b"Status: abc\r\n\r\n").is_err());
         assert!(
             parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
+        );
+        for bad in ["+5", "-1", "", "5 5", "9223372036854775808"] {
+            let raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
+            assert!(parse(raw.as_bytes()).is_err(), "{bad}");
+        }
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 9223372036854775807\r\n\r\n";
+        assert_eq!(
+            parse(raw).unwrap().unwrap().content_length,
+            Some(i64::MAX as u64)
         );
     }
 }
