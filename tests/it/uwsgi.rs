@@ -388,6 +388,10 @@ fn fake_app() -> (u16, std::sync::mpsc::Receiver<Got>) {
                     b"Status: 201 Created\r\nX-A: 1\r\nConnection: close\r\nKeep-Alive: timeout=99\r\n\r\nhello".to_vec()
                 }
                 "/garbage" => b"\x00\x01junk\r\n\r\n".to_vec(),
+                "/interim" => {
+                    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                        .to_vec()
+                }
                 "/plus" => b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello".to_vec(),
                 "/big" => {
                     format!("HTTP/1.1 200 OK\r\nX-Pad: {}\r\n\r\n", "a".repeat(5000)).into_bytes()
@@ -566,6 +570,11 @@ fn interim_replies_and_bad_heads() {
 
     // A signed length from the app is invalid, as for nginx.
     let r = get(port, "/plus");
+    assert_eq!(r.status, 502);
+    wait();
+
+    // An interim 1xx from the app is not relayed: 502.
+    let r = get(port, "/interim");
     assert_eq!(r.status, 502);
     wait();
 }

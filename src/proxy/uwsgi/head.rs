@@ -60,6 +60,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, String> {
     if !(100..=999).contains(&status) {
         return Err("invalid status".into());
     }
+    if status < 200 {
+        // An interim reply (100, 102, 103) or an upgrade (101): neither is taken from a uwsgi
+        // app, a 502 is simpler and safer than relaying it.
+        return Err("unexpected 1xx status".into());
+    }
     let mut resp = ResponseHeader::build(status, Some(headers.len()))
         .map_err(|_| String::from("invalid status"))?;
     let canonical = http::StatusCode::from_u16(status)
@@ -175,6 +180,8 @@ mod tests {
         assert!(parse(b"").unwrap().is_none());
         assert!(parse(b"\x00\x01garbage\r\n\r\n").is_err());
         assert!(parse(b"Status: abc\r\n\r\n").is_err());
+        assert!(parse(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n").is_err());
+        assert!(parse(b"Status: 100 Continue\r\n\r\n").is_err());
         assert!(
             parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
         );
