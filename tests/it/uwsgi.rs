@@ -392,6 +392,15 @@ fn fake_app() -> (u16, std::sync::mpsc::Receiver<Got>) {
                     b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
                         .to_vec()
                 }
+                "/many" => {
+                    // 300 short header lines: within the 4k proxy_buffer_size.
+                    let mut r = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+                    for i in 0..300 {
+                        r.push_str(&format!("X-{i}: {i}\r\n"));
+                    }
+                    r.push_str("\r\nok");
+                    r.into_bytes()
+                }
                 "/plus" => b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello".to_vec(),
                 "/big" => {
                     format!("HTTP/1.1 200 OK\r\nX-Pad: {}\r\n\r\n", "a".repeat(5000)).into_bytes()
@@ -576,5 +585,11 @@ fn interim_replies_and_bad_heads() {
     // An interim 1xx from the app is not relayed: 502.
     let r = get(port, "/interim");
     assert_eq!(r.status, 502);
+    wait();
+
+    // Many header lines are limited only by proxy_buffer_size.
+    let r = get(port, "/many");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    assert_eq!(r.header("x-299"), Some("299"));
     wait();
 }

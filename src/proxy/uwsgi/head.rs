@@ -4,8 +4,9 @@
 
 use pingora::http::ResponseHeader;
 
-/// Most header lines taken from an app.
-const MAX_HEADERS: usize = 100;
+/// Header lines parsed without allocating; a head with more is parsed again with room for
+/// as many lines as its bytes can hold, so only `proxy_buffer_size` limits it (as nginx).
+const MAX_HEADERS: usize = 128;
 
 /// A head that was read whole.
 pub struct Head {
@@ -33,9 +34,23 @@ fn hop_by_hop(name: &str) -> bool {
 /// for what nginx would call an invalid header.
 pub fn parse(buf: &[u8]) -> Result<Option<Head>, String> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match parse_in(buf, &mut headers) {
+        Err(e) if e == httparse::Error::TooManyHeaders.to_string() => {
+            // Every line takes at least 3 bytes (`a:\n`).
+            let mut more = vec![httparse::EMPTY_HEADER; buf.len() / 3 + 1];
+            parse_in(buf, &mut more)
+        }
+        r => r,
+    }
+}
+
+fn parse_in<'a>(
+    buf: &'a [u8],
+    headers: &mut [httparse::Header<'a>],
+) -> Result<Option<Head>, String> {
     let (status, reason, len, headers): (u16, Option<&str>, usize, &[httparse::Header]) =
         if buf.starts_with(b"HTTP/") {
-            let mut r = httparse::Response::new(&mut headers);
+            let mut r = httparse::Response::new(headers);
             match r.parse(buf).map_err(|e| e.to_string())? {
                 httparse::Status::Partial => return Ok(None),
                 httparse::Status::Complete(n) => {
@@ -46,7 +61,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, String> {
         } else if buf.len() < 5 && b"HTTP/".starts_with(buf) {
             return Ok(None);
         } else {
-            match httparse::parse_headers(buf, &mut headers).map_err(|e| e.to_string())? {
+            match httparse::parse_headers(buf, headers).map_err(|e| e.to_string())? {
                 httparse::Status::Partial => return Ok(None),
                 httparse::Status::Complete((n, hs)) => {
                     let code = match hs.iter().find(|h| h.name.eq_ignore_ascii_case("status")) {
@@ -152,6 +167,14 @@ mod tests {
         assert!(h.resp.headers.get("connection").is_none());
         assert!(!h.chunked);
         assert_eq!(h.resp.headers.get("content-type").unwrap(), "text/plain");
+        let mut many = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..1000 {
+            many.push_str(&format!("X-{i}: {i}\r\n"));
+        }
+        many.push_str("\r\n");
+        let h = parse(many.as_bytes()).unwrap().unwrap();
+        assert_eq!(h.resp.headers.len(), 1000);
+        assert!(parse(&many.as_bytes()[..many.len() - 2]).unwrap().is_none());
         let h =
             parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n")
                 .unwrap()
