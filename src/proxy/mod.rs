@@ -445,7 +445,9 @@ impl ProxyHttp for Gateway {
     /// for a client that is gone or a response already under way (its connection closes).
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
         let code = status_for(e);
-        if code > 0 && session.response_written().is_none() {
+        // An interim 1xx (a `100 Continue` sent for the body) is no response yet.
+        let final_written = session.response_written().is_some_and(|r| !interim(r));
+        if code > 0 && !final_written {
             let _ = session.respond_error(code).await;
         }
         FailToProxy {
@@ -458,10 +460,11 @@ impl ProxyHttp for Gateway {
     /// server failed, does nginx's success bookkeeping.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = match session.response_written() {
-            Some(r) => r.status.as_u16(),
+            // An interim 1xx alone (the error page could not be written) logs as no response.
+            Some(r) if !interim(r) => r.status.as_u16(),
             // nginx's 499: the client went away before a response was sent.
-            None if e.is_some() => 499,
-            None => 0,
+            _ if e.is_some() => 499,
+            _ => 0,
         };
         if e.is_none() {
             if let (Some(pool), Some(i)) = (ctx.pool(), ctx.peer) {
@@ -486,4 +489,9 @@ impl ProxyHttp for Gateway {
         };
         log.append(|out| vars::access_line(out, &sp.access_format, session, ctx, status));
     }
+}
+
+/// A 1xx other than 101 (which starts the upgraded connection): a final response may follow.
+fn interim(r: &ResponseHeader) -> bool {
+    r.status.is_informational() && r.status != http::StatusCode::SWITCHING_PROTOCOLS
 }

@@ -1,7 +1,7 @@
 //! `uwsgi_pass` against real uWSGI (Debian's `uwsgi` with its python3 plugin) running a tiny
 //! WSGI app, and the same requests through real nginx where it is installed.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -388,6 +388,20 @@ fn fake_app() -> (u16, std::sync::mpsc::Receiver<Got>) {
                     b"Status: 201 Created\r\nX-A: 1\r\nConnection: close\r\nKeep-Alive: timeout=99\r\n\r\nhello".to_vec()
                 }
                 "/garbage" => b"\x00\x01junk\r\n\r\n".to_vec(),
+                "/interim" => {
+                    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                        .to_vec()
+                }
+                "/many" => {
+                    // 300 short header lines: within the 4k proxy_buffer_size.
+                    let mut r = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+                    for i in 0..300 {
+                        r.push_str(&format!("X-{i}: {i}\r\n"));
+                    }
+                    r.push_str("\r\nok");
+                    r.into_bytes()
+                }
+                "/plus" => b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello".to_vec(),
                 "/big" => {
                     format!("HTTP/1.1 200 OK\r\nX-Pad: {}\r\n\r\n", "a".repeat(5000)).into_bytes()
                 }
@@ -399,6 +413,10 @@ fn fake_app() -> (u16, std::sync::mpsc::Receiver<Got>) {
                 let _ = s.write_all(
                     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
                 );
+                let _ = s.read(&mut [0u8; 1]);
+            }
+            if map["PATH_INFO"] == "/mute" {
+                // No reply at all until the gateway gives up.
                 let _ = s.read(&mut [0u8; 1]);
             }
             if map["PATH_INFO"] == "/stall" {
@@ -503,4 +521,75 @@ fn protocol_layout_cgi_replies_and_bad_apps() {
         text.contains("upstream timed out (110: Connection timed out) while reading upstream"),
         "{text}"
     );
+}
+
+/// Replies the gateway must not pass on as they are, and an interim `100 Continue` before a
+/// fault.
+#[test]
+fn interim_replies_and_bad_heads() {
+    let dir = TempDir::new("uwsgi-interim");
+    let (app, got) = fake_app();
+    let port = free_port();
+    let _gw = gateway(
+        &dir,
+        port,
+        "",
+        &format!("      - match: /\n        uwsgi_pass: 127.0.0.1:{app}\n      - match: = /mute\n        uwsgi_pass: 127.0.0.1:{app}\n        uwsgi_read_timeout: 1s\n"),
+    );
+    let wait = || got.recv_timeout(Duration::from_secs(10)).unwrap();
+    let access = dir.path("access.log");
+
+    // `Expect: 100-continue`, then an app that times out: the 504 still follows the 100, and
+    // the access log says 504.
+    let mut s = connect(port, None).unwrap();
+    s.write_all(
+        b"POST /mute HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 100"), "{line}");
+    while line != "\r\n" {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+    }
+    r.get_mut().write_all(b"abc").unwrap();
+    let resp = read_response(&mut r).unwrap();
+    assert_eq!(resp.status, 504);
+    wait();
+    let text = wait_log(&access, "\"POST /mute HTTP/1.1\"");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("504 ") && l.contains("/mute")),
+        "{text}"
+    );
+
+    // An HTTP/1.0 client is sent no 100 (as nginx).
+    let mut s = connect(port, None).unwrap();
+    s.write_all(
+        b"POST /cgi HTTP/1.0\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc",
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    wait();
+
+    // A signed length from the app is invalid, as for nginx.
+    let r = get(port, "/plus");
+    assert_eq!(r.status, 502);
+    wait();
+
+    // An interim 1xx from the app is not relayed: 502.
+    let r = get(port, "/interim");
+    assert_eq!(r.status, 502);
+    wait();
+
+    // Many header lines are limited only by proxy_buffer_size.
+    let r = get(port, "/many");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    assert_eq!(r.header("x-299"), Some("299"));
+    wait();
 }

@@ -4,8 +4,9 @@
 
 use pingora::http::ResponseHeader;
 
-/// Most header lines taken from an app.
-const MAX_HEADERS: usize = 100;
+/// Header lines parsed without allocating; a head with more is parsed again with room for
+/// as many lines as its bytes can hold, so only `proxy_buffer_size` limits it (as nginx).
+const MAX_HEADERS: usize = 128;
 
 /// A head that was read whole.
 pub struct Head {
@@ -33,9 +34,23 @@ fn hop_by_hop(name: &str) -> bool {
 /// for what nginx would call an invalid header.
 pub fn parse(buf: &[u8]) -> Result<Option<Head>, String> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match parse_in(buf, &mut headers) {
+        Err(e) if e == httparse::Error::TooManyHeaders.to_string() => {
+            // Every line takes at least 3 bytes (`a:\n`).
+            let mut more = vec![httparse::EMPTY_HEADER; buf.len() / 3 + 1];
+            parse_in(buf, &mut more)
+        }
+        r => r,
+    }
+}
+
+fn parse_in<'a>(
+    buf: &'a [u8],
+    headers: &mut [httparse::Header<'a>],
+) -> Result<Option<Head>, String> {
     let (status, reason, len, headers): (u16, Option<&str>, usize, &[httparse::Header]) =
         if buf.starts_with(b"HTTP/") {
-            let mut r = httparse::Response::new(&mut headers);
+            let mut r = httparse::Response::new(headers);
             match r.parse(buf).map_err(|e| e.to_string())? {
                 httparse::Status::Partial => return Ok(None),
                 httparse::Status::Complete(n) => {
@@ -46,7 +61,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, String> {
         } else if buf.len() < 5 && b"HTTP/".starts_with(buf) {
             return Ok(None);
         } else {
-            match httparse::parse_headers(buf, &mut headers).map_err(|e| e.to_string())? {
+            match httparse::parse_headers(buf, headers).map_err(|e| e.to_string())? {
                 httparse::Status::Partial => return Ok(None),
                 httparse::Status::Complete((n, hs)) => {
                     let code = match hs.iter().find(|h| h.name.eq_ignore_ascii_case("status")) {
@@ -59,6 +74,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, String> {
         };
     if !(100..=999).contains(&status) {
         return Err("invalid status".into());
+    }
+    if status < 200 {
+        // An interim reply (100, 102, 103) or an upgrade (101): neither is taken from a uwsgi
+        // app, a 502 is simpler and safer than relaying it.
+        return Err("unexpected 1xx status".into());
     }
     let mut resp = ResponseHeader::build(status, Some(headers.len()))
         .map_err(|_| String::from("invalid status"))?;
@@ -80,10 +100,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, String> {
             continue;
         }
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or("invalid Content-Length")?;
+            let n = content_length_of(h.value).ok_or("invalid Content-Length")?;
             if content_length.is_some_and(|c| c != n) {
                 return Err("conflicting Content-Length".into());
             }
@@ -112,6 +129,19 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, String> {
     }))
 }
 
+/// Digits only (no sign, as RFC 9110 8.6), at most `i64::MAX` as nginx's `ngx_atoof`.
+fn content_length_of(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v)
+        .ok()?
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| u64::try_from(n).ok())
+}
+
 /// `Status: 404 Not Found` -> 404.
 fn cgi_status(v: &[u8]) -> Option<u16> {
     let v = std::str::from_utf8(v).ok()?.trim_start();
@@ -137,6 +167,14 @@ mod tests {
         assert!(h.resp.headers.get("connection").is_none());
         assert!(!h.chunked);
         assert_eq!(h.resp.headers.get("content-type").unwrap(), "text/plain");
+        let mut many = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..1000 {
+            many.push_str(&format!("X-{i}: {i}\r\n"));
+        }
+        many.push_str("\r\n");
+        let h = parse(many.as_bytes()).unwrap().unwrap();
+        assert_eq!(h.resp.headers.len(), 1000);
+        assert!(parse(&many.as_bytes()[..many.len() - 2]).unwrap().is_none());
         let h =
             parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n")
                 .unwrap()
@@ -165,8 +203,19 @@ mod tests {
         assert!(parse(b"").unwrap().is_none());
         assert!(parse(b"\x00\x01garbage\r\n\r\n").is_err());
         assert!(parse(b"Status: abc\r\n\r\n").is_err());
+        assert!(parse(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n").is_err());
+        assert!(parse(b"Status: 100 Continue\r\n\r\n").is_err());
         assert!(
             parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
+        );
+        for bad in ["+5", "-1", "", "5 5", "9223372036854775808"] {
+            let raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
+            assert!(parse(raw.as_bytes()).is_err(), "{bad}");
+        }
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 9223372036854775807\r\n\r\n";
+        assert_eq!(
+            parse(raw).unwrap().unwrap().content_length,
+            Some(i64::MAX as u64)
         );
     }
 }

@@ -301,12 +301,15 @@ async fn read_body(
     Ok(b)
 }
 
+/// nginx sends `100 Continue` to HTTP/1.1 clients only (HTTP/1.0 has no interim replies).
 fn expects_continue(session: &Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    let req = session.req_header();
+    req.version != http::Version::HTTP_10
+        && req.version != http::Version::HTTP_09
+        && req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Picks a server and connects, moving on to the next server after a failure while the
