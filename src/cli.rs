@@ -56,4 +56,14 @@ pub enum Sub {
         /// nginx.conf, or a conf.d file with `upstream` and `server` blocks.
         file: PathBuf,
     },
+    /// Check FILE as -t does and write its shared part (upstreams, servers, canaries,
+    /// log_formats) to the fleet's etcd (`config_store`); refused if the fleet changed since
+    /// FILE was last pushed or pulled.
+    Push {
+        /// Write even if the fleet's config changed since.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the fleet's config (the shared part in etcd) that FILE's `config_store` names.
+    Pull,
 }

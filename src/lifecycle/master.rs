@@ -86,6 +86,8 @@ pub(super) struct Master {
     /// TERM or INT arrived while waiting for a worker.
     pub stop_now: bool,
     pub last_spawn: Instant,
+    /// The fleet this gateway belongs to (`config_store`), if any.
+    pub fleet: Option<crate::fleet::watch::Fleet>,
 }
 
 /// Starts the master: a fresh start, or the second half of a re-exec (`upgrade`).
@@ -99,7 +101,8 @@ pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
         what: "finding our own binary",
         err,
     })?;
-    let source = Source::read(conf.as_deref()).map_err(|p| Error::Config(p.to_string()))?;
+    let mut source = Source::read(conf.as_deref()).map_err(|p| Error::Config(p.to_string()))?;
+    let fleet = super::fleet::start(&mut source)?;
     let (plan, notes) = source
         .compile_noting(None)
         .map_err(|p| Error::Config(p.to_string()))?;
@@ -134,6 +137,7 @@ pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
             err,
         })?;
         let mut m = Master::new(exe, source, Arc::new(plan), sockets, pidfile, ctl)?;
+        m.fleet = fleet;
         let (source, want) = (m.source.clone(), plan_addrs(&m.plan));
         let w = match m.start_worker(Path::new(OWN_IMAGE), &source, &want).await {
             Ok(w) => w,
@@ -244,6 +248,7 @@ impl Master {
             sigs,
             stop_now: false,
             last_spawn: Instant::now(),
+            fleet: None,
         })
     }
 
@@ -272,6 +277,7 @@ impl Master {
                     }
                 }
                 _ = tick.tick() => self.reap().await,
+                ev = crate::fleet::watch::Fleet::next(&mut self.fleet) => self.on_fleet(ev).await,
             }
         }
     }

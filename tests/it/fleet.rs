@@ -1,0 +1,263 @@
+//! A fleet of gateways on one etcd (issue 19): three real gateways on a real etcd (Debian's
+//! `etcd-server`, started here on loopback ports with a temp data dir).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+
+/// One etcd member on loopback: client port `client`, data in `DIR/etcd`.
+struct Etcd {
+    proc: Option<Proc>,
+    client: u16,
+    peer: u16,
+    dir: PathBuf,
+}
+
+impl Etcd {
+    fn start(dir: &TempDir) -> Option<Etcd> {
+        if !std::path::Path::new("/usr/bin/etcd").exists() {
+            eprintln!("skipped: /usr/bin/etcd is not installed (scripts/deps.sh installs it)");
+            return None;
+        }
+        let mut e = Etcd {
+            proc: None,
+            client: free_port(),
+            peer: free_port(),
+            dir: dir.path("etcd"),
+        };
+        e.restart();
+        Some(e)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    fn restart(&mut self) {
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
+        let child = Command::new("/usr/bin/etcd")
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--listen-client-urls", &self.url()])
+            .args(["--advertise-client-urls", &self.url()])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.proc = Some(Proc { child });
+        wait_for("etcd answers", Duration::from_secs(20), || {
+            self.put_raw("/graygate-test/ping", "1").is_ok()
+        });
+    }
+
+    fn kill(&mut self) {
+        self.proc = None;
+        wait_for("etcd gone", Duration::from_secs(10), || {
+            !port_open(self.client)
+        });
+    }
+
+    /// Writes `value` at `key` as any etcd client would (not through graygate).
+    fn put_raw(&self, key: &str, value: &str) -> Result<i64, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let opts = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(1))
+                .with_timeout(Duration::from_secs(2));
+            let mut c = etcd_client::Client::connect([self.url()], Some(opts))
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = c.put(key, value, None).await.map_err(|e| e.to_string())?;
+            Ok(r.header().map_or(0, |h| h.revision()))
+        })
+    }
+}
+
+const PREFIX: &str = "/graygate/itest";
+
+/// Gateway `i`'s own file: process settings, its listen address, the store.
+fn local_yaml(dir: &TempDir, i: usize, listen: u16, admin: u16, etcd: &Etcd) -> String {
+    format!(
+        "pid_file: {pid}\nerror_log: {err}\ngrace_period: 1s\nthreads: 2
+admin: {{ listen: \"127.0.0.1:{admin}\" }}
+config_store:
+  etcd: {{ endpoints: [\"{url}\"], prefix: {PREFIX} }}
+servers:
+  front: {{ listen: [\"127.0.0.1:{listen}\"] }}
+",
+        pid = dir.s(&format!("gw{i}.pid")),
+        err = dir.s(&format!("gw{i}.log")),
+        url = etcd.url(),
+    )
+}
+
+/// The shared part: `/` to pool `pool` (`old` or `new`).
+fn shared_yaml(old: u16, new: u16, pool: &str) -> String {
+    format!(
+        "upstreams:
+  old: {{ policy: ip_hash, servers: [{{ addr: \"127.0.0.1:{old}\" }}] }}
+  new: {{ policy: ip_hash, servers: [{{ addr: \"127.0.0.1:{new}\" }}] }}
+canaries:
+  split: {{ stable: old, canary: new, key: $remote_addr, percent: 0 }}
+servers:
+  front:
+    listen: [\"127.0.0.1:1\"]
+    locations:
+      - {{ match: /, proxy_pass: {pool} }}
+      - {{ match: /split, proxy_pass: split }}
+"
+    )
+}
+
+fn backend_of(port: u16) -> String {
+    get_from(port, "/", None, &[])
+        .map(|r| r.backend().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn three_gateways_follow_one_etcd() {
+    let dir = TempDir::new("fleet");
+    let Some(mut etcd) = Etcd::start(&dir) else {
+        return;
+    };
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    let listens = [free_port(), free_port(), free_port()];
+    let admins = [free_port(), free_port(), free_port()];
+    let locals: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            dir.write(
+                &format!("gw{i}.yaml"),
+                &local_yaml(&dir, i, listens[i], admins[i], &etcd),
+            )
+        })
+        .collect();
+    // The operator's file: the store and the shared part.
+    let ops = dir.path("ops.yaml");
+    let url = etcd.url();
+    let ops_text = |pool: &str| {
+        format!(
+            "pid_file: {pid}\nerror_log: {err}\nconfig_store:\n  etcd: {{ endpoints: [\"{url}\"], prefix: {PREFIX} }}\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\n{shared}",
+            pid = dir.s("ops.pid"),
+            err = dir.s("ops.log"),
+            admin = admins[0],
+            shared = shared_yaml(old, new, pool),
+        )
+    };
+    let push = |pool: &str, force: bool| {
+        std::fs::write(&ops, ops_text(pool)).unwrap();
+        let conf = ops.display().to_string();
+        let mut args = vec!["-c", conf.as_str(), "push"];
+        if force {
+            args.push("--force");
+        }
+        ctl(&args)
+    };
+
+    // First push, then the gateways start on it.
+    let (ok, out) = push("old", false);
+    assert!(ok, "{out}");
+    assert!(out.contains("revision"), "{out}");
+    let gws: Vec<Proc> = (0..3).map(|i| start(&locals[i], &[listens[i]])).collect();
+    for &l in &listens {
+        wait_for("gateway serves old", Duration::from_secs(10), || {
+            backend_of(l) == "old"
+        });
+    }
+    let pulled = ctl(&["-c", &ops.display().to_string(), "pull"]);
+    assert!(
+        pulled.0 && pulled.1.contains("proxy_pass: old"),
+        "{}",
+        pulled.1
+    );
+
+    // A push reaches all three under load, nothing fails.
+    let loads: Vec<Load> = listens.iter().map(|&l| Load::start(l, 4, false)).collect();
+    for l in &loads {
+        l.wait_more(100);
+    }
+    let (ok, out) = push("new", false);
+    assert!(ok, "{out}");
+    for &l in &listens {
+        wait_for("gateway serves new", Duration::from_secs(10), || {
+            backend_of(l) == "new"
+        });
+    }
+    for l in &loads {
+        l.wait_more(100);
+    }
+
+    // A push from a file that did not see the last change is refused, naming the revision.
+    let stale = dir.write("stale.yaml", &ops_text("old"));
+    let (ok, out) = ctl(&["-c", &stale.display().to_string(), "push"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("push refused") && out.contains("revision"),
+        "{out}"
+    );
+
+    // A bad value written straight into etcd: every gateway refuses it, keeps serving.
+    let bad = shared_yaml(old, new, "nosuchpool");
+    let bad_rev = etcd.put_raw(&format!("{PREFIX}/config"), &bad).unwrap();
+    for (i, &l) in listens.iter().enumerate() {
+        let log = dir.path(&format!("gw{i}.log"));
+        wait_for("bad value refused", Duration::from_secs(10), || {
+            read(&log).contains(&format!("{PREFIX}/config revision {bad_rev} refused"))
+        });
+        assert!(read(&log).contains("nosuchpool"), "{}", read(&log));
+        assert_eq!(backend_of(l), "new");
+    }
+
+    // etcd away: every gateway keeps serving; a push is refused with the reason.
+    etcd.kill();
+    for (i, l) in loads.iter().enumerate() {
+        l.wait_more(100);
+        let log = dir.path(&format!("gw{i}.log"));
+        wait_for("etcd away logged", Duration::from_secs(10), || {
+            read(&log).contains("serving on the running config")
+        });
+    }
+    let (ok, out) = push("old", true);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("push refused, nothing written") && out.contains(&etcd.url()),
+        "{out}"
+    );
+
+    // etcd back: a change applies everywhere.
+    etcd.restart();
+    let (ok, out) = push("old", false);
+    assert!(!ok, "the bad value is newer than this file's push: {out}");
+    let (ok, out) = push("old", true);
+    assert!(ok, "{out}");
+    for &l in &listens {
+        wait_for("gateway serves old again", Duration::from_secs(15), || {
+            backend_of(l) == "old"
+        });
+    }
+    for l in &loads {
+        l.wait_more(100);
+    }
+    for (i, l) in loads.into_iter().enumerate() {
+        let r = l.finish();
+        assert!(
+            r.failed.is_empty(),
+            "gateway {i}: {:?}",
+            &r.failed[..r.failed.len().min(5)]
+        );
+        assert!(r.ok > 0);
+    }
+    drop(gws);
+}
