@@ -1,6 +1,7 @@
 //! A fleet of gateways on one etcd (issue 19): three real gateways on a real etcd (Debian's
 //! `etcd-server`, started here on loopback ports with a temp data dir).
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -125,6 +126,46 @@ fn backend_of(port: u16) -> String {
         .unwrap_or_default()
 }
 
+/// `/api/status` of the gateway whose admin listener is on `admin`.
+fn status(admin: u16) -> serde_json::Value {
+    get_from(admin, "/api/status", None, &[])
+        .ok()
+        .and_then(|r| serde_json::from_str(&r.body).ok())
+        .unwrap_or_default()
+}
+
+fn percent(admin: u16) -> f64 {
+    status(admin)["canaries"][0]["percent"]
+        .as_f64()
+        .unwrap_or(-1.0)
+}
+
+/// The side (true = canary) of each of `n` client addresses at gateway `port`.
+fn sides(port: u16, n: usize) -> Vec<bool> {
+    let chunks: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                (t..n)
+                    .step_by(4)
+                    .map(|i| {
+                        let src = Ipv4Addr::new(127, 20 + (i / 250) as u8, (i % 250) as u8, 3);
+                        let r = get_from(port, "/split", Some(src), &[]).expect("request");
+                        assert_eq!(r.status, 200);
+                        (i, r.backend() == "new")
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut out = vec![false; n];
+    for c in chunks {
+        for (i, side) in c.join().expect("client thread") {
+            out[i] = side;
+        }
+    }
+    out
+}
+
 #[test]
 fn three_gateways_follow_one_etcd() {
     let dir = TempDir::new("fleet");
@@ -208,6 +249,44 @@ fn three_gateways_follow_one_etcd() {
         "{out}"
     );
 
+    // A live change through one gateway applies on all; every user gets the same side from
+    // each gateway.
+    let cli = |i: usize, args: &[&str]| {
+        let conf = locals[i].display().to_string();
+        let mut all = vec!["-c", conf.as_str()];
+        all.extend_from_slice(args);
+        ctl(&all)
+    };
+    let (ok, out) = cli(0, &["canary", "set", "split", "30"]);
+    assert!(ok, "{out}");
+    for &a in &admins {
+        wait_for("canary at 30% everywhere", Duration::from_secs(10), || {
+            percent(a) == 30.0
+        });
+    }
+    let first = sides(listens[0], 1000);
+    let on_canary = first.iter().filter(|s| **s).count();
+    assert!(
+        (200..400).contains(&on_canary),
+        "{on_canary} of 1000 on the canary side"
+    );
+    for &l in &listens[1..] {
+        assert!(
+            sides(l, 1000) == first,
+            "a user changed sides between gateways"
+        );
+    }
+    let st = status(admins[1]);
+    let fleet = &st["fleet"];
+    assert_eq!(fleet["reachable"], serde_json::Value::Bool(true), "{st}");
+    assert!(fleet["revision"].as_i64().unwrap_or(0) > 0, "{st}");
+    wait_for("three members", Duration::from_secs(10), || {
+        status(admins[2])["fleet"]["members"]
+            .as_array()
+            .map_or(0, |m| m.len())
+            == 3
+    });
+
     // A bad value written straight into etcd: every gateway refuses it, keeps serving.
     let bad = shared_yaml(old, new, "nosuchpool");
     let bad_rev = etcd.put_raw(&format!("{PREFIX}/config"), &bad).unwrap();
@@ -235,6 +314,16 @@ fn three_gateways_follow_one_etcd() {
         out.contains("push refused, nothing written") && out.contains(&etcd.url()),
         "{out}"
     );
+    wait_for("etcd away in the status", Duration::from_secs(10), || {
+        status(admins[1])["fleet"]["reachable"] == serde_json::Value::Bool(false)
+    });
+    let (ok, out) = cli(1, &["canary", "set", "split", "60"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("unreachable") && out.contains("refused"),
+        "{out}"
+    );
+    assert!(admins.iter().all(|&a| percent(a) == 30.0));
 
     // etcd back: a change applies everywhere.
     etcd.restart();
@@ -245,6 +334,18 @@ fn three_gateways_follow_one_etcd() {
     for &l in &listens {
         wait_for("gateway serves old again", Duration::from_secs(15), || {
             backend_of(l) == "old"
+        });
+    }
+    wait_for(
+        "etcd back for live changes",
+        Duration::from_secs(15),
+        || status(admins[2])["fleet"]["reachable"] == serde_json::Value::Bool(true),
+    );
+    let (ok, out) = cli(2, &["canary", "set", "split", "60"]);
+    assert!(ok, "{out}");
+    for &a in &admins {
+        wait_for("canary at 60% everywhere", Duration::from_secs(10), || {
+            percent(a) == 60.0
         });
     }
     for l in &loads {
