@@ -9,19 +9,32 @@
 //! - the live changes of this gateway: written by [`publish`] (called where the state file
 //!   is saved), only the values that differ from what the store holds.
 //!
+//! - `PREFIX/leader`: one gateway, elected by a create-if-absent under its lease, runs the
+//!   automatic ramps ([`drives`]); a leader that dies loses the key with its lease and the
+//!   next gateway to look takes it, going on at the step the state keys hold;
+//! - `PREFIX/counts/ID/CANARY`: this gateway's cumulative counts of both sides, under its
+//!   lease, every second; the leader adds the others' to its own ([`others`]).
+//!
 //! While etcd is away, live changes are refused ([`refusal`]): a change that only some
-//! gateways got would split the fleet. The gateways keep serving what they have.
+//! gateways got would split the fleet. The gateways keep serving what they have, and none of
+//! them leads.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
+};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::{etcd, Settings};
+use crate::canary::analysis::SideSnap;
 use crate::canary::store::{Saved, SavedCanary, WeightOverride};
+use crate::metrics::histogram::Counts;
 use crate::snapshot::Live;
 
 /// How long a member key outlives its gateway.
@@ -34,7 +47,47 @@ struct Shared {
     members: Mutex<Vec<Value>>,
     /// The live values as the store holds them (what [`publish`] compares with).
     seen: Mutex<Saved>,
+    /// This gateway holds `PREFIX/leader`.
+    leader: AtomicBool,
+    leader_id: Mutex<Option<String>>,
+    /// The other gateways' counts, summed, by canary.
+    others: Mutex<BTreeMap<String, [SideSnap; 2]>>,
     tx: UnboundedSender<Request>,
+}
+
+/// One side's counts as published.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wire {
+    answered: u64,
+    errors: u64,
+    buckets: Vec<u64>,
+    sum_us: u64,
+}
+
+impl Wire {
+    fn of(s: &SideSnap) -> Wire {
+        Wire {
+            answered: s.answered,
+            errors: s.errors,
+            buckets: s.duration.buckets.to_vec(),
+            sum_us: s.duration.sum_us,
+        }
+    }
+
+    fn snap(&self) -> SideSnap {
+        let mut duration = Counts {
+            sum_us: self.sum_us,
+            ..Counts::default()
+        };
+        for (o, b) in duration.buckets.iter_mut().zip(&self.buckets) {
+            *o = *b;
+        }
+        SideSnap {
+            answered: self.answered,
+            errors: self.errors,
+            duration,
+        }
+    }
 }
 
 struct Request {
@@ -58,6 +111,9 @@ pub fn start(live: &Live) {
         away: Mutex::new(Some("not connected yet".into())),
         members: Mutex::new(Vec::new()),
         seen: Mutex::new(Saved::default()),
+        leader: AtomicBool::new(false),
+        leader_id: Mutex::new(None),
+        others: Mutex::new(BTreeMap::new()),
         tx,
     };
     if AGENT.set(shared).is_err() {
@@ -133,9 +189,23 @@ pub fn status(running_text: &str) -> Option<Value> {
         "prefix": a.settings.etcd.prefix,
         "revision": super::watch::running_revision(running_text),
         "reachable": away.is_none(),
+        "leader": *lock(&a.leader_id),
+        "leads": a.leader.load(Ordering::Acquire),
         "error": away,
         "members": *lock(&a.members),
     }))
+}
+
+/// Whether this gateway runs the automatic ramps: always outside a fleet; in one, only the
+/// elected leader (and none while etcd is away).
+pub fn drives() -> bool {
+    AGENT.get().is_none_or(|a| a.leader.load(Ordering::Acquire))
+}
+
+/// The other gateways' cumulative counts of canary `name` (both sides), in a fleet.
+pub fn others(name: &str) -> Option<[SideSnap; 2]> {
+    let a = AGENT.get()?;
+    Some(lock(&a.others).get(name).cloned().unwrap_or_default())
 }
 
 /// Whether etcd is reachable (for `/metrics`); `None` outside a fleet.
@@ -160,6 +230,7 @@ async fn run(live: Live, mut rx: UnboundedReceiver<Request>) {
             logged = true;
         }
         *lock(&a.away) = Some(e);
+        a.leader.store(false, Ordering::Release);
         // Changes asked for meanwhile are refused at once.
         let end = tokio::time::Instant::now() + backoff;
         while let Ok(Some(r)) = tokio::time::timeout_at(end, rx.recv()).await {
@@ -266,6 +337,8 @@ async fn session_inner(
                         .map_err(|e| err("membership", e))?;
                     put_revision = Some(revision);
                 }
+                counts(a, live, &mut c, lease).await?;
+                elect(a, &mut c, lease).await?;
                 let r = timed(s, c.get(s.key("members/"), Some(GetOptions::new().with_prefix())))
                     .await?
                     .map_err(|e| err("membership", e))?;
@@ -332,4 +405,96 @@ async fn read_state(a: &Shared, live: &Live, c: &mut Client) -> Result<i64, Stri
     let _ = tokio::task::spawn_blocking(move || crate::canary::persist::adopt_fleet(&live, &saved))
         .await;
     Ok(r.header().map_or(0, |h| h.revision()))
+}
+
+/// Publishes this gateway's counts (under its lease) and sums the others'.
+async fn counts(a: &Shared, live: &Live, c: &mut Client, lease: i64) -> Result<(), String> {
+    let s = &a.settings;
+    let me = member_id();
+    let puts: Vec<TxnOp> = live
+        .load()
+        .plan
+        .canaries
+        .iter()
+        .filter_map(|cp| {
+            let sides = [cp.state.sides[0].snap(), cp.state.sides[1].snap()];
+            let v = serde_json::to_string(&[Wire::of(&sides[0]), Wire::of(&sides[1])]).ok()?;
+            let key = s.key(&format!("counts/{me}/{}", cp.name));
+            Some(TxnOp::put(
+                key,
+                v,
+                Some(PutOptions::new().with_lease(lease)),
+            ))
+        })
+        .collect();
+    if puts.is_empty() {
+        return Ok(());
+    }
+    timed(s, c.txn(Txn::new().and_then(puts)))
+        .await?
+        .map_err(|e| format!("etcd at {}: counts: {e}", s.endpoints()))?;
+    let prefix = s.key("counts/");
+    let r = timed(
+        s,
+        c.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
+    )
+    .await?
+    .map_err(|e| format!("etcd at {}: counts: {e}", s.endpoints()))?;
+    let mut sums: BTreeMap<String, [SideSnap; 2]> = BTreeMap::new();
+    for kv in r.kvs() {
+        let key = String::from_utf8_lossy(kv.key());
+        let Some((id, name)) = key
+            .strip_prefix(prefix.as_str())
+            .and_then(|k| k.split_once('/'))
+        else {
+            continue;
+        };
+        if id == me {
+            continue;
+        }
+        let Ok([st, ca]) = serde_json::from_slice::<[Wire; 2]>(kv.value()) else {
+            continue;
+        };
+        let e = sums.entry(name.to_string()).or_default();
+        *e = [e[0].plus(&st.snap()), e[1].plus(&ca.snap())];
+    }
+    *lock(&a.others) = sums;
+    Ok(())
+}
+
+/// Takes `PREFIX/leader` if nobody holds it; notes who does.
+async fn elect(a: &Shared, c: &mut Client, lease: i64) -> Result<(), String> {
+    let s = &a.settings;
+    let key = s.key("leader");
+    let me = member_id();
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key.as_str(),
+            me.as_str(),
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else([TxnOp::get(key.as_str(), None)]);
+    let r = timed(s, c.txn(txn))
+        .await?
+        .map_err(|e| format!("etcd at {}: leader: {e}", s.endpoints()))?;
+    let holder = if r.succeeded() {
+        Some(me.clone())
+    } else {
+        r.op_responses().into_iter().find_map(|o| match o {
+            TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+            _ => None,
+        })
+    };
+    let leads = holder.as_deref() == Some(me.as_str());
+    if leads && !a.leader.swap(true, Ordering::AcqRel) {
+        log::info!("fleet: this gateway ({me}) now runs the fleet's canary ramps");
+    } else if !leads {
+        a.leader.store(false, Ordering::Release);
+    }
+    *lock(&a.leader_id) = holder;
+    Ok(())
 }

@@ -362,3 +362,125 @@ fn three_gateways_follow_one_etcd() {
     }
     drop(gws);
 }
+
+/// The shared part of the ramp test: a canary of `steps` keyed per request.
+fn ramp_yaml(old: u16, new: u16) -> String {
+    format!(
+        "upstreams:
+  old: {{ servers: [{{ addr: \"127.0.0.1:{old}\" }}] }}
+  new: {{ servers: [{{ addr: \"127.0.0.1:{new}\" }}] }}
+canaries:
+  ramp:
+    stable: old
+    canary: new
+    key: $request_id
+    steps: [10, 20, 30, 100]
+    interval: 3s
+    analysis: {{ min_requests: 5 }}
+servers:
+  front:
+    listen: [\"127.0.0.1:1\"]
+    locations:
+      - {{ match: /, proxy_pass: ramp }}
+"
+    )
+}
+
+fn ramp_step(admin: u16) -> i64 {
+    status(admin)["canaries"][0]["ramp"]["step"]
+        .as_i64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn one_gateway_leads_the_ramp_on_the_fleets_numbers_and_another_takes_over() {
+    let dir = TempDir::new("fleet-ramp");
+    let Some(etcd) = Etcd::start(&dir) else {
+        return;
+    };
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    let listens = [free_port(), free_port(), free_port()];
+    let admins = [free_port(), free_port(), free_port()];
+    let locals: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let text = local_yaml(&dir, i, listens[i], admins[i], &etcd);
+            dir.write(&format!("gw{i}.yaml"), &text)
+        })
+        .collect();
+    let ops = dir.write(
+        "ops.yaml",
+        &format!(
+            "pid_file: {}\nconfig_store:\n  etcd: {{ endpoints: [\"{}\"], prefix: {PREFIX} }}\n{}",
+            dir.s("ops.pid"),
+            etcd.url(),
+            ramp_yaml(old, new)
+        ),
+    );
+    let (ok, out) = ctl(&["-c", &ops.display().to_string(), "push"]);
+    assert!(ok, "{out}");
+    let mut gws: Vec<Option<Proc>> = (0..3)
+        .map(|i| Some(start(&locals[i], &[listens[i], admins[i]])))
+        .collect();
+    let leader_of = |candidates: &[usize]| -> Option<usize> {
+        candidates
+            .iter()
+            .copied()
+            .find(|&i| status(admins[i])["fleet"]["leads"] == serde_json::Value::Bool(true))
+    };
+    let mut leader = None;
+    wait_for("a leader", Duration::from_secs(15), || {
+        leader = leader_of(&[0, 1, 2]);
+        leader.is_some()
+    });
+    let leader = leader.unwrap();
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+
+    // Traffic on the two others only: the leader can pass an analysis only on their numbers.
+    let loads: Vec<Load> = others
+        .iter()
+        .map(|&i| Load::start(listens[i], 3, false))
+        .collect();
+    let conf = locals[others[0]].display().to_string();
+    let (ok, out) = ctl(&["-c", &conf, "canary", "start", "ramp"]);
+    assert!(ok, "{out}");
+    for &a in &admins {
+        wait_for("step 2 everywhere", Duration::from_secs(20), || {
+            ramp_step(a) >= 2
+        });
+    }
+
+    // The leader dies mid-ramp: another takes over at the step the fleet is at.
+    let before = ramp_step(admins[others[0]]);
+    gws[leader] = None;
+    let mut next = None;
+    wait_for("a new leader", Duration::from_secs(20), || {
+        next = leader_of(&others);
+        next.is_some()
+    });
+    let after = ramp_step(admins[others[0]]);
+    assert!(
+        after >= before,
+        "the ramp went back from step {before} to {after}"
+    );
+    assert_eq!(
+        status(admins[others[1]])["canaries"][0]["state"],
+        serde_json::Value::from("running")
+    );
+    for &i in &others {
+        wait_for("promoted", Duration::from_secs(30), || {
+            status(admins[i])["canaries"][0]["state"] == "promoted"
+        });
+    }
+    let log = read(&dir.path(&format!("gw{}.log", next.unwrap())));
+    assert!(log.contains("now runs the fleet's canary ramps"), "{log}");
+    for l in loads {
+        let r = l.finish();
+        assert!(
+            r.failed.is_empty(),
+            "{:?}",
+            &r.failed[..r.failed.len().min(5)]
+        );
+    }
+}
