@@ -6,9 +6,11 @@
 //! | key | value |
 //! |---|---|
 //! | `PREFIX/config` | the shared YAML; its first line says who pushed it and when |
-//! | `PREFIX/state/CANARY` | a canary's live percent and phase (JSON) |
-//! | `PREFIX/weights/POOL` | a pool's live weights (JSON) |
+//! | `PREFIX/state/canary/NAME` | a canary's live percent, phase and ramp step (JSON) |
+//! | `PREFIX/state/weights` | the live weights (JSON) |
 //! | `PREFIX/members/ID` | one running gateway (JSON), under its lease |
+//! | `PREFIX/leader` | the gateway that runs the automatic ramps, under its lease |
+//! | `PREFIX/counts/ID/NAME` | a gateway's cumulative counts of a canary's sides, under its lease |
 //!
 //! - `merge`: the split between local and shared keys;
 //! - `etcd`: the client (its own runtime on its own thread: Pingora's is never blocked);

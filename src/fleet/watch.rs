@@ -41,6 +41,8 @@ pub struct Fleet {
     pub away: Option<String>,
     /// The gateway's own file as last read (start, `-s reload`).
     pub local: String,
+    /// What the start has to say, for the error log once it is open.
+    pub notes: Vec<String>,
     cache: PathBuf,
     rx: UnboundedReceiver<Event>,
 }
@@ -66,6 +68,7 @@ impl Fleet {
             .map_err(|e| e.to_string())?;
         let cache = PathBuf::from(format!("{pid_file}.fleet.yaml"));
         let key = settings.config_key();
+        let mut notes = Vec::new();
         let first = etcd::runtime()?.block_on(async {
             let mut c = etcd::connect(&settings).await?;
             etcd::get(&mut c, &settings, &key).await
@@ -91,24 +94,26 @@ impl Fleet {
                         cache.display()
                     )
                 })?;
-                log::warn!(
-                    "{e}: starting on the cached fleet config (revision {}, {})",
+                notes.push(format!(
+                    "fleet: {e}: starting on the cached fleet config (revision {}, {})",
                     s.revision,
                     cache.display()
-                );
+                ));
                 (Some(s), Some(e))
             }
         };
-        match &good {
-            Some(s) => log::info!(
+        notes.push(match &good {
+            Some(s) => format!(
                 "fleet: {key} revision {} ({})",
                 s.revision,
                 super::writer(&s.text)
             ),
-            None => log::info!("fleet: nothing pushed to {key} yet: serving the local file"),
-        }
+            None => format!("fleet: nothing pushed to {key} yet: serving the local file"),
+        });
         let seen = good.as_ref().map_or(0, |s| s.revision);
-        Ok(Some(Fleet::spawn(settings, good, away, cache, seen, local)))
+        let mut f = Fleet::spawn(settings, good, away, cache, seen, local);
+        f.notes = notes;
+        Ok(Some(f))
     }
 
     /// After a re-exec (upgrade): the new image goes on from the running config's revision.
@@ -148,6 +153,7 @@ impl Fleet {
             good,
             away,
             local: local.to_string(),
+            notes: Vec::new(),
             cache,
             rx,
         }

@@ -128,6 +128,10 @@ pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
     for n in notes {
         log::info!("{n}");
     }
+    let mut fleet = fleet;
+    for n in fleet.iter_mut().flat_map(|f| std::mem::take(&mut f.notes)) {
+        log::info!("{n}");
+    }
     let rt = runtime()?;
     let code = rt.block_on(async move {
         let ctl_path = control::ctl_path(&pidfile.path);

@@ -287,6 +287,21 @@ fn three_gateways_follow_one_etcd() {
             == 3
     });
 
+    // A live weight, too (compiled and swapped on every gateway).
+    let addr = format!("127.0.0.1:{old}");
+    let (ok, out) = cli(1, &["weight", "old", &addr, "3"]);
+    assert!(ok, "{out}");
+    for &a in &admins {
+        wait_for("weight 3 everywhere", Duration::from_secs(10), || {
+            let st = status(a);
+            let pools = st["pools"].as_array().cloned().unwrap_or_default();
+            pools
+                .iter()
+                .filter(|p| p["name"] == "old")
+                .any(|p| p["servers"][0]["weight"] == 3)
+        });
+    }
+
     // A bad value written straight into etcd: every gateway refuses it, keeps serving.
     let bad = shared_yaml(old, new, "nosuchpool");
     let bad_rev = etcd.put_raw(&format!("{PREFIX}/config"), &bad).unwrap();
