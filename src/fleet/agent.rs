@@ -293,6 +293,8 @@ async fn session_inner(
         *logged = false;
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The counts put under this session's lease.
+    let mut sent = BTreeMap::new();
     loop {
         tokio::select! {
             m = watch.message() => {
@@ -337,7 +339,7 @@ async fn session_inner(
                         .map_err(|e| err("membership", e))?;
                     put_revision = Some(revision);
                 }
-                counts(a, live, &mut c, lease).await?;
+                counts(a, live, &mut c, lease, &mut sent).await?;
                 elect(a, &mut c, lease).await?;
                 let r = timed(s, c.get(s.key("members/"), Some(GetOptions::new().with_prefix())))
                     .await?
@@ -407,32 +409,47 @@ async fn read_state(a: &Shared, live: &Live, c: &mut Client) -> Result<i64, Stri
     Ok(r.header().map_or(0, |h| h.revision()))
 }
 
-/// Publishes this gateway's counts (under its lease) and sums the others'.
-async fn counts(a: &Shared, live: &Live, c: &mut Client, lease: i64) -> Result<(), String> {
+/// Publishes this gateway's counts (under its lease) and sums the others'. Only while a ramp
+/// runs, and only counts that moved since the last put (`sent`): every put is a revision
+/// etcd keeps until it is compacted.
+async fn counts(
+    a: &Shared,
+    live: &Live,
+    c: &mut Client,
+    lease: i64,
+    sent: &mut BTreeMap<String, String>,
+) -> Result<(), String> {
     let s = &a.settings;
     let me = member_id();
-    let puts: Vec<TxnOp> = live
-        .load()
+    let snap = live.load_full();
+    let ramping = snap
         .plan
         .canaries
         .iter()
-        .filter_map(|cp| {
-            let sides = [cp.state.sides[0].snap(), cp.state.sides[1].snap()];
-            let v = serde_json::to_string(&[Wire::of(&sides[0]), Wire::of(&sides[1])]).ok()?;
+        .filter(|cp| cp.state.status().phase.ramping());
+    let mut puts = Vec::new();
+    let mut now = Vec::new();
+    for cp in ramping {
+        let sides = [cp.state.sides[0].snap(), cp.state.sides[1].snap()];
+        let Ok(v) = serde_json::to_string(&[Wire::of(&sides[0]), Wire::of(&sides[1])]) else {
+            continue;
+        };
+        if sent.get(&cp.name) != Some(&v) {
             let key = s.key(&format!("counts/{me}/{}", cp.name));
-            Some(TxnOp::put(
+            puts.push(TxnOp::put(
                 key,
-                v,
+                v.as_str(),
                 Some(PutOptions::new().with_lease(lease)),
-            ))
-        })
-        .collect();
-    if puts.is_empty() {
-        return Ok(());
+            ));
+            now.push((cp.name.clone(), v));
+        }
     }
-    timed(s, c.txn(Txn::new().and_then(puts)))
-        .await?
-        .map_err(|e| format!("etcd at {}: counts: {e}", s.endpoints()))?;
+    if !puts.is_empty() {
+        timed(s, c.txn(Txn::new().and_then(puts)))
+            .await?
+            .map_err(|e| format!("etcd at {}: counts: {e}", s.endpoints()))?;
+        sent.extend(now);
+    }
     let prefix = s.key("counts/");
     let r = timed(
         s,

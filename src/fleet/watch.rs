@@ -300,3 +300,36 @@ async fn session(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_running_revision_and_the_cache_read_back() {
+        let text = format!("{RUNNING}/graygate/web/config revision 42\npid_file: /x\n");
+        assert_eq!(running_revision(&text), Some(42));
+        assert_eq!(running_revision("pid_file: /x\n"), None);
+        let s = from_cache("# revision 7\nupstreams: {}\n").unwrap();
+        assert_eq!((s.revision, s.text.as_str()), (7, "upstreams: {}\n"));
+        assert!(from_cache("upstreams: {}\n").is_none());
+    }
+
+    #[test]
+    fn a_store_needs_endpoints_and_a_clean_prefix() {
+        let ok =
+            "config_store: { etcd: { endpoints: [\"127.0.0.1:2379\"], prefix: /graygate/web } }";
+        let s = Settings::from_text(ok).unwrap().unwrap();
+        assert_eq!(s.config_key(), "/graygate/web/config");
+        assert!(Settings::from_text("pid_file: /x\n").unwrap().is_none());
+        for bad in [
+            "config_store: { etcd: { endpoints: [], prefix: /g } }",
+            "config_store: { etcd: { endpoints: [a], prefix: g } }",
+            "config_store: { etcd: { endpoints: [a], prefix: /g/ } }",
+            "config_store: { etcd: { endpoints: [a], prefix: /g, username: u } }",
+            "config_store: { etcd: { endpoints: [a], prefix: /g, bogus: 1 } }",
+        ] {
+            assert!(Settings::from_text(bad).is_err(), "{bad}");
+        }
+    }
+}
