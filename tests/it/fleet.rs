@@ -499,3 +499,50 @@ fn one_gateway_leads_the_ramp_on_the_fleets_numbers_and_another_takes_over() {
         );
     }
 }
+
+#[test]
+fn a_gateway_of_a_fleet_reloads_its_own_file_and_upgrades_without_losing_the_watch() {
+    let dir = TempDir::new("fleet-reload");
+    let Some(etcd) = Etcd::start(&dir) else {
+        return;
+    };
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    let (listen, admin, moved) = (free_port(), free_port(), free_port());
+    let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
+    let ops = dir.path("ops.yaml");
+    let push = |pool: &str| {
+        let text = format!(
+            "pid_file: {}\nconfig_store:\n  etcd: {{ endpoints: [\"{}\"], prefix: {PREFIX} }}\n{}",
+            dir.s("ops.pid"),
+            etcd.url(),
+            shared_yaml(old, new, pool)
+        );
+        std::fs::write(&ops, text).unwrap();
+        let (ok, out) = ctl(&["-c", &ops.display().to_string(), "push"]);
+        assert!(ok, "{out}");
+    };
+    push("old");
+    let _gw = start(&local, &[listen]);
+    assert_eq!(backend_of(listen), "old");
+
+    // The gateway's own file changes its listen address: -s reload keeps the fleet's part.
+    std::fs::write(&local, local_yaml(&dir, 0, moved, admin, &etcd)).unwrap();
+    let conf = local.display().to_string();
+    let (ok, out) = ctl(&["-s", "reload", "-c", &conf]);
+    assert!(ok, "{out}");
+    wait_for("the new listen address", Duration::from_secs(10), || {
+        backend_of(moved) == "old"
+    });
+
+    // After a binary upgrade the re-executed master still follows the fleet.
+    let (ok, out) = ctl(&["-s", "upgrade", "-c", &conf]);
+    assert!(ok, "{out}");
+    push("new");
+    wait_for(
+        "the push after the upgrade",
+        Duration::from_secs(15),
+        || backend_of(moved) == "new",
+    );
+}
