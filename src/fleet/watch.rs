@@ -44,7 +44,10 @@ pub struct Fleet {
     /// What the start has to say, for the error log once it is open.
     pub notes: Vec<String>,
     cache: PathBuf,
-    rx: UnboundedReceiver<Event>,
+    /// The watch's events, once it runs ([`Fleet::watch`]).
+    rx: Option<UnboundedReceiver<Event>>,
+    /// The revision the watch starts after.
+    seen: i64,
 }
 
 /// The first line of a gateway's merged config: which revision it runs.
@@ -111,7 +114,7 @@ impl Fleet {
             None => format!("fleet: nothing pushed to {key} yet: serving the local file"),
         });
         let seen = good.as_ref().map_or(0, |s| s.revision);
-        let mut f = Fleet::spawn(settings, good, away, cache, seen, local);
+        let mut f = Fleet::new(settings, good, away, cache, seen, local);
         f.notes = notes;
         Ok(Some(f))
     }
@@ -125,10 +128,12 @@ impl Fleet {
             .ok()
             .map(|text| Shared { text, revision });
         let cache = PathBuf::from(format!("{pid_file}.fleet.yaml"));
-        Some(Fleet::spawn(settings, good, None, cache, revision, local))
+        let mut f = Fleet::new(settings, good, None, cache, revision, local);
+        f.watch();
+        Some(f)
     }
 
-    fn spawn(
+    fn new(
         settings: Settings,
         good: Option<Shared>,
         away: Option<String>,
@@ -136,18 +141,6 @@ impl Fleet {
         seen: i64,
         local: &str,
     ) -> Fleet {
-        let (tx, rx) = unbounded_channel();
-        let s = settings.clone();
-        let was_away = away.is_some();
-        let spawned = std::thread::Builder::new()
-            .name("fleet watch".into())
-            .spawn(move || match etcd::runtime() {
-                Ok(rt) => rt.block_on(watch(s, tx, seen, was_away)),
-                Err(e) => log::error!("fleet: {e}"),
-            });
-        if let Err(e) = spawned {
-            log::error!("fleet: cannot start the watch thread: {e}");
-        }
         Fleet {
             settings,
             good,
@@ -155,17 +148,40 @@ impl Fleet {
             local: local.to_string(),
             notes: Vec::new(),
             cache,
-            rx,
+            rx: None,
+            seen,
+        }
+    }
+
+    /// Starts the watch thread. Separate from [`Fleet::start`] because the master may
+    /// daemonize in between, and a thread does not survive the fork.
+    pub fn watch(&mut self) {
+        if self.rx.is_some() {
+            return;
+        }
+        let (tx, rx) = unbounded_channel();
+        let s = self.settings.clone();
+        let (seen, was_away) = (self.seen, self.away.is_some());
+        let spawned = std::thread::Builder::new()
+            .name("fleet watch".into())
+            .spawn(move || match etcd::runtime() {
+                Ok(rt) => rt.block_on(watch(s, tx, seen, was_away)),
+                Err(e) => log::error!("fleet: {e}"),
+            });
+        match spawned {
+            Ok(_) => self.rx = Some(rx),
+            Err(e) => log::error!("fleet: cannot start the watch thread: {e}"),
         }
     }
 
     /// The next event; never ready without a fleet.
     pub async fn next(f: &mut Option<Fleet>) -> Event {
         match f {
-            Some(f) => match f.rx.recv().await {
+            Some(Fleet { rx: Some(rx), .. }) => match rx.recv().await {
                 Some(e) => e,
                 None => std::future::pending().await,
             },
+            Some(_) => std::future::pending().await,
             None => std::future::pending().await,
         }
     }

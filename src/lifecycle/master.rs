@@ -142,6 +142,10 @@ pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
         })?;
         let mut m = Master::new(exe, source, Arc::new(plan), sockets, pidfile, ctl)?;
         m.fleet = fleet;
+        // After daemon(): the watch's thread must live in this process.
+        if let Some(f) = m.fleet.as_mut() {
+            f.watch();
+        }
         let (source, want) = (m.source.clone(), plan_addrs(&m.plan));
         let w = match m.start_worker(Path::new(OWN_IMAGE), &source, &want).await {
             Ok(w) => w,
