@@ -524,25 +524,41 @@ fn a_gateway_of_a_fleet_reloads_its_own_file_and_upgrades_without_losing_the_wat
         assert!(ok, "{out}");
     };
     push("old");
-    let _gw = start(&local, &[listen]);
-    assert_eq!(backend_of(listen), "old");
+    // As a daemon: the watch's thread must be started after the fork.
+    let conf = local.display().to_string();
+    struct Stop(String);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = ctl(&["-s", "stop", "-c", &self.0]);
+        }
+    }
+    let (ok, out) = ctl(&["-d", "-c", &conf]);
+    assert!(ok, "{out}");
+    let _stop = Stop(conf.clone());
+    wait_for("the daemon serves", Duration::from_secs(10), || {
+        backend_of(listen) == "old"
+    });
 
     // The gateway's own file changes its listen address: -s reload keeps the fleet's part.
     std::fs::write(&local, local_yaml(&dir, 0, moved, admin, &etcd)).unwrap();
-    let conf = local.display().to_string();
     let (ok, out) = ctl(&["-s", "reload", "-c", &conf]);
     assert!(ok, "{out}");
     wait_for("the new listen address", Duration::from_secs(10), || {
         backend_of(moved) == "old"
     });
 
-    // After a binary upgrade the re-executed master still follows the fleet.
+    // A push reaches the daemon; after a binary upgrade the re-executed master still
+    // follows the fleet.
+    push("new");
+    wait_for("the push", Duration::from_secs(15), || {
+        backend_of(moved) == "new"
+    });
     let (ok, out) = ctl(&["-s", "upgrade", "-c", &conf]);
     assert!(ok, "{out}");
-    push("new");
+    push("old");
     wait_for(
         "the push after the upgrade",
         Duration::from_secs(15),
-        || backend_of(moved) == "new",
+        || backend_of(moved) == "old",
     );
 }
