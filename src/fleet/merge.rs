@@ -61,6 +61,32 @@ pub fn merge(local: &str, shared: &str) -> Result<String, String> {
     serde_yaml::to_string(&Value::Mapping(out)).map_err(|e| e.to_string())
 }
 
+/// The problems of a fleet value at the value's own lines (as `graygate pull` prints it):
+/// the value is compiled verbatim with the gateway's own keys after it (a server keeps the
+/// value's `listen`). `None` when that finds no problem inside the value; then the merged
+/// config's own message is all there is.
+pub fn diagnose(local: &str, shared: &str, name: &str) -> Option<String> {
+    let own: Mapping = mapping(local, "the local file")
+        .ok()?
+        .into_iter()
+        .filter(|(k, _)| !is_shared(k))
+        .collect();
+    let tail = serde_yaml::to_string(&Value::Mapping(own)).ok()?;
+    let shared = shared.trim_end_matches('\n');
+    let lines = shared.lines().count();
+    let text = format!("{shared}\n{tail}");
+    let problems = match crate::config::parse(name.to_string(), &text, false) {
+        Err(p) => p,
+        Ok(l) => crate::plan::Plan::compile(&l, None).err()?,
+    };
+    let inside: Vec<_> = problems
+        .0
+        .into_iter()
+        .filter(|p| (1..=lines).contains(&p.pos.line))
+        .collect();
+    (!inside.is_empty()).then(|| crate::config::Problems(inside).to_string())
+}
+
 /// `servers.NAME.listen` of the local file.
 fn local_listens(local: &Mapping) -> Vec<(Value, Value)> {
     let Some(Value::Mapping(servers)) = local.get("servers") else {
@@ -93,6 +119,17 @@ mod tests {
             merged["servers"]["web"]["locations"][0]["proxy_pass"],
             Value::from("u")
         );
+    }
+
+    #[test]
+    fn a_bad_value_is_named_at_its_own_line() {
+        let shared = "# graygate push: by x\nupstreams:\n  u: {servers: [{addr: '127.0.0.1:1'}]}\nservers:\n  web:\n    listen: ['127.0.0.1:80']\n    locations: [{match: /, proxy_pass: nope}]\n";
+        let local = "pid_file: /tmp/graygate-merge-test.pid\n";
+        let d = diagnose(local, shared, "etcd:/g/config@5").unwrap();
+        assert!(d.starts_with("etcd:/g/config@5:7:"), "{d}");
+        assert!(d.contains("nope"), "{d}");
+        let good = shared.replace("nope", "u");
+        assert_eq!(diagnose(local, &good, "x"), None);
     }
 
     #[test]

@@ -69,13 +69,18 @@ impl Master {
             Ok(t) => t,
             Err(e) => return refuse(e),
         };
+        // A problem is named at the value's own line when it can be (`pull` shows the value).
+        let at_value = |merged: String| {
+            let own = format!("etcd:{}@{}", f.settings.config_key(), s.revision);
+            crate::fleet::merge::diagnose(&f.local, &s.text, &own).unwrap_or(merged)
+        };
         let l = match crate::config::parse(name.clone(), &text, false) {
             Ok(l) => l,
-            Err(p) => return refuse(p.to_string()),
+            Err(p) => return refuse(at_value(p.to_string())),
         };
         let plan = match Plan::compile(&l, Some(&self.plan)) {
             Ok(p) => p,
-            Err(p) => return refuse(p.to_string()),
+            Err(p) => return refuse(at_value(p.to_string())),
         };
         let source = Source {
             path: self.source.path.clone(),

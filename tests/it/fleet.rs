@@ -310,6 +310,9 @@ fn three_gateways_follow_one_etcd() {
         wait_for("bad value refused", Duration::from_secs(10), || {
             read(&log).contains(&format!("{PREFIX}/config revision {bad_rev} refused"))
         });
+        // Named at its line in the value as `pull` prints it (line 10: the location).
+        let at = format!("etcd:{PREFIX}/config@{bad_rev}:10:");
+        assert!(read(&log).contains(&at), "{at} not in {}", read(&log));
         assert!(read(&log).contains("nosuchpool"), "{}", read(&log));
         assert_eq!(backend_of(l), "new");
     }
