@@ -24,70 +24,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
-};
+use etcd_client::{Client, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::{etcd, Settings};
 use crate::canary::analysis::SideSnap;
 use crate::canary::store::{Saved, SavedCanary, WeightOverride};
-use crate::metrics::histogram::Counts;
 use crate::snapshot::Live;
 
 /// How long a member key outlives its gateway.
 const LEASE_TTL: i64 = 5;
 
-struct Shared {
-    settings: Settings,
+pub(super) struct Shared {
+    pub(super) settings: Settings,
     /// `Some(why)` while etcd is away (or not reached yet).
     away: Mutex<Option<String>>,
     members: Mutex<Vec<Value>>,
     /// The live values as the store holds them (what [`publish`] compares with).
     seen: Mutex<Saved>,
     /// This gateway holds `PREFIX/leader`.
-    leader: AtomicBool,
-    leader_id: Mutex<Option<String>>,
+    pub(super) leader: AtomicBool,
+    pub(super) leader_id: Mutex<Option<String>>,
     /// The other gateways' counts, summed, by canary.
-    others: Mutex<BTreeMap<String, [SideSnap; 2]>>,
+    pub(super) others: Mutex<BTreeMap<String, [SideSnap; 2]>>,
     tx: UnboundedSender<Request>,
-}
-
-/// One side's counts as published.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Wire {
-    answered: u64,
-    errors: u64,
-    buckets: Vec<u64>,
-    sum_us: u64,
-}
-
-impl Wire {
-    fn of(s: &SideSnap) -> Wire {
-        Wire {
-            answered: s.answered,
-            errors: s.errors,
-            buckets: s.duration.buckets.to_vec(),
-            sum_us: s.duration.sum_us,
-        }
-    }
-
-    fn snap(&self) -> SideSnap {
-        let mut duration = Counts {
-            sum_us: self.sum_us,
-            ..Counts::default()
-        };
-        for (o, b) in duration.buckets.iter_mut().zip(&self.buckets) {
-            *o = *b;
-        }
-        SideSnap {
-            answered: self.answered,
-            errors: self.errors,
-            duration,
-        }
-    }
 }
 
 struct Request {
@@ -131,7 +92,7 @@ pub fn start(live: &Live) {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -239,7 +200,7 @@ async fn run(live: Live, mut rx: UnboundedReceiver<Request>) {
     }
 }
 
-fn member_id() -> String {
+pub(super) fn member_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into());
@@ -339,8 +300,8 @@ async fn session_inner(
                         .map_err(|e| err("membership", e))?;
                     put_revision = Some(revision);
                 }
-                counts(a, live, &mut c, lease, &mut sent).await?;
-                elect(a, &mut c, lease).await?;
+                super::lead::counts(a, live, &mut c, lease, &mut sent).await?;
+                super::lead::elect(a, &mut c, lease).await?;
                 let r = timed(s, c.get(s.key("members/"), Some(GetOptions::new().with_prefix())))
                     .await?
                     .map_err(|e| err("membership", e))?;
@@ -354,7 +315,10 @@ async fn session_inner(
     }
 }
 
-async fn timed<T>(s: &Settings, f: impl std::future::Future<Output = T>) -> Result<T, String> {
+pub(super) async fn timed<T>(
+    s: &Settings,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, String> {
     tokio::time::timeout(etcd::TIMEOUT, f).await.map_err(|_| {
         format!(
             "etcd at {} did not answer within {}s",
@@ -407,111 +371,4 @@ async fn read_state(a: &Shared, live: &Live, c: &mut Client) -> Result<i64, Stri
     let _ = tokio::task::spawn_blocking(move || crate::canary::persist::adopt_fleet(&live, &saved))
         .await;
     Ok(r.header().map_or(0, |h| h.revision()))
-}
-
-/// Publishes this gateway's counts (under its lease) and sums the others'. Only while a ramp
-/// runs, and only counts that moved since the last put (`sent`): every put is a revision
-/// etcd keeps until it is compacted.
-async fn counts(
-    a: &Shared,
-    live: &Live,
-    c: &mut Client,
-    lease: i64,
-    sent: &mut BTreeMap<String, String>,
-) -> Result<(), String> {
-    let s = &a.settings;
-    let me = member_id();
-    let snap = live.load_full();
-    let ramping = snap
-        .plan
-        .canaries
-        .iter()
-        .filter(|cp| cp.state.status().phase.ramping());
-    let mut puts = Vec::new();
-    let mut now = Vec::new();
-    for cp in ramping {
-        let sides = [cp.state.sides[0].snap(), cp.state.sides[1].snap()];
-        let Ok(v) = serde_json::to_string(&[Wire::of(&sides[0]), Wire::of(&sides[1])]) else {
-            continue;
-        };
-        if sent.get(&cp.name) != Some(&v) {
-            let key = s.key(&format!("counts/{me}/{}", cp.name));
-            puts.push(TxnOp::put(
-                key,
-                v.as_str(),
-                Some(PutOptions::new().with_lease(lease)),
-            ));
-            now.push((cp.name.clone(), v));
-        }
-    }
-    if !puts.is_empty() {
-        timed(s, c.txn(Txn::new().and_then(puts)))
-            .await?
-            .map_err(|e| format!("etcd at {}: counts: {e}", s.endpoints()))?;
-        sent.extend(now);
-    }
-    let prefix = s.key("counts/");
-    let r = timed(
-        s,
-        c.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
-    )
-    .await?
-    .map_err(|e| format!("etcd at {}: counts: {e}", s.endpoints()))?;
-    let mut sums: BTreeMap<String, [SideSnap; 2]> = BTreeMap::new();
-    for kv in r.kvs() {
-        let key = String::from_utf8_lossy(kv.key());
-        let Some((id, name)) = key
-            .strip_prefix(prefix.as_str())
-            .and_then(|k| k.split_once('/'))
-        else {
-            continue;
-        };
-        if id == me {
-            continue;
-        }
-        let Ok([st, ca]) = serde_json::from_slice::<[Wire; 2]>(kv.value()) else {
-            continue;
-        };
-        let e = sums.entry(name.to_string()).or_default();
-        *e = [e[0].plus(&st.snap()), e[1].plus(&ca.snap())];
-    }
-    *lock(&a.others) = sums;
-    Ok(())
-}
-
-/// Takes `PREFIX/leader` if nobody holds it; notes who does.
-async fn elect(a: &Shared, c: &mut Client, lease: i64) -> Result<(), String> {
-    let s = &a.settings;
-    let key = s.key("leader");
-    let me = member_id();
-    let txn = Txn::new()
-        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key.as_str(),
-            me.as_str(),
-            Some(PutOptions::new().with_lease(lease)),
-        )])
-        .or_else([TxnOp::get(key.as_str(), None)]);
-    let r = timed(s, c.txn(txn))
-        .await?
-        .map_err(|e| format!("etcd at {}: leader: {e}", s.endpoints()))?;
-    let holder = if r.succeeded() {
-        Some(me.clone())
-    } else {
-        r.op_responses().into_iter().find_map(|o| match o {
-            TxnOpResponse::Get(g) => g
-                .kvs()
-                .first()
-                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-            _ => None,
-        })
-    };
-    let leads = holder.as_deref() == Some(me.as_str());
-    if leads && !a.leader.swap(true, Ordering::AcqRel) {
-        log::info!("fleet: this gateway ({me}) now runs the fleet's canary ramps");
-    } else if !leads {
-        a.leader.store(false, Ordering::Release);
-    }
-    *lock(&a.leader_id) = holder;
-    Ok(())
 }

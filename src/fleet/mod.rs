@@ -16,11 +16,13 @@
 //! - `etcd`: the client (its own runtime on its own thread: Pingora's is never blocked);
 //! - `watch`: the master's watch of `PREFIX/config`, applied as a reload;
 //! - `agent`: a worker's live state through etcd, its membership, the store's status;
+//! - `lead`: the election of the gateway that runs the ramps, and the counts it sums;
 //! - `cli`: `graygate push` and `graygate pull`.
 
 pub mod agent;
 pub mod cli;
 pub mod etcd;
+mod lead;
 pub mod merge;
 pub mod watch;
 
