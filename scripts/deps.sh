@@ -4,7 +4,7 @@
 # supervisor and logrotate (for their integration tests),
 # python3-prometheus-client (the metrics tests' parser), chromium, chromium-driver and
 # fonts-liberation (the canary page test and its screenshot), nginx (the comparison tests); with
-# --bench also wrk for the side-by-side benchmarks, with --fuzz cargo-fuzz.
+# --bench also wrk, valgrind and perf for the benchmarks, with --fuzz cargo-fuzz.
 set -euo pipefail
 
 need=()
@@ -37,6 +37,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
 if [[ "${1:-}" == "--bench" ]]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  # bench/instructions.sh (callgrind) and bench/flame.sh (perf record).
+  command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+  command -v perf >/dev/null 2>&1 || need+=(linux-perf)
 fi
 if ((${#need[@]})); then
   echo "deps: installing ${need[*]}" >&2
