@@ -45,9 +45,12 @@ pub async fn connect(s: &Settings) -> Result<Client, String> {
     let mut o = ConnectOptions::new()
         .with_connect_timeout(TIMEOUT)
         .with_timeout(TIMEOUT)
-        // A dead etcd (or a cut link) ends the watch within about two seconds.
-        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
-        .with_keep_alive_while_idle(true);
+        // A stopped etcd closes the connection at once; a cut link is found by the lease
+        // keep-alive and the watch. gRPC pings only on open streams, 10 s apart: etcd's
+        // default --grpc-keepalive-min-time is 5 s (faster pings get a too_many_pings GOAWAY),
+        // and a 1 s timeout flapped on an etcd that stalls in fsync.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_keep_alive_while_idle(false);
     if let (Some(u), Some(p)) = (&s.etcd.username, &s.password) {
         o = o.with_user(u.clone(), p.clone());
     }
