@@ -80,6 +80,11 @@ impl Settings {
         format!("{}/{name}", self.etcd.prefix)
     }
 
+    /// The fleet's prefix (a cache records it: a cache of another fleet is refused).
+    pub fn prefix(&self) -> &str {
+        &self.etcd.prefix
+    }
+
     /// Where the fleet's config lives.
     pub fn config_key(&self) -> String {
         self.key("config")

@@ -43,7 +43,11 @@ pub struct Fleet {
     pub local: String,
     /// What the start has to say, for the error log once it is open.
     pub notes: Vec<String>,
+    /// What went wrong at the start (a refused value), for the error log once it is open.
+    pub errors: Vec<String>,
     cache: PathBuf,
+    /// The last good config from the cache, kept at start in case etcd's value is refused.
+    cached: Option<Shared>,
     /// The watch's events, once it runs ([`Fleet::watch`]).
     rx: Option<UnboundedReceiver<Event>>,
     /// The revision the watch starts after.
@@ -76,33 +80,29 @@ impl Fleet {
             let mut c = etcd::connect(&settings).await?;
             etcd::get(&mut c, &settings, &key).await
         });
-        let (good, away) = match first {
-            Ok(v) => (
+        let prefix = settings.prefix().to_string();
+        let cached = std::fs::read_to_string(&cache)
+            .map_err(|e| format!("{}: {e}", cache.display()))
+            .and_then(|t| from_cache(&t, &prefix).map_err(|e| format!("{}: {e}", cache.display())));
+        let (good, away, cached) = match (first, cached) {
+            (Ok(v), cached) => (
                 v.text.map(|text| Shared {
                     text,
                     revision: v.mod_revision,
                 }),
                 None,
+                cached.ok(),
             ),
-            Err(e) => {
-                let cached = std::fs::read_to_string(&cache).map_err(|ce| {
-                    format!(
-                        "{e}; and no cached fleet config ({}: {ce})",
-                        cache.display()
-                    )
-                })?;
-                let s = from_cache(&cached).ok_or_else(|| {
-                    format!(
-                        "{e}; and the cached fleet config {} is unreadable",
-                        cache.display()
-                    )
-                })?;
+            (Err(e), Ok(s)) => {
                 notes.push(format!(
                     "fleet: {e}: starting on the cached fleet config (revision {}, {})",
                     s.revision,
                     cache.display()
                 ));
-                (Some(s), Some(e))
+                (Some(s), Some(e), None)
+            }
+            (Err(e), Err(ce)) => {
+                return Err(format!("{e}; and no usable cached fleet config ({ce})"))
             }
         };
         notes.push(match &good {
@@ -116,7 +116,32 @@ impl Fleet {
         let seen = good.as_ref().map_or(0, |s| s.revision);
         let mut f = Fleet::new(settings, good, away, cache, seen, local);
         f.notes = notes;
+        f.cached = cached;
         Ok(Some(f))
+    }
+
+    /// At start, the config [`Fleet::good`] names failed (`why`): falls back to the cached
+    /// last good config, else to the local file alone. The watch still starts after the
+    /// refused revision, so a later good value is applied. `false`: nothing left to fall to.
+    pub fn fall_back(&mut self, why: &str) -> bool {
+        let Some(bad) = self.good.take() else {
+            return false;
+        };
+        let name = self.name(&bad);
+        let cached = self.cached.take().filter(|c| c.revision != bad.revision);
+        self.errors.push(match &cached {
+            Some(c) => format!(
+                "fleet: {name} refused at start: {why}; starting on the cached last good config (revision {}, {})",
+                c.revision,
+                self.cache.display()
+            ),
+            None => format!(
+                "fleet: {name} refused at start: {why}; no other good fleet config: STARTING ON THE LOCAL FILE ALONE ({}) until a good value is pushed",
+                self.settings.config_key()
+            ),
+        });
+        self.good = cached;
+        true
     }
 
     /// After a re-exec (upgrade): the new image goes on from the running config's revision.
@@ -129,6 +154,7 @@ impl Fleet {
             .map(|text| Shared { text, revision });
         let cache = PathBuf::from(format!("{pid_file}.fleet.yaml"));
         let mut f = Fleet::new(settings, good, None, cache, revision, local);
+        f.save();
         f.watch();
         Some(f)
     }
@@ -147,7 +173,9 @@ impl Fleet {
             away,
             local: local.to_string(),
             notes: Vec::new(),
+            errors: Vec::new(),
             cache,
+            cached: None,
             rx: None,
             seen,
         }
@@ -210,18 +238,58 @@ impl Fleet {
 
     /// Records a value as applied (and caches it for a start while etcd is away).
     pub fn applied(&mut self, s: Shared) {
-        let text = format!("# revision {}\n{}", s.revision, s.text);
-        if let Err(e) = std::fs::write(&self.cache, text) {
+        self.good = Some(s);
+        self.save();
+    }
+
+    /// Writes the config the gateway runs to the cache, atomically (a crash leaves the old
+    /// cache or the new one, never half of one), with the prefix it belongs to.
+    pub fn save(&self) {
+        let Some(s) = &self.good else { return };
+        let text = format!(
+            "{CACHE_HEAD}{} prefix {}\n{}",
+            s.revision,
+            self.settings.prefix(),
+            s.text
+        );
+        if let Err(e) = write_atomic(&self.cache, text.as_bytes()) {
             log::warn!("fleet: cannot write {}: {e}", self.cache.display());
         }
-        self.good = Some(s);
     }
 }
 
-fn from_cache(text: &str) -> Option<Shared> {
-    let (head, rest) = text.split_once('\n')?;
-    let revision = head.strip_prefix("# revision ")?.parse().ok()?;
-    Some(Shared {
+const CACHE_HEAD: &str = "# revision ";
+
+/// temp file + fsync + rename + fsync of the directory.
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A cache as [`Fleet::save`] writes it; one of another prefix (another fleet) is refused.
+fn from_cache(text: &str, prefix: &str) -> Result<Shared, String> {
+    let bad = || "not a graygate fleet cache".to_string();
+    let (head, rest) = text.split_once('\n').ok_or_else(bad)?;
+    let (rev, of) = head
+        .strip_prefix(CACHE_HEAD)
+        .and_then(|h| h.split_once(" prefix "))
+        .ok_or_else(bad)?;
+    let revision = rev.parse().map_err(|_| bad())?;
+    if of != prefix {
+        return Err(format!("the cache is of prefix {of}, not {prefix}"));
+    }
+    Ok(Shared {
         text: rest.to_string(),
         revision,
     })
@@ -326,9 +394,12 @@ mod tests {
         let text = format!("{RUNNING}/graygate/web/config revision 42\npid_file: /x\n");
         assert_eq!(running_revision(&text), Some(42));
         assert_eq!(running_revision("pid_file: /x\n"), None);
-        let s = from_cache("# revision 7\nupstreams: {}\n").unwrap();
+        let s = from_cache("# revision 7 prefix /g/a\nupstreams: {}\n", "/g/a").unwrap();
         assert_eq!((s.revision, s.text.as_str()), (7, "upstreams: {}\n"));
-        assert!(from_cache("upstreams: {}\n").is_none());
+        assert!(from_cache("upstreams: {}\n", "/g/a").is_err());
+        assert!(from_cache("# revision 7\nupstreams: {}\n", "/g/a").is_err());
+        let e = from_cache("# revision 7 prefix /g/b\nupstreams: {}\n", "/g/a").unwrap_err();
+        assert!(e.contains("/g/b"), "{e}");
     }
 
     #[test]

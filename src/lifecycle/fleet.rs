@@ -100,13 +100,44 @@ impl Master {
 }
 
 /// Starts the fleet of a gateway's file, if it names one: the source becomes the file
-/// merged with the fleet's config.
+/// merged with the fleet's config. A fleet config that does not compile with the file is
+/// refused (named by key and revision) and the gateway starts on the cached last good one,
+/// else on its file alone: one bad value in etcd must not keep a fleet from starting.
 pub(super) fn start(source: &mut Source) -> Result<Option<Fleet>, super::Error> {
-    let fleet = Fleet::start(&source.text).map_err(super::Error::Config)?;
-    if let Some(f) = &fleet {
-        source.text = f
-            .merged(&source.text, None)
-            .map_err(|e| super::Error::Config(format!("fleet config: {e}")))?;
+    let Some(mut f) = Fleet::start(&source.text).map_err(super::Error::Config)? else {
+        return Ok(None);
+    };
+    loop {
+        let why = match f.merged(&source.text, None) {
+            Ok(text) => {
+                let merged = Source {
+                    path: source.path.clone(),
+                    text,
+                };
+                match merged.compile(None) {
+                    Ok(_) => {
+                        *source = merged;
+                        return Ok(Some(f));
+                    }
+                    Err(p) => {
+                        let own = f.good.as_ref().map(|s| {
+                            (
+                                format!("etcd:{}@{}", f.settings.config_key(), s.revision),
+                                s,
+                            )
+                        });
+                        own.and_then(|(own, s)| {
+                            crate::fleet::merge::diagnose(&source.text, &s.text, &own)
+                        })
+                        .unwrap_or_else(|| p.to_string())
+                    }
+                }
+            }
+            Err(e) => e,
+        };
+        if !f.fall_back(&why) {
+            // The local file alone fails: a plain config error, as without a fleet.
+            return Err(super::Error::Config(why));
+        }
     }
-    Ok(fleet)
 }

@@ -132,6 +132,14 @@ pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
     for n in fleet.iter_mut().flat_map(|f| std::mem::take(&mut f.notes)) {
         log::info!("{n}");
     }
+    for f in fleet.iter_mut() {
+        for e in std::mem::take(&mut f.errors) {
+            log::error!("{e}");
+        }
+        // Cached now the runtime directory is safe: a start from this revision alone can
+        // later start again while etcd is away.
+        f.save();
+    }
     let rt = runtime()?;
     let code = rt.block_on(async move {
         let ctl_path = control::ctl_path(&pidfile.path);

@@ -560,3 +560,73 @@ fn a_gateway_of_a_fleet_reloads_its_own_file_and_upgrades_without_losing_the_wat
         || backend_of(moved) == "old",
     );
 }
+
+#[test]
+fn a_gateway_starts_on_its_cache_when_etcd_holds_a_bad_value_or_is_away() {
+    let dir = TempDir::new("fleet-cache");
+    let mut etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    let (listen, admin) = (free_port(), free_port());
+    let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
+    let ops = dir.path("ops.yaml");
+    let push = |pool: &str| {
+        let text = format!(
+            "pid_file: {}\nconfig_store:\n  etcd: {{ endpoints: [\"{}\"], prefix: {PREFIX} }}\n{}",
+            dir.s("ops.pid"),
+            etcd.url(),
+            shared_yaml(old, new, pool)
+        );
+        std::fs::write(&ops, text).unwrap();
+        let (ok, out) = ctl(&["-c", &ops.display().to_string(), "push", "--force"]);
+        assert!(ok, "{out}");
+    };
+    let log = dir.path("gw0.log");
+
+    // The gateway runs only its start revision: that alone must leave a cache.
+    push("old");
+    let gw = start(&local, &[listen]);
+    wait_for("serves old", Duration::from_secs(10), || {
+        backend_of(listen) == "old"
+    });
+    drop(gw);
+
+    // Restarted while etcd holds a bad value: refused, named, and the cached config serves.
+    let bad = shared_yaml(old, new, "nosuchpool");
+    let bad_rev = etcd.put_raw(&format!("{PREFIX}/config"), &bad).unwrap();
+    let gw = start(&local, &[listen]);
+    wait_for("serves old from the cache", Duration::from_secs(10), || {
+        backend_of(listen) == "old"
+    });
+    let refused = format!("{PREFIX}/config revision {bad_rev} refused at start");
+    wait_for("the refusal logged", Duration::from_secs(10), || {
+        let text = read(&log);
+        text.contains(&refused)
+            && text.contains("nosuchpool")
+            && text.contains("cached last good config")
+    });
+    // And it keeps watching: a good push applies.
+    push("new");
+    wait_for("serves new", Duration::from_secs(15), || {
+        backend_of(listen) == "new"
+    });
+    // The cache is written once the new config runs: wait for it before the kill.
+    let cache = dir.path("gw0.pid.fleet.yaml");
+    wait_for("the push cached", Duration::from_secs(10), || {
+        read(&cache).contains("proxy_pass: new")
+    });
+    drop(gw);
+
+    // Started while etcd is down: from the cache.
+    etcd.kill();
+    let _gw = start(&local, &[listen]);
+    wait_for("serves new from the cache", Duration::from_secs(10), || {
+        backend_of(listen) == "new"
+    });
+    wait_for(
+        "the start from the cache logged",
+        Duration::from_secs(10),
+        || read(&log).contains("starting on the cached fleet config"),
+    );
+}
