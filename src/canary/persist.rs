@@ -55,8 +55,9 @@ pub fn save(plan: &Plan) {
 }
 
 /// Applies the live values the fleet's store holds (issue 19), those that differ from ours,
-/// under the store's lock, and keeps them in the state file too.
-pub fn adopt_fleet(live: &Live, fleet: &Saved) {
+/// under the store's lock, and keeps them in the state file too. `weights: false`: the store
+/// has no (valid) weights value, and the running weights stay as they are.
+pub fn adopt_fleet(live: &Live, fleet: &Saved, weights: bool) {
     let store = Arc::clone(&live.load().plan.store);
     let _changing = store.changing();
     let snap = live.load_full();
@@ -68,7 +69,11 @@ pub fn adopt_fleet(live: &Live, fleet: &Saved) {
             .filter(|(name, c)| ours.canaries.get(*name).is_some_and(|o| o != *c))
             .map(|(n, c)| (n.clone(), c.clone()))
             .collect(),
-        weights: fleet.weights.clone(),
+        weights: if weights {
+            fleet.weights.clone()
+        } else {
+            ours.weights.clone()
+        },
     };
     if changed.canaries.is_empty() && changed.weights == ours.weights {
         return;

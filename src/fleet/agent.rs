@@ -48,6 +48,9 @@ pub(super) struct Shared {
     pub(super) leader_id: Mutex<Option<String>>,
     /// The other gateways' counts, summed, by canary.
     pub(super) others: Mutex<BTreeMap<String, [SideSnap; 2]>>,
+    /// The revision of each live key last refused: a refusal is logged once, not on every
+    /// event under `state/`.
+    refused: Mutex<BTreeMap<String, i64>>,
     tx: UnboundedSender<Request>,
 }
 
@@ -75,6 +78,7 @@ pub fn start(live: &Live) {
         leader: AtomicBool::new(false),
         leader_id: Mutex::new(None),
         others: Mutex::new(BTreeMap::new()),
+        refused: Mutex::new(BTreeMap::new()),
         tx,
     };
     if AGENT.set(shared).is_err() {
@@ -269,8 +273,13 @@ async fn session_inner(
                 }
             }
             k = kept.message() => {
-                k.map_err(|e| err("lease", e))?
+                let k = k.map_err(|e| err("lease", e))?
                     .ok_or_else(|| format!("etcd at {}: the lease keep-alive ended", s.endpoints()))?;
+                // TTL 0: the lease expired (e.g. this process was stopped longer than the
+                // lease): the member key, counts and leadership are gone; start over.
+                if k.ttl() <= 0 {
+                    return Err(format!("etcd at {}: lease {lease:x} lost (expired)", s.endpoints()));
+                }
             }
             r = rx.recv() => {
                 let Some(r) = r else { return Err("stopping".into()) };
@@ -342,13 +351,18 @@ async fn read_state(a: &Shared, live: &Live, c: &mut Client) -> Result<i64, Stri
     let weights_key = s.key("state/weights");
     let mut saved = Saved::default();
     let mut canaries = BTreeMap::new();
+    // Absent or refused: no fleet value, the running weights stay.
+    let mut weights = false;
     for kv in r.kvs() {
         let key = String::from_utf8_lossy(kv.key());
         let bad = |e: serde_json::Error| {
-            log::error!(
-                "fleet: {key} revision {} refused (not a live value: {e}); keeping the running state",
-                kv.mod_revision()
-            )
+            let mut refused = lock(&a.refused);
+            if refused.insert(key.to_string(), kv.mod_revision()) != Some(kv.mod_revision()) {
+                log::error!(
+                    "fleet: {key} revision {} refused (not a live value: {e}); keeping the running state",
+                    kv.mod_revision()
+                );
+            }
         };
         if let Some(name) = key.strip_prefix(canary_prefix.as_str()) {
             match serde_json::from_slice::<SavedCanary>(kv.value()) {
@@ -359,7 +373,10 @@ async fn read_state(a: &Shared, live: &Live, c: &mut Client) -> Result<i64, Stri
             }
         } else if key == weights_key {
             match serde_json::from_slice::<Vec<WeightOverride>>(kv.value()) {
-                Ok(w) => saved.weights = w,
+                Ok(w) => {
+                    saved.weights = w;
+                    weights = true;
+                }
                 Err(e) => bad(e),
             }
         }
@@ -368,7 +385,9 @@ async fn read_state(a: &Shared, live: &Live, c: &mut Client) -> Result<i64, Stri
     *lock(&a.seen) = saved.clone();
     let live = live.clone();
     // Applying compiles (weights) and takes the store's lock: not on this runtime's thread.
-    let _ = tokio::task::spawn_blocking(move || crate::canary::persist::adopt_fleet(&live, &saved))
-        .await;
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::canary::persist::adopt_fleet(&live, &saved, weights)
+    })
+    .await;
     Ok(r.header().map_or(0, |h| h.revision()))
 }

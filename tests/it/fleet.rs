@@ -301,6 +301,26 @@ fn three_gateways_follow_one_etcd() {
         });
     }
 
+    // A bad live weights value: refused (once), the running weights stay.
+    let weights_key = format!("{PREFIX}/state/weights");
+    let bad_w = etcd.put_raw(&weights_key, "not json").unwrap();
+    let refused_w = format!("{weights_key} revision {bad_w} refused");
+    for (i, &a) in admins.iter().enumerate() {
+        let log = dir.path(&format!("gw{i}.log"));
+        wait_for("bad weights refused", Duration::from_secs(10), || {
+            read(&log).contains(&refused_w)
+        });
+        let st = status(a);
+        let pools = st["pools"].as_array().cloned().unwrap_or_default();
+        assert!(
+            pools
+                .iter()
+                .filter(|p| p["name"] == "old")
+                .any(|p| p["servers"][0]["weight"] == 3),
+            "{st}"
+        );
+    }
+
     // A bad value written straight into etcd: every gateway refuses it, keeps serving.
     let bad = shared_yaml(old, new, "nosuchpool");
     let bad_rev = etcd.put_raw(&format!("{PREFIX}/config"), &bad).unwrap();
@@ -364,6 +384,11 @@ fn three_gateways_follow_one_etcd() {
         wait_for("canary at 60% everywhere", Duration::from_secs(10), || {
             percent(a) == 60.0
         });
+    }
+    // Events under state/ since then did not log the bad weights again.
+    for i in 0..3 {
+        let log = read(&dir.path(&format!("gw{i}.log")));
+        assert_eq!(log.matches(&refused_w).count(), 1, "{log}");
     }
     for l in &loads {
         l.wait_more(100);
