@@ -65,5 +65,11 @@ pub enum Sub {
         force: bool,
     },
     /// Print the fleet's config (the shared part in etcd) that FILE's `config_store` names.
-    Pull,
+    /// Only with -o does a later push build on it.
+    Pull {
+        /// Write OUT: FILE's own settings with the fleet's shared part, and remember the
+        /// revision for `push -c OUT` (OUT may be FILE).
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        output: Option<std::path::PathBuf>,
+    },
 }

@@ -57,7 +57,9 @@ pub fn main_with(cli: Cli) -> ExitCode {
     match &cli.command {
         Some(cli::Sub::ImportNginx { file }) => return nginx::run(file),
         Some(cli::Sub::Push { force }) => return fleet::cli::push(cli.conf.as_deref(), *force),
-        Some(cli::Sub::Pull) => return fleet::cli::pull(cli.conf.as_deref()),
+        Some(cli::Sub::Pull { output }) => {
+            return fleet::cli::pull(cli.conf.as_deref(), output.as_deref())
+        }
         _ => {}
     }
     if !cli.test && cli.signal.is_none() && cli.command.is_none() {

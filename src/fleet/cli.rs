@@ -1,7 +1,9 @@
 //! `graygate push -c FILE [--force]` and `graygate pull -c FILE`.
 //!
 //! A push is guarded like a compare-and-swap: FILE's sidecar `FILE.fleet-revision` holds the
-//! revision of `PREFIX/config` that FILE was last pushed as or pulled at, and the push is one
+//! revision of `PREFIX/config` that FILE was last pushed as or pulled into (`pull -o FILE`,
+//! which writes FILE too: a pull that only prints leaves the sidecar alone, else a pull to
+//! look and a push would overwrite a colleague's push unseen), and the push is one
 //! etcd transaction that writes only if the key is still at that revision (absent sidecar:
 //! only if nothing was pushed yet). Otherwise someone else changed the fleet since: refused,
 //! with the current revision and its writer, unless `--force`.
@@ -133,8 +135,9 @@ pub fn push(file: Option<&Path>, force: bool) -> ExitCode {
     ))
 }
 
-/// `graygate pull`: the fleet's config on stdout; FILE's next push is based on it.
-pub fn pull(file: Option<&Path>) -> ExitCode {
+/// `graygate pull`: the fleet's config on stdout; with `-o OUT`, OUT is written (FILE's own
+/// settings with the fleet's shared part) and OUT's next push is based on that revision.
+pub fn pull(file: Option<&Path>, output: Option<&Path>) -> ExitCode {
     let Some(file) = file else {
         return fail("pull needs -c FILE (a file with config_store)");
     };
@@ -156,18 +159,40 @@ pub fn pull(file: Option<&Path>) -> ExitCode {
         let mut c = etcd::connect(&s).await?;
         etcd::get(&mut c, &s, &key).await
     });
-    match v {
+    let (t, mod_revision) = match v {
         Ok(etcd::Value {
             text: Some(t),
             mod_revision,
             ..
-        }) => {
-            print!("{t}");
-            eprintln!("graygate: {key} revision {mod_revision}");
-            remember(file, &s, mod_revision);
-            ExitCode::SUCCESS
-        }
-        Ok(_) => fail(format!("nothing pushed to {key} yet")),
-        Err(e) => fail(e),
+        }) => (t, mod_revision),
+        Ok(_) => return fail(format!("nothing pushed to {key} yet")),
+        Err(e) => return fail(e),
+    };
+    let Some(out) = output else {
+        print!("{t}");
+        eprintln!("graygate: {key} revision {mod_revision}");
+        return ExitCode::SUCCESS;
+    };
+    let merged = match merge::merge(&text, &t) {
+        Ok(m) => m,
+        Err(e) => return fail(format!("{key} revision {mod_revision}: {e}")),
+    };
+    if let Err(e) = write_replacing(out, &merged) {
+        return fail(format!("cannot write {}: {e}", out.display()));
     }
+    remember(out, &s, mod_revision);
+    eprintln!(
+        "graygate: {key} revision {mod_revision} written to {} (its next push is based on it)",
+        out.display()
+    );
+    ExitCode::SUCCESS
+}
+
+/// Writes `path` by a rename, so that it is never half written.
+fn write_replacing(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".pull-tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }

@@ -248,6 +248,24 @@ fn three_gateways_follow_one_etcd() {
         "{out}"
     );
 
+    // A pull to look does not make the stale file pushable; a pull into a file does.
+    let stale_s = stale.display().to_string();
+    let (ok, out) = ctl(&["-c", &stale_s, "pull"]);
+    assert!(ok && out.contains("proxy_pass: new"), "{out}");
+    let (ok, out) = ctl(&["-c", &stale_s, "push"]);
+    assert!(!ok && out.contains("push refused"), "{out}");
+    let pulled_file = dir.path("pulled.yaml");
+    let pulled_s = pulled_file.display().to_string();
+    let (ok, out) = ctl(&["-c", &stale_s, "pull", "-o", &pulled_s]);
+    assert!(ok, "{out}");
+    let text = read(&pulled_file);
+    assert!(
+        text.contains("proxy_pass: new") && text.contains("config_store"),
+        "{text}"
+    );
+    let (ok, out) = ctl(&["-c", &pulled_s, "push"]);
+    assert!(ok, "{out}");
+
     // A live change through one gateway applies on all; every user gets the same side from
     // each gateway.
     let cli = |i: usize, args: &[&str]| {
