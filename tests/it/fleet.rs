@@ -83,6 +83,23 @@ impl Etcd {
             Ok(r.header().map_or(0, |h| h.revision()))
         })
     }
+
+    /// How many keys are under `prefix` now.
+    fn count(&self, prefix: &str) -> usize {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([self.url()], None)
+                .await
+                .unwrap();
+            let opts = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only();
+            c.get(prefix, Some(opts)).await.unwrap().count() as usize
+        })
+    }
 }
 
 const PREFIX: &str = "/graygate/itest";
@@ -672,4 +689,46 @@ fn a_gateway_starts_on_its_cache_when_etcd_holds_a_bad_value_or_is_away() {
         Duration::from_secs(10),
         || read(&log).contains("starting on the cached fleet config"),
     );
+}
+
+#[test]
+fn a_worker_that_lost_its_lease_joins_again() {
+    let dir = TempDir::new("fleet-lease");
+    let etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let (listen, admin) = (free_port(), free_port());
+    let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
+    let ops = dir.write(
+        "ops.yaml",
+        &format!(
+            "pid_file: {}\nconfig_store:\n  etcd: {{ endpoints: [\"{}\"], prefix: {PREFIX} }}\n{}",
+            dir.s("ops.pid"),
+            etcd.url(),
+            shared_yaml(old, new, "old")
+        ),
+    );
+    let (ok, out) = ctl(&["-c", &ops.display().to_string(), "push"]);
+    assert!(ok, "{out}");
+    let gw = start(&local, &[listen, admin]);
+    let members = format!("{PREFIX}/members/");
+    wait_for("a member", Duration::from_secs(10), || {
+        etcd.count(&members) == 1
+    });
+    // Stopped longer than its lease (5 s): etcd drops the member key.
+    let workers = children(gw.pid());
+    for &w in &workers {
+        signal(w, libc::SIGSTOP).unwrap();
+    }
+    wait_for("the lease gone", Duration::from_secs(20), || {
+        etcd.count(&members) == 0
+    });
+    for &w in &workers {
+        signal(w, libc::SIGCONT).unwrap();
+    }
+    // The worker starts over (a keep-alive of TTL 0, or a write under the dead lease) and is a
+    // member again.
+    wait_for("a member again", Duration::from_secs(15), || {
+        etcd.count(&members) == 1
+    });
 }
