@@ -9,6 +9,7 @@ mod addr;
 pub mod canary;
 mod duration;
 mod limits;
+mod listen;
 mod logs;
 mod problem;
 mod response;
@@ -26,6 +27,7 @@ pub use addr::{parse_addr, resolve_addrs};
 pub use canary::{Admin, Canary};
 pub use duration::TimeValue;
 pub use limits::{parse_buffers, parse_size, HeaderBuffers, RealIp, Size};
+pub use listen::{CertPair, Listen, Tls};
 pub use logs::AccessLog;
 pub use problem::{Problem, Problems};
 pub use response::{AddHeader, Return};
@@ -191,7 +193,8 @@ pub struct UpstreamServer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
-    pub listen: Vec<String>,
+    /// Addresses, or `{ addr, tls, http2 }` for TLS listeners.
+    pub listen: Vec<Listen>,
     /// A path, `off`, or `{ path, format }`.
     #[serde(default)]
     pub access_log: Option<AccessLog>,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::sync::watch;
 
@@ -112,6 +112,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
         };
         self.conns.fetch_add(1, Ordering::AcqRel);
         let _guard = ConnGuard(self.conns.clone());
+        // HTTP/2 (by ALPN): Pingora's own connection loop, which answers a drain with GOAWAY.
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        if stream.get_ssl().is_some() {
+            stream = crate::tls::peek::Peekable::wrap(stream);
+        }
         let mut close_idle = self.close_idle.subscribe();
         let mut settings: Option<HttpPersistentSettings> = None;
         let accepted = tokio::time::Instant::now();

@@ -163,6 +163,9 @@ pub fn run() -> Result<(), Error> {
     if let Some(f) = &snapshot.process_log {
         crate::logs::error::set_process_file(f.clone());
     }
+    for w in &snapshot.plan.warnings {
+        log::warn!("{w}");
+    }
     // Workers never fork (the master daemonizes), so the writer thread starts here.
     crate::logs::start_writer();
     let live = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -216,7 +219,13 @@ pub fn run() -> Result<(), Error> {
                 .with_guard(crate::proxy::HeadGuard::new(live.clone(), i)),
         );
         for a in &s.listen {
-            svc.add_listener(listener(a));
+            let mut l = listener(a);
+            if let Some(t) = s.tls.iter().find(|t| t.addr == *a) {
+                let tls =
+                    crate::tls::accept::settings(t, live.clone(), i).map_err(Error::Worker)?;
+                l = l.tls(tls);
+            }
+            svc.add_listener(l);
         }
         server.add_service(wrap(svc, &fds, &shutdown, &ready));
     }

@@ -21,6 +21,7 @@ mod settings;
 pub mod template;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod variable;
 
 use std::collections::HashMap;
@@ -155,6 +156,8 @@ impl LocationPlan {
 pub struct ServerPlan {
     pub name: String,
     pub listen: Vec<SocketAddr>,
+    /// The TLS listeners among `listen`, with their certificates.
+    pub tls: Vec<crate::tls::TlsPlan>,
     pub access_log: Option<String>,
     /// How `access_log` lines look (`combined` unless a `log_formats` entry is named).
     pub access_format: Arc<logs::LogFormat>,
@@ -187,6 +190,8 @@ pub struct Plan {
     pub metrics: crate::metrics::Handles,
     /// Whether log directories may be created (only for the embedded default).
     pub create_log_dirs: bool,
+    /// Worth saying, not refusing (`-t` prints them, a worker logs them).
+    pub warnings: Vec<crate::config::Problem>,
 }
 
 /// A config's text and name, as [`crate::config::parse`] takes them.
@@ -262,12 +267,14 @@ impl Plan {
             targets: server::Targets::new(&pool_names, c.canaries.keys().map(String::as_str)),
             demos: &demos,
             listening: HashMap::new(),
+            warnings: Vec::new(),
         };
         let servers: Vec<ServerPlan> = c
             .servers
             .iter()
             .map(|(name, s)| server::compile_server(l, name, s, &mut shared, &mut probs))
             .collect();
+        let warnings = std::mem::take(&mut shared.warnings);
         if c.servers.is_empty() && demos.is_empty() {
             probs.push(l.problem_at("", "no servers: nothing would listen"));
         }
@@ -302,6 +309,7 @@ impl Plan {
                 embedded: l.embedded,
             },
             create_log_dirs: l.embedded,
+            warnings,
         })
     }
 
@@ -335,10 +343,13 @@ impl Plan {
             && self.demos == other.demos
             && self.admin.as_ref().map(|a| a.listen) == other.admin.as_ref().map(|a| a.listen)
             && self.servers.len() == other.servers.len()
-            && self
-                .servers
-                .iter()
-                .zip(&other.servers)
-                .all(|(a, b)| a.name == b.name && a.listen == b.listen)
+            && self.servers.iter().zip(&other.servers).all(|(a, b)| {
+                a.name == b.name
+                    && a.listen == b.listen
+                    && a.tls
+                        .iter()
+                        .map(|t| (t.addr, t.listener))
+                        .eq(b.tls.iter().map(|t| (t.addr, t.listener)))
+            })
     }
 }

@@ -58,6 +58,8 @@ pub(super) struct Shared<'a> {
     pub demos: &'a [Demo],
     /// Listen addresses taken so far, with the server that took each.
     pub listening: HashMap<SocketAddr, String>,
+    /// What is worth saying but not refusing (certificates out of their validity period).
+    pub warnings: Vec<crate::config::Problem>,
 }
 
 /// The server `servers.NAME`.
@@ -73,9 +75,14 @@ pub(super) fn compile_server(
         probs.push(l.problem_at_key(&base, format!("server \"{name}\" has no listen address")));
     }
     let mut listen = Vec::new();
-    for (i, a) in s.listen.iter().enumerate() {
-        let at = format!("{base}.listen.{i}");
-        match parse_addr(a, "0.0.0.0") {
+    let mut tls = Vec::new();
+    for (i, entry) in s.listen.iter().enumerate() {
+        let mut at = format!("{base}.listen.{i}");
+        let tls_at = at.clone();
+        if entry.tls.is_some() || entry.http2.is_some() {
+            at.push_str(".addr");
+        }
+        match parse_addr(&entry.addr, "0.0.0.0") {
             Ok(addr) => {
                 if let Some(other) = shared.listening.get(&addr) {
                     probs.push(l.problem_at(
@@ -87,6 +94,14 @@ pub(super) fn compile_server(
                 } else {
                     shared.listening.insert(addr, name.to_string());
                     listen.push(addr);
+                    tls.extend(super::tls::compile_listen_tls(
+                        l,
+                        &tls_at,
+                        addr,
+                        entry,
+                        probs,
+                        &mut shared.warnings,
+                    ));
                 }
             }
             Err(e) => probs.push(l.problem_at(&at, e)),
@@ -134,6 +149,7 @@ pub(super) fn compile_server(
     ServerPlan {
         name: name.to_string(),
         listen,
+        tls,
         access_log,
         access_format,
         error_log: s.error_log.clone().filter(|p| p != "off"),
