@@ -18,3 +18,4 @@ mod pools;
 mod processes;
 mod runtime;
 mod supervisor;
+mod tls;
