@@ -212,7 +212,12 @@ pub fn run() -> Result<(), Error> {
             live: live.clone(),
             draining: draining.clone(),
         };
-        let proxy = pingora_proxy::http_proxy(&conf, gw);
+        let mut proxy = pingora_proxy::http_proxy(&conf, gw);
+        // HTTP/2 connections (TLS with ALPN h2) run Pingora's own loop: idle ones close after
+        // the server's `keepalive_timeout` as of this generation's start.
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2_idle_timeout = Some(s.limits.keepalive_timeout).filter(|t| !t.is_zero());
+        proxy.server_options = Some(options);
         let mut svc = Service::new(
             format!("server {}", s.name),
             Drained::new(proxy, coord.clone())

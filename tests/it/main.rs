@@ -19,3 +19,4 @@ mod processes;
 mod runtime;
 mod supervisor;
 mod tls;
+mod websocket;
