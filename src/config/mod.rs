@@ -170,6 +170,20 @@ pub struct Upstream {
     /// `proxy_next_upstream http_502 http_503 http_504`).
     #[serde(default)]
     pub retry_on_status: Vec<i64>,
+    /// How requests reach the servers: HTTP/1.1 (default), or `h2` (cleartext HTTP/2 with
+    /// prior knowledge, e.g. for gRPC servers).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+/// `upstreams.NAME.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum UpstreamProtocol {
+    #[default]
+    #[serde(rename = "http1")]
+    Http1,
+    #[serde(rename = "h2")]
+    H2,
 }
 
 #[derive(Debug, Deserialize)]

@@ -554,3 +554,34 @@ fn binary_upgrade_with_a_tls_listener_under_load_fails_nothing() {
     load.wait_more(100);
     assert_no_failures(&load.finish());
 }
+
+#[test]
+fn upstream_protocol_h2_speaks_cleartext_http2_to_the_server() {
+    let dir = TempDir::new("tls-h2-upstream");
+    let h2c = free_port();
+    // nginx as the HTTP/2 server (prior knowledge on a cleartext port), saying what it heard.
+    let Some((_nginx, _)) = nginx_with(
+        &dir,
+        &format!(
+            "server {{ listen 127.0.0.1:{h2c} http2; location / {{ return 200 \"$server_protocol\\n\"; }} }}"
+        ),
+        "",
+    ) else {
+        eprintln!("nginx not installed: skipped");
+        return;
+    };
+    wait_for("nginx h2c port", Duration::from_secs(10), || port_open(h2c));
+    let port = free_port();
+    let yaml = gateway_yaml(&dir, port, "round_robin", &[(h2c, 1)], "    protocol: h2\n");
+    let conf = dir.write("gw.yaml", &yaml);
+    let _gw = start(&conf, &[port]);
+    let r = get(port, "/");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.trim(), "HTTP/2.0", "the server was spoken to over HTTP/2");
+    // Without it, the same server hears HTTP/1.1 and refuses (nginx's h2c port wants HTTP/2).
+    let yaml1 = gateway_yaml(&dir, port, "round_robin", &[(h2c, 1)], "");
+    std::fs::write(&conf, yaml1).unwrap();
+    let (ok, out) = ctl(&["-s", "reload", "-c", conf.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert_ne!(get(port, "/").body.trim(), "HTTP/2.0");
+}
