@@ -3,8 +3,8 @@
 # cmake (Pingora's zlib-ng), uWSGI (uwsgi_pass tests), etcd and protoc (fleet), OpenSSL (TLS),
 # supervisor and logrotate (for their integration tests),
 # python3-prometheus-client (the metrics tests' parser), chromium, chromium-driver and
-# fonts-liberation (the canary page test and its screenshot), and with --bench also nginx and
-# wrk for the side-by-side benchmarks, with --fuzz cargo-fuzz.
+# fonts-liberation (the canary page test and its screenshot), nginx (the comparison tests); with
+# --bench also wrk for the side-by-side benchmarks, with --fuzz cargo-fuzz.
 set -euo pipefail
 
 need=()
@@ -33,8 +33,9 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The tests compare graygate with Debian's nginx on the same requests (and the benches race it).
+[[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
 if [[ "${1:-}" == "--bench" ]]; then
-  command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
 fi
 if ((${#need[@]})); then
