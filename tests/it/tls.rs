@@ -577,7 +577,11 @@ fn upstream_protocol_h2_speaks_cleartext_http2_to_the_server() {
     let _gw = start(&conf, &[port]);
     let r = get(port, "/");
     assert_eq!(r.status, 200);
-    assert_eq!(r.body.trim(), "HTTP/2.0", "the server was spoken to over HTTP/2");
+    assert_eq!(
+        r.body.trim(),
+        "HTTP/2.0",
+        "the server was spoken to over HTTP/2"
+    );
     // Without it, the same server hears HTTP/1.1 and refuses (nginx's h2c port wants HTTP/2).
     let yaml1 = gateway_yaml(&dir, port, "round_robin", &[(h2c, 1)], "");
     std::fs::write(&conf, yaml1).unwrap();
