@@ -20,6 +20,7 @@ test: deps
 bench:
 	@scripts/deps.sh --bench
 	bench/run.sh
+	bench/tls.sh
 
 # Failed requests during 20 upgrades + 20 reloads (graygate) vs 20 reloads (nginx).
 bench-lifecycle:

@@ -37,6 +37,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
 if [[ "${1:-}" == "--bench" ]]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  # HTTP/2 load for bench/tls.sh.
+  command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 fi
 if ((${#need[@]})); then
   echo "deps: installing ${need[*]}" >&2
