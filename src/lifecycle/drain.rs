@@ -150,6 +150,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
                 None => None,
             };
             first = false;
+            // A WebSocket gets a close frame if the grace period ends while it is open.
+            if head.as_ref().is_some_and(|h| h.is_upgrade()) {
+                stream = super::tunnel::Tunnel::wrap(stream, self.close_idle.subscribe());
+            }
             let mut session = ServerSession::new_http1(stream);
             if *shutdown.borrow() {
                 session.set_keepalive(None);

@@ -1,7 +1,8 @@
 //! WebSockets through graygate: the `Upgrade` handshake reaches the server the pool's policy
 //! picks (ip_hash keeps a client on one), frames are tunnelled both ways, a reload does not
 //! touch an open one, the pool's `read_timeout` closes an idle one, a graceful quit lets it
-//! run through `grace_period`, and each is logged once, when it ends, with its duration.
+//! run through `grace_period` and then closes it with a close frame, and each is logged once,
+//! when it ends, with its duration.
 //!
 //! The echo server is written here by hand (handshake and frames, RFC 6455): small, and no
 //! WebSocket crate is in the dependency tree.
@@ -299,7 +300,12 @@ fn a_graceful_quit_lets_websockets_run_through_grace_period() {
     // Still tunnelled while the worker drains.
     let reply = ws.echo("during");
     assert!(reply.is_some_and(|r| r.ends_with(":during")));
-    // Then closed once grace_period (and shutdown_timeout) are over, and graygate is gone.
-    ws.wait_end();
+    // At the end of grace_period: a close frame (1001, going away), the connection closed,
+    // the WebSocket logged, and graygate gone.
+    let got = ws.wait_end();
+    assert_eq!(got.last(), Some(&(0x8, vec![0x03, 0xE9])), "{got:?}");
+    wait_for("access log line", Duration::from_secs(10), || {
+        log_lines(&e).iter().any(|l| l.contains("|101|"))
+    });
     wait_for("graygate to exit", Duration::from_secs(30), || gw.exited());
 }
