@@ -16,7 +16,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::http::ResponseHeader;
+use pingora::listeners::PreTlsProcess;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::GetProxyDigest;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::sync::watch;
@@ -56,6 +61,8 @@ pub struct Drained<A> {
     close_idle: watch::Sender<bool>,
     /// Client limits of a proxy server block (see [`HeadGuard`]); none for demo backends.
     guard: Option<HeadGuard>,
+    /// TLS connections from their accept (see [`CountTls`]).
+    tls: Arc<AtomicUsize>,
 }
 
 impl<A> Drained<A> {
@@ -66,7 +73,13 @@ impl<A> Drained<A> {
             coord,
             close_idle: watch::channel(false).0,
             guard: None,
+            tls: Arc::default(),
         }
+    }
+
+    /// The pre-TLS callback of this service's TLS listeners (see [`CountTls`]).
+    pub fn count_tls(&self) -> Arc<CountTls> {
+        Arc::new(CountTls(self.tls.clone()))
     }
 
     /// Reads and checks each request head with `guard`'s limits before Pingora sees it.
@@ -77,7 +90,9 @@ impl<A> Drained<A> {
 
     async fn wait_idle(&self, limit: Duration) {
         let end = Instant::now() + limit;
-        while self.conns.load(Ordering::Acquire) > 0 && Instant::now() < end {
+        while (self.conns.load(Ordering::Acquire) > 0 || self.tls.load(Ordering::Acquire) > 0)
+            && Instant::now() < end
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -88,6 +103,24 @@ struct ConnGuard(Arc<AtomicUsize>);
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a TLS connection from its accept to its close. Pingora hands a TLS connection to
+/// the app only after the handshake, so [`Drained`]'s own count misses one still in its
+/// handshake, and a drain that ended then would reset it. The count is a guard stored in the
+/// connection's stream (the user data of its proxy digest, which nothing reads on the client
+/// side), dropped with the stream whether the handshake succeeds or not.
+pub struct CountTls(Arc<AtomicUsize>);
+
+#[async_trait]
+impl PreTlsProcess for CountTls {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        let guard: Box<dyn std::any::Any + Send + Sync> = Box::new(ConnGuard(self.0.clone()));
+        let head = Box::new(ResponseHeader::build(200, Some(0))?);
+        stream.set_proxy_digest(ProxyDigest::new(head, Some(guard)));
+        Ok(())
     }
 }
 

@@ -218,11 +218,13 @@ pub fn run() -> Result<(), Error> {
         let mut options = pingora::apps::HttpServerOptions::default();
         options.h2_idle_timeout = Some(s.limits.keepalive_timeout).filter(|t| !t.is_zero());
         proxy.server_options = Some(options);
-        let mut svc = Service::new(
-            format!("server {}", s.name),
-            Drained::new(proxy, coord.clone())
-                .with_guard(crate::proxy::HeadGuard::new(live.clone(), i)),
-        );
+        let app = Drained::new(proxy, coord.clone())
+            .with_guard(crate::proxy::HeadGuard::new(live.clone(), i));
+        let count_tls = app.count_tls();
+        let mut svc = Service::new(format!("server {}", s.name), app);
+        if !s.tls.is_empty() {
+            svc.endpoints().set_pre_tls_callback(count_tls);
+        }
         for a in &s.listen {
             let mut l = listener(a);
             if let Some(t) = s.tls.iter().find(|t| t.addr == *a) {

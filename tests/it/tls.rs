@@ -589,3 +589,86 @@ fn upstream_protocol_h2_speaks_cleartext_http2_to_the_server() {
     assert!(ok, "{out}");
     assert_ne!(get(port, "/").body.trim(), "HTTP/2.0");
 }
+
+#[test]
+fn binary_upgrade_under_http2_load_fails_nothing() {
+    let e = env("tls-h2-upgrade", two_certs);
+    let gw = start(&e.conf, &[e.plain, e.tls]);
+    wait_for("pid file", Duration::from_secs(10), || {
+        !read(&e.dir.path("gw.pid")).trim().is_empty()
+    });
+    // Clients: curl processes, each sending 20 requests over one HTTP/2 connection.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, done) = (stop.clone(), done.clone());
+            let resolve = format!("site-a.test:{}:127.0.0.1", e.tls);
+            let url = format!("https://site-a.test:{}/h2/{i}", e.tls);
+            let ca = e.ca.to_str().unwrap().to_string();
+            std::thread::spawn(move || {
+                let mut failed = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let mut args = vec![
+                        "--http2",
+                        "--cacert",
+                        &ca,
+                        "--resolve",
+                        &resolve,
+                        "-w",
+                        "%{http_code} %{http_version} %{exitcode}\n",
+                    ];
+                    for _ in 0..20 {
+                        args.extend(["-o", "/dev/null", url.as_str()]);
+                    }
+                    let o = Command::new("curl")
+                        .args(["-sS", "--max-time", "20"])
+                        .args(&args)
+                        .output()
+                        .expect("curl");
+                    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+                    if !o.status.success() || out.contains("000") {
+                        failed.push(format!(
+                            "curl {:?}: {}",
+                            o.status.code(),
+                            String::from_utf8_lossy(&o.stderr)
+                        ));
+                    }
+                    for l in out.lines() {
+                        if l == "200 2 0" {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.push(l.to_string());
+                        }
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let wait_more = |n: u64| {
+        let target = done.load(Ordering::Relaxed) + n;
+        wait_for("HTTP/2 load", Duration::from_secs(60), || {
+            done.load(Ordering::Relaxed) >= target
+        });
+    };
+    wait_more(100);
+    let first = children(gw.pid());
+    let (ok, out) = ctl(&["-s", "upgrade", "-c", e.conf.to_str().unwrap()]);
+    assert!(ok, "upgrade failed: {out}");
+    wait_for("old generation to exit", Duration::from_secs(30), || {
+        !first.iter().any(|p| alive(*p))
+    });
+    wait_more(100);
+    stop.store(true, Ordering::Relaxed);
+    let failed: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
