@@ -16,11 +16,13 @@ test: deps
 	@bash -o pipefail -c 'cargo test --release --lib --bins --tests 2>&1 | tee target/test.log'
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
-# Side-by-side benchmarks against nginx (installs nginx and wrk).
+# Side-by-side benchmarks against nginx (installs nginx, wrk, valgrind and perf), then the
+# load-independent instructions and allocations per request (bench/INSTRUCTIONS.md).
 bench:
 	@scripts/deps.sh --bench
 	bench/run.sh
 	bench/tls.sh
+	bench/instructions.sh
 
 # Failed requests during 20 upgrades + 20 reloads (graygate) vs 20 reloads (nginx).
 bench-lifecycle:

@@ -62,7 +62,7 @@ start_nginx_proxy() {
   cat >"$conf" <<NGX
 pid $W/nginx-$kind-$port.pid;
 error_log $W/nginx-$kind.error.log;
-worker_processes 1;
+worker_processes ${THREADS:-1};
 worker_rlimit_nofile 65536;
 events { worker_connections 65536; }
 http {
@@ -82,13 +82,23 @@ NGX
 
 # graygate on $1 (port) with upstream servers $2...
 start_graygate() {
+  local port=$1
+  write_graygate_conf "$@"
+  taskset -c "$PROXY_CPU" "$GG" -c "$GG_CONF" 2>>"$W/graygate.stderr" &
+  wait_port "$port"
+  for _ in $(seq 1 100); do [[ -s "$W/graygate-$port.pid" ]] && break; sleep 0.05; done
+  PROXY_PIDFILE="$W/graygate-$port.pid"
+}
+
+# The bench's graygate config for $1 (port) and upstream servers $2... in $GG_CONF.
+write_graygate_conf() {
   local port=$1; shift
   local conf="$W/graygate-$port.yaml"
   {
     echo "pid_file: $W/graygate-$port.pid"
     echo "upgrade_sock: $W/graygate-$port.sock"
     echo "error_log: $W/graygate.error.log"
-    echo "threads: 1"
+    echo "threads: ${THREADS:-1}"
     echo "worker_connections: 20000"   # the idle test holds 10,000 (the default is 4096)
     echo "grace_period: 3s"
     echo "shutdown_timeout: 3s"
@@ -109,10 +119,6 @@ start_graygate() {
     echo "        proxy_pass: balance"
     echo "        proxy_set_header: { X-Real-IP: \$remote_addr }"
   } >"$conf"
-  taskset -c "$PROXY_CPU" "$GG" -c "$conf" 2>>"$W/graygate.stderr" &
-  wait_port "$port"
-  for _ in $(seq 1 100); do [[ -f "$W/graygate-$port.pid" ]] && break; sleep 0.05; done
-  PROXY_PIDFILE="$W/graygate-$port.pid"
   GG_CONF="$conf"
 }
 

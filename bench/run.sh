@@ -69,6 +69,9 @@ run_one() {
     graygate) start_graygate $PORT $B1 $B2 ;;
     graygate-nolog) ACCESS_LOG=off start_graygate $PORT $B1 $B2 ;;
     graygate-metrics) METRICS=on start_graygate $PORT $B1 $B2 ;;
+    # Issue 20, goal 5: two worker threads / processes, nothing pinned (both CPUs allowed).
+    nginx-tuned-2t) THREADS=2 PROXY_CPU=0,1 start_nginx_proxy $PORT tuned $B1 $B2 ;;
+    graygate-2t) THREADS=2 PROXY_CPU=0,1 start_graygate $PORT $B1 $B2 ;;
   esac
   local r
   r=$(measure $PORT)
@@ -87,7 +90,8 @@ run_one() {
 # nginx-tuned-nolog and graygate-nolog: the same with `access_log off` (issue 20, goal 2);
 # bare-pingora: round robin, X-Real-IP, no log, mimalloc, graygate's release profile (goal 1).
 # graygate-metrics: with an admin listener, so every request is counted (issue 15: <= 3%).
-read -r -a NAMES <<<"${CONTENDERS:-nginx-seed nginx-tuned nginx-tuned-nolog bare-pingora graygate graygate-nolog graygate-metrics}"
+# nginx-tuned-2t and graygate-2t: `worker_processes 2` / `threads: 2`, not pinned (goal 5).
+read -r -a NAMES <<<"${CONTENDERS:-nginx-seed nginx-tuned nginx-tuned-nolog bare-pingora graygate graygate-nolog graygate-metrics nginx-tuned-2t graygate-2t}"
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round" >&2
   for n in "${NAMES[@]}"; do run_one "$n"; done
@@ -124,9 +128,10 @@ idle_rss() {
 }
 declare -A IDLE_RSS BASE_RSS
 if [[ $IDLE -gt 0 ]]; then
-  for n in nginx-tuned graygate; do
+  for n in nginx-tuned bare-pingora graygate; do
     case $n in
       nginx-tuned) start_nginx_proxy $PORT tuned $B1 $B2 ;;
+      bare-pingora) start_bare $PORT $B1 $B2 ;;
       graygate) start_graygate $PORT $B1 $B2 ;;
     esac
     BASE_RSS[$n]=$(mem_kb "$(cat "$PROXY_PIDFILE")" VmRSS)
@@ -165,7 +170,8 @@ fi
   echo "Features on everywhere: ip_hash over two servers, \`X-Real-IP \$remote_addr\`, combined access log."
   echo "nginx seed = the seed's config (no upstream keep-alive); nginx tuned = \`keepalive 64\`, HTTP/1.1 upstream;"
   echo "\`-nolog\` = the same with the access log off; bare-pingora = \`examples/bare_proxy.rs\` (Pingora \`ProxyHttp\`,"
-  echo "\`LoadBalancer<RoundRobin>\`, X-Real-IP, no log, mimalloc, graygate's release profile, one thread)."
+  echo "\`LoadBalancer<RoundRobin>\`, X-Real-IP, no log, mimalloc, graygate's release profile, one thread);"
+  echo "\`-2t\` = \`worker_processes 2\` / \`threads: 2\` with the proxy not pinned (either CPU)."
   echo
   echo "| proxy | req/s | p50 ms | p99 ms | req per CPU-s | user CPU % | peak RSS kB |"
   echo "|---|---|---|---|---|---|---|"
@@ -182,13 +188,14 @@ fi
   ratio_row graygate graygate-nolog "graygate log on / off"
   ratio_row graygate-metrics graygate "graygate metrics on / off (goal >= 0.97 per CPU-s)"
   ratio_row nginx-tuned nginx-tuned-nolog "nginx tuned log on / off (goal: graygate's >= this)"
+  ratio_row graygate-2t nginx-tuned-2t "graygate / nginx tuned, 2 threads / 2 workers, unpinned (goal: >= the one-core ratio)"
   if [[ $IDLE -gt 0 ]]; then
     echo
     echo "Idle keep-alive connections ($IDLE clients, one request each, then idle):"
     echo
     echo "| proxy | RSS before kB | RSS with $IDLE idle kB | per connection bytes |"
     echo "|---|---|---|---|"
-    for n in nginx-tuned graygate; do
+    for n in nginx-tuned bare-pingora graygate; do
       echo "| $n | ${BASE_RSS[$n]} | ${IDLE_RSS[$n]} | $(awk -v a="${IDLE_RSS[$n]}" -v b="${BASE_RSS[$n]}" -v n="$IDLE" 'BEGIN { printf "%.0f", (a - b) * 1024 / n }') |"
     done
   fi

@@ -27,6 +27,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Bare {
     backends: Arc<LoadBalancer<RoundRobin>>,
+    /// `BARE_NGINX_TIMEOUTS=1`: upstream timeouts as graygate's defaults (bench/instructions.sh
+    /// shows what Pingora's timers cost per request).
+    nginx_timeouts: bool,
 }
 
 #[async_trait]
@@ -41,7 +44,15 @@ impl ProxyHttp for Bare {
             .backends
             .select(b"", 1)
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no backend"))?;
-        Ok(Box::new(HttpPeer::new(backend.addr, false, String::new())))
+        let mut peer = Box::new(HttpPeer::new(backend.addr, false, String::new()));
+        if self.nginx_timeouts {
+            // nginx's proxy_connect/read/send_timeout defaults, which graygate always has.
+            let t = Some(std::time::Duration::from_secs(60));
+            peer.options.connection_timeout = t;
+            peer.options.read_timeout = t;
+            peer.options.write_timeout = t;
+        }
+        Ok(peer)
     }
 
     async fn upstream_request_filter(
@@ -97,7 +108,13 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, Bare { backends: lb });
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        Bare {
+            backends: lb,
+            nginx_timeouts: std::env::var_os("BARE_NGINX_TIMEOUTS").is_some_and(|v| v == "1"),
+        },
+    );
     proxy.add_tcp(&format!("127.0.0.1:{port}"));
     server.add_service(proxy);
     server.run_forever();

@@ -4,7 +4,7 @@
 # supervisor and logrotate (for their integration tests),
 # python3-prometheus-client (the metrics tests' parser), chromium, chromium-driver and
 # fonts-liberation (the canary page test and its screenshot), nginx (the comparison tests); with
-# --bench also wrk for the side-by-side benchmarks, with --fuzz cargo-fuzz.
+# --bench also wrk, valgrind and perf for the benchmarks, with --fuzz cargo-fuzz.
 set -euo pipefail
 
 need=()
@@ -39,6 +39,9 @@ if [[ "${1:-}" == "--bench" ]]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
   # HTTP/2 load for bench/tls.sh.
   command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+  # bench/instructions.sh (callgrind) and bench/flame.sh (perf record).
+  command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+  command -v perf >/dev/null 2>&1 || need+=(linux-perf)
 fi
 if ((${#need[@]})); then
   echo "deps: installing ${need[*]}" >&2

@@ -4,10 +4,9 @@
 //! "$http_referer" "$http_user_agent"`, with nginx's default escaping (`"`, `\` and bytes
 //! outside printable ASCII become `\xHH`), written straight into the log buffer.
 
-use std::io::Write;
 use std::net::IpAddr;
 
-use super::clock;
+use super::{clock, text};
 
 /// `METHOD URI VERSION` as the client sent it (nginx's `$request`): the same in the access
 /// log and in the error log's `request: "..."`.
@@ -57,15 +56,21 @@ pub fn needs_escape(c: u8) -> bool {
     c == b'"' || c == b'\\' || !(0x20..0x7f).contains(&c)
 }
 
-/// Appends `b` with nginx's log escaping.
-pub fn escaped(out: &mut Vec<u8>, b: &[u8]) {
-    for &c in b {
-        if needs_escape(c) {
-            let _ = write!(out, "\\x{c:02X}");
-        } else {
-            out.push(c);
-        }
+/// Appends `b` with nginx's log escaping: runs of plain bytes are copied whole.
+pub fn escaped(out: &mut Vec<u8>, mut b: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    while let Some(i) = b.iter().position(|&c| needs_escape(c)) {
+        let c = b[i];
+        out.extend_from_slice(&b[..i]);
+        out.extend_from_slice(&[
+            b'\\',
+            b'x',
+            HEX[usize::from(c >> 4)],
+            HEX[usize::from(c & 0xf)],
+        ]);
+        b = &b[i + 1..];
     }
+    out.extend_from_slice(b);
 }
 
 fn quoted_or_dash(out: &mut Vec<u8>, v: Option<&[u8]>) {
@@ -80,9 +85,7 @@ fn quoted_or_dash(out: &mut Vec<u8>, v: Option<&[u8]>) {
 /// Appends one `combined` line for `e`, newline included.
 pub fn combined(out: &mut Vec<u8>, e: &Entry<'_>) {
     match e.remote_addr {
-        Some(ip) => {
-            let _ = write!(out, "{ip}");
-        }
+        Some(ip) => text::ip(out, ip),
         None => out.push(b'-'),
     }
     out.extend_from_slice(b" - ");
@@ -94,7 +97,11 @@ pub fn combined(out: &mut Vec<u8>, e: &Entry<'_>) {
     clock::time_local(out);
     out.extend_from_slice(b"] \"");
     e.request.write(out);
-    let _ = write!(out, "\" {} {} ", e.status, e.body_bytes_sent);
+    out.extend_from_slice(b"\" ");
+    text::uint(out, u64::from(e.status));
+    out.push(b' ');
+    text::uint(out, e.body_bytes_sent as u64);
+    out.push(b' ');
     quoted_or_dash(out, e.referer);
     out.push(b' ');
     quoted_or_dash(out, e.user_agent);
@@ -145,6 +152,13 @@ fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaping_is_nginx_s() {
+        let mut out = Vec::new();
+        escaped(&mut out, b"a\"b\\c\x01\x7f\xc3\xa9z");
+        assert_eq!(out, b"a\\x22b\\x5Cc\\x01\\x7F\\xC3\\xA9z");
+    }
 
     #[test]
     fn combined_line() {

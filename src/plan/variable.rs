@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::logs::access::RequestLine;
-use crate::logs::clock;
+use crate::logs::{clock, text};
 
 /// A variable the gateway can fill in from the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,8 +197,11 @@ impl Var {
     /// found", which a log line shows as `-`).
     pub fn write(&self, v: &dyn Vars, out: &mut Vec<u8>) -> bool {
         match self {
-            Var::RemoteAddr => v.client().map(|a| write!(out, "{}", a.ip())).is_some(),
-            Var::RemotePort => v.client().map(|a| write!(out, "{}", a.port())).is_some(),
+            Var::RemoteAddr => v.client().map(|a| text::ip(out, a.ip())).is_some(),
+            Var::RemotePort => v
+                .client()
+                .map(|a| text::uint(out, u64::from(a.port())))
+                .is_some(),
             Var::Host => {
                 // nginx's `$host`: the name without its port, in lower case.
                 let start = out.len();
@@ -216,7 +219,7 @@ impl Var {
                     out.extend_from_slice(b", ");
                 }
                 if let Some(a) = v.client() {
-                    let _ = write!(out, "{}", a.ip());
+                    text::ip(out, a.ip());
                 }
                 true
             }
@@ -241,12 +244,15 @@ impl Var {
                 }
                 true
             }
-            Var::ServerPort => v.server_port().map(|p| write!(out, "{p}")).is_some(),
+            Var::ServerPort => v
+                .server_port()
+                .map(|p| text::uint(out, u64::from(p)))
+                .is_some(),
             Var::RequestMethod => {
                 out.extend_from_slice(v.method().as_bytes());
                 true
             }
-            Var::RequestId => v.request_id().map(|id| write!(out, "{id:032x}")).is_some(),
+            Var::RequestId => v.request_id().map(|id| text::hex128(out, id)).is_some(),
             Var::Http(name) => v.header(name).map(|h| out.extend_from_slice(h)).is_some(),
             Var::Cookie(name) => v
                 .header("cookie")
@@ -289,18 +295,22 @@ impl Var {
             }
             Var::Request => v.request_line().map(|r| r.write(out)).is_some(),
             // nginx: "000" for a request that got no status.
-            Var::Status => write!(out, "{:03}", v.status().unwrap_or(0)).is_ok(),
-            Var::BodyBytesSent => v.body_bytes_sent().map(|n| write!(out, "{n}")).is_some(),
-            Var::BytesSent => v.bytes_sent().map(|n| write!(out, "{n}")).is_some(),
+            Var::Status => {
+                text::uint3(out, u64::from(v.status().unwrap_or(0)));
+                true
+            }
+            Var::BodyBytesSent => v
+                .body_bytes_sent()
+                .map(|n| text::uint(out, n as u64))
+                .is_some(),
+            Var::BytesSent => v.bytes_sent().map(|n| text::uint(out, n as u64)).is_some(),
             Var::RequestTime => v.request_time().map(|d| seconds(out, d)).is_some(),
             Var::UpstreamAddr => list(v, out, |out, t| {
                 let _ = write!(out, "{}", t.addr);
             }),
             Var::UpstreamStatus => list(v, out, |out, t| match t.status {
                 0 => out.push(b'-'),
-                s => {
-                    let _ = write!(out, "{s}");
-                }
+                s => text::uint(out, u64::from(s)),
             }),
             Var::UpstreamResponseTime => list(v, out, |out, t| seconds(out, t.took)),
             Var::UpstreamConnectTime => list(v, out, |out, t| match t.connect {

@@ -249,3 +249,15 @@ impl Ctx {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The per-request state lives inside Pingora's request future, which is moved into its
+    /// box once per request (issue 20): it must stay small.
+    #[test]
+    fn ctx_is_small() {
+        let n = std::mem::size_of::<super::Ctx>();
+        eprintln!("size_of::<Ctx>() = {n}");
+        assert!(n <= 512, "Ctx is {n} bytes");
+    }
+}

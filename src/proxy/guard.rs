@@ -81,8 +81,10 @@ impl HeadGuard {
     /// How long a connection may wait for its next request: `client_header_timeout` before
     /// the first, `keepalive_timeout` between requests.
     pub fn idle_timeout(&self, first: bool) -> Duration {
+        // Read in place: `Limits` holds the `real_ip` lists, a clone would allocate per request.
         let snap = self.live.load();
-        let lim = self.limits(&snap).cloned().unwrap_or_default();
+        let d = Limits::default();
+        let lim = self.limits(&snap).unwrap_or(&d);
         if first {
             lim.header_timeout
         } else {
@@ -90,23 +92,26 @@ impl HeadGuard {
         }
     }
 
-    /// Reads the next request head from `stream`, until `deadline` if given (the first
-    /// request's: `client_header_timeout` counts from the accept, as in nginx, not again from
-    /// the first byte), else for `client_header_timeout`. `None`: the connection is done
-    /// (refused, timed out or closed); a refusal has been answered and logged.
+    /// Reads the next request head from `stream`, whose first byte, `first`, the keep-alive
+    /// loop has read already; until `deadline` if given (the first request's:
+    /// `client_header_timeout` counts from the accept, as in nginx, not again from the first
+    /// byte), else for `client_header_timeout`. `None`: the connection is done (refused, timed
+    /// out or closed); a refusal has been answered and logged.
     pub async fn read_head(
         &self,
         stream: &mut Stream,
         deadline: Option<tokio::time::Instant>,
+        first: u8,
     ) -> Option<Checked> {
         let snap = self.live.load_full();
         let _reading = self
             .conns
             .as_ref()
             .map(|c| crate::metrics::Busy::new(&c.reading));
-        let lim = self.limits(&snap)?.clone();
+        let lim = self.limits(&snap)?;
         let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + lim.header_timeout);
         let mut buf = BytesMut::with_capacity(HEAD_BUF);
+        buf.extend_from_slice(&[first]);
         let mut scan = Scan::default();
         loop {
             if buf.capacity() == buf.len() {
@@ -130,7 +135,7 @@ impl HeadGuard {
                     return None;
                 }
             }
-            match scan.feed(&buf, &lim) {
+            match scan.feed(&buf, lim) {
                 Verdict::More => {}
                 Verdict::Done(h) => {
                     if !h.drop.is_empty() {

@@ -81,9 +81,54 @@ pub struct Scan {
     drop: Vec<Range<usize>>,
 }
 
+/// Byte classes, looked up once per byte of every head (issue 20: the check runs before
+/// Pingora's own parse, so it must cost little).
+const TCHAR: u8 = 1;
+/// A byte a header value may not hold: control bytes but tab, and DEL.
+const BAD_IN_VALUE: u8 = 2;
+/// A byte a request target may not hold: control bytes, space, DEL.
+const BAD_IN_TARGET: u8 = 4;
+
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let mut k = 0;
+        if b.is_ascii_alphanumeric() {
+            k |= TCHAR;
+        } else {
+            let mut i = 0;
+            let extra = b"!#$%&'*+-.^_`|~";
+            while i < extra.len() {
+                if extra[i] == b {
+                    k |= TCHAR;
+                }
+                i += 1;
+            }
+        }
+        if (b < b' ' && b != b'\t') || b == 0x7f {
+            k |= BAD_IN_VALUE;
+        }
+        if b <= b' ' || b == 0x7f {
+            k |= BAD_IN_TARGET;
+        }
+        t[c] = k;
+        c += 1;
+    }
+    t
+};
+
 /// RFC 9110 `tchar`: what a method or a header name is made of.
+#[inline]
 fn is_tchar(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+    CLASS[usize::from(c)] & TCHAR != 0
+}
+
+/// Whether any byte of `b` is in class `k`.
+#[inline]
+fn any_in(b: &[u8], k: u8) -> bool {
+    b.iter().any(|&c| CLASS[usize::from(c)] & k != 0)
 }
 
 impl Scan {
@@ -92,7 +137,7 @@ impl Scan {
     pub fn feed(&mut self, buf: &[u8], lim: &Limits) -> Verdict {
         loop {
             let rest = &buf[self.pos.min(buf.len())..];
-            let Some(nl) = rest.iter().position(|&c| c == b'\n') else {
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
                 // The line in progress may not outgrow its buffer.
                 if rest.len() > lim.line_max {
                     return Verdict::Reject(self.too_long());
@@ -158,7 +203,7 @@ impl Scan {
             return Err(BAD);
         }
         // Control bytes, NUL and DEL are never part of a target; UTF-8 is let through as nginx.
-        if target.is_empty() || target.iter().any(|&c| c <= b' ' || c == 0x7f) {
+        if target.is_empty() || any_in(target, BAD_IN_TARGET) {
             return Err(BAD);
         }
         self.connect = method == b"CONNECT";
@@ -202,14 +247,14 @@ impl Scan {
         if line[0] == b' ' || line[0] == b'\t' {
             return Err(BAD);
         }
-        let colon = line.iter().position(|&c| c == b':').ok_or(BAD)?;
+        let colon = memchr::memchr(b':', line).ok_or(BAD)?;
         let name = &line[..colon];
         if name.is_empty() || !name.iter().all(|&c| is_tchar(c)) {
             return Err(BAD);
         }
         let value = &line[colon + 1..];
         // Only visible bytes, spaces, tabs and obs-text: NUL and a lone CR end here.
-        if value.iter().any(|&c| (c < b' ' && c != b'\t') || c == 0x7f) {
+        if any_in(value, BAD_IN_VALUE) {
             return Err(BAD);
         }
         self.headers += 1;

@@ -52,6 +52,14 @@ use errors::Phase;
 pub use guard::HeadGuard;
 use vars::SessionVars;
 
+thread_local! {
+    /// `proxy_set_header` values are rendered here (see `upstream_request_filter`).
+    static SET_HEADER_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// What [`SET_HEADER_BUF`] keeps between requests; a huge value is not held for ever.
+const SET_HEADER_BUF_KEEP: usize = 4096;
+
 /// The proxy for one server block.
 pub struct Gateway {
     /// Index of this server block in every snapshot (a reload keeps the order, see
@@ -248,20 +256,31 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let loc = &snap.plan.servers[self.server].locations[ctx.location];
-        for (name, tpl) in &loc.set_headers {
-            ctx.scratch.clear();
-            tpl.render(&SessionVars(session, ctx.request_id), &mut ctx.scratch);
-            if ctx.scratch.is_empty() {
-                // nginx: an empty value removes the header.
-                req.remove_header(name);
-            } else {
-                let v = http::HeaderValue::from_bytes(&ctx.scratch).map_err(|_| {
-                    Error::explain(ErrorType::InvalidHTTPHeader, "bad header value")
-                })?;
-                req.insert_header(name.clone(), v)?;
-            }
+        if loc.set_headers.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let vars = SessionVars(session, ctx.request_id);
+        // The values are rendered into this thread's buffer, which outlives the request: no
+        // allocation per request but the header value itself (no await while it is borrowed).
+        SET_HEADER_BUF.with_borrow_mut(|buf| {
+            for (name, tpl) in &loc.set_headers {
+                buf.clear();
+                tpl.render(&vars, buf);
+                if buf.is_empty() {
+                    // nginx: an empty value removes the header.
+                    req.remove_header(name);
+                } else {
+                    let v = http::HeaderValue::from_bytes(buf).map_err(|_| {
+                        Error::explain(ErrorType::InvalidHTTPHeader, "bad header value")
+                    })?;
+                    req.insert_header(name.clone(), v)?;
+                }
+            }
+            if buf.capacity() > SET_HEADER_BUF_KEEP {
+                buf.shrink_to(SET_HEADER_BUF_KEEP);
+            }
+            Ok(())
+        })
     }
 
     /// Turns a `retry_on_status` status into a failed attempt while another server can take

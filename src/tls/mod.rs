@@ -8,11 +8,9 @@
 //!
 //! - `certs`: reading and checking the PEM files (the `-t` checks, with positions).
 //! - `accept`: Pingora's TLS settings and the certificate callback.
-//! - `peek`: a one-byte look-ahead for TLS streams (Pingora's cannot peek through TLS).
 
 pub mod accept;
 pub mod certs;
-pub mod peek;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -116,12 +116,15 @@ fn a_killed_worker_is_replaced_and_the_sockets_stay_open() {
         g.log()
     );
 
-    // The same right after a hand-over: the new worker dies, another replaces it.
+    // The same right after a hand-over: the new worker dies, another replaces it. The
+    // replacement serving now is the old generation after the upgrade (it drains and exits on
+    // its own): the one to kill is neither it nor the first one.
+    let replacement = g.worker(master);
     let (ok, out) = ctl(&["-s", "upgrade", "-c", g.c()]);
     assert!(ok, "{out}");
     let new = children(master)
         .into_iter()
-        .find(|p| *p != w)
+        .find(|p| *p != w && *p != replacement)
         .expect("new worker");
     kill_under_load(&g, new, master);
     assert!(!gw.exited(), "the master stays up");
