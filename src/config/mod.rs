@@ -287,6 +287,19 @@ pub struct Location {
     pub read_timeout: Option<TimeValue>,
     #[serde(default)]
     pub send_timeout: Option<TimeValue>,
+    // uwsgi apps: nginx's directives of the same names (see `plan::uwsgi`).
+    /// An upstream's name, or one address (`127.0.0.1:30000`, `unix:/run/app.sock`).
+    #[serde(default)]
+    pub uwsgi_pass: Option<String>,
+    /// CGI variables sent to the app, over and beside the built-in set of `uwsgi_params`.
+    #[serde(default)]
+    pub uwsgi_param: IndexMap<String, String>,
+    #[serde(default)]
+    pub uwsgi_connect_timeout: Option<TimeValue>,
+    #[serde(default)]
+    pub uwsgi_send_timeout: Option<TimeValue>,
+    #[serde(default)]
+    pub uwsgi_read_timeout: Option<TimeValue>,
 }
 
 fn default_worker_connections() -> i64 {

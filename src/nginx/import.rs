@@ -12,6 +12,8 @@ use serde_yaml::{Mapping, Value};
 
 use super::parse::{Directive, Loc};
 
+mod uwsgi;
+
 /// What the import made of one directive it did not translate.
 #[derive(Debug, Clone)]
 pub struct Note {
@@ -128,6 +130,7 @@ struct Scope {
     files: IndexMap<&'static str, Value>,
     timeouts: IndexMap<&'static str, String>,
     retry: Option<Retry>,
+    uwsgi: uwsgi::Scope,
 }
 
 #[derive(Clone)]
@@ -156,6 +159,7 @@ impl Scope {
         Scope {
             headers_own: false,
             add_headers_own: false,
+            uwsgi: self.uwsgi.child(),
             ..self.clone()
         }
     }
@@ -424,7 +428,7 @@ fn http_setting(d: &Directive, scope: &mut Scope, out: &mut Out) -> bool {
             r.tries = arg.parse().ok();
             scope.retry = Some(r);
         }
-        _ => return false,
+        _ => return uwsgi::setting(d, &mut scope.uwsgi, out),
     }
     true
 }
@@ -749,11 +753,16 @@ fn location(d: &Directive, mut scope: Scope, out: &mut Out) -> Option<Value> {
         }
     };
     let mut pass = None;
+    let mut uwsgi_pass = None;
     let mut ret = None;
     let mut handler_missing = false;
     for s in d.block.iter().flatten() {
         match s.name.as_str() {
             "proxy_pass" => pass = proxy_pass(s, &path, out),
+            "uwsgi_pass" => {
+                uwsgi_pass = uwsgi::pass(s, out);
+                handler_missing |= uwsgi_pass.is_none();
+            }
             "return" => {
                 let words: Vec<&str> = s.args.iter().map(|a| a.text.as_str()).collect();
                 ret = Some(match words.as_slice() {
@@ -787,11 +796,11 @@ fn location(d: &Directive, mut scope: Scope, out: &mut Out) -> Option<Value> {
     }
     let serves_files =
         !handler_missing && (scope.files.contains_key("root") || scope.files.contains_key("alias"));
-    if pass.is_none() && ret.is_none() && !serves_files {
+    if pass.is_none() && uwsgi_pass.is_none() && ret.is_none() && !serves_files {
         out.note(
             d,
             true,
-            "a location without proxy_pass or return (static files, uwsgi) is not yet translated",
+            "a location without proxy_pass, uwsgi_pass, return or files is not translated",
         );
         return None;
     }
@@ -800,9 +809,11 @@ fn location(d: &Directive, mut scope: Scope, out: &mut Out) -> Option<Value> {
     }
     let mut m = Mapping::new();
     m.insert("match".into(), matcher.into());
-    let proxies = pass.is_some();
+    let proxies = pass.is_some() || (uwsgi_pass.is_some() && ret.is_none());
     if let Some(pass) = pass {
         m.insert("proxy_pass".into(), pass.into());
+    } else if let (Some(to), None) = (uwsgi_pass, &ret) {
+        uwsgi::emit(&mut m, to, &scope.uwsgi, scope.files.get("root"));
     }
     if let Some(ret) = ret {
         m.insert("return".into(), ret);
@@ -1120,9 +1131,19 @@ log_not_found off;
         let has = |s: &str| lines.iter().any(|l| l.contains(s));
         assert!(!has("add_header"), "{lines:#?}");
         assert!(!has("\"root\""), "root is carried over: {lines:#?}");
-        assert!(
-            has("nginx.conf:8: \"uwsgi_pass\" not translated"),
-            "{lines:#?}"
+        assert!(!has(": \"uwsgi_") && !has(": \"include\""), "{lines:#?}");
+        let v: Value = serde_yaml::from_str(&i.yaml).unwrap();
+        let app = &v["servers"]["listen_11001"]["locations"][0];
+        assert_eq!(app["uwsgi_pass"], Value::from("127.0.0.1:30000"));
+        assert_eq!(app["uwsgi_read_timeout"], Value::from("360"));
+        assert_eq!(
+            app["uwsgi_param"]["DOCUMENT_ROOT"],
+            Value::from("/data/www/app/")
+        );
+        assert!(app.get("root").is_none(), "{}", i.yaml);
+        assert_eq!(
+            app["add_header"]["Access-Control-Allow-Origin"],
+            Value::from("*")
         );
         // The favicon location has no root of its own or inherited: nginx's default root.
         assert!(
@@ -1179,8 +1200,10 @@ gzip on;",
         let locs = v["servers"]["listen_8081"]["locations"]
             .as_sequence()
             .unwrap();
-        // `location /` had a uwsgi_pass: no location that would serve the app's source.
-        assert!(locs.iter().all(|l| l["match"] != "/"), "{}", i.yaml);
+        // `location /` passes to the app: it never serves the app's source as files.
+        let app = locs.iter().find(|l| l["match"] == "/").unwrap();
+        assert_eq!(app["uwsgi_pass"], Value::from("127.0.0.1:3000"));
+        assert!(app.get("root").is_none(), "{}", i.yaml);
         let m = locs.iter().find(|l| l["match"] == "/m/").unwrap();
         assert_eq!(m["alias"], Value::from("/data/media/"));
         assert!(
@@ -1205,10 +1228,10 @@ gzip on;",
             .collect();
         assert_eq!(
             kinds,
+            // uwsgi_params is built in: no note.
             [
                 ("include".to_string(), false),
                 ("include".to_string(), true),
-                ("include".to_string(), false)
             ],
             "{:?}",
             i.notes

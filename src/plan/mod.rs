@@ -22,6 +22,7 @@ pub mod template;
 #[cfg(test)]
 mod tests;
 mod tls;
+pub mod uwsgi;
 mod variable;
 
 use std::collections::HashMap;
@@ -143,6 +144,8 @@ pub struct LocationPlan {
     /// `add_header`, the location's own or else the server's.
     pub add_headers: Vec<response::AddHeaderPlan>,
     pub timeouts: Timeouts,
+    /// `uwsgi_pass`: the request goes to a uwsgi app server (`target` is then `None`).
+    pub uwsgi: Option<uwsgi::UwsgiPlan>,
 }
 
 impl LocationPlan {
@@ -247,7 +250,7 @@ impl Plan {
             (None, None) => &[],
         };
         let prev_state = pool::PrevState::of(prev, live_weights);
-        let pools: Vec<PoolPlan> = c
+        let mut pools: Vec<PoolPlan> = c
             .upstreams
             .iter()
             .map(|(name, u)| pool::compile_pool(l, name, u, &prev_state, &mut probs))
@@ -260,6 +263,9 @@ impl Plan {
             .map(|(i, name)| (name.as_str(), i))
             .collect();
         let canaries = canary::compile_canaries(l, &pool_names, prev, &mut probs);
+        let named = |n: &str| pool_names.contains_key(n) || c.canaries.contains_key(n);
+        let uwsgi_pools = uwsgi::address_pools(l, &named, &prev_state, &mut pools, &mut probs);
+        uwsgi::check_health(l, &pool_names, &pools, &mut probs);
         let admin = canary::compile_admin(l, &mut probs);
         let formats = logs::compile_formats(l, &mut probs);
         let mut shared = server::Shared {
@@ -268,6 +274,7 @@ impl Plan {
             demos: &demos,
             listening: HashMap::new(),
             warnings: Vec::new(),
+            uwsgi_pools,
         };
         let servers: Vec<ServerPlan> = c
             .servers

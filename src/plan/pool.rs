@@ -65,6 +65,11 @@ impl<'a> PrevState<'a> {
         Some(w)
     }
 
+    /// The state the previous plan kept for server `addr` of pool `pool`.
+    pub(super) fn state_of(&self, pool: &str, addr: SocketAddr) -> Option<Arc<PeerState>> {
+        self.peers.get(&(pool, addr)).map(|s| Arc::clone(s))
+    }
+
     /// The live weights that still apply (the others' config weight changed: the file won).
     pub(super) fn kept_weights(&self) -> Vec<WeightOverride> {
         self.kept.take()

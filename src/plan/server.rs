@@ -60,6 +60,8 @@ pub(super) struct Shared<'a> {
     pub listening: HashMap<SocketAddr, String>,
     /// What is worth saying but not refusing (certificates out of their validity period).
     pub warnings: Vec<crate::config::Problem>,
+    /// The pools made for addresses in `uwsgi_pass` (see [`super::uwsgi::address_pools`]).
+    pub uwsgi_pools: HashMap<String, usize>,
 }
 
 /// The server `servers.NAME`.
@@ -132,15 +134,7 @@ pub(super) fn compile_server(
     let mut seen = HashSet::new();
     for (i, loc) in s.locations.iter().enumerate() {
         let at = format!("{base}.locations.{i}");
-        let lp = compile_location(
-            l,
-            &at,
-            loc,
-            &shared.targets,
-            &mut seen,
-            &server_headers,
-            probs,
-        );
+        let lp = compile_location(l, &at, loc, shared, &mut seen, &server_headers, probs);
         if let Some(lp) = lp {
             locations.push(lp);
         }
@@ -165,7 +159,7 @@ pub(super) fn compile_location(
     l: &Loaded,
     at: &str,
     loc: &Location,
-    targets: &Targets,
+    shared: &Shared,
     seen: &mut HashSet<String>,
     inherited: &[AddHeaderPlan],
     probs: &mut Problems,
@@ -188,6 +182,11 @@ pub(super) fn compile_location(
         .ret
         .as_ref()
         .and_then(|r| compile_return(l, &format!("{at}.return"), r, probs));
+    let targets = &shared.targets;
+    let find = |n: &str| {
+        (targets.0.get(n).copied()).or_else(|| shared.uwsgi_pools.get(n).map(|&i| Target::Pool(i)))
+    };
+    let uwsgi = super::uwsgi::compile_uwsgi(l, at, loc, &find, probs).ok()?;
     let target = match &loc.proxy_pass {
         Some(name) => match targets.0.get(name.as_str()) {
             Some(&t) => Some(t),
@@ -202,11 +201,17 @@ pub(super) fn compile_location(
                 return None;
             }
         },
-        None if loc.ret.is_some() || loc.root.is_some() || loc.alias.is_some() => None,
+        None if loc.ret.is_some()
+            || loc.root.is_some()
+            || loc.alias.is_some()
+            || uwsgi.is_some() =>
+        {
+            None
+        }
         None => {
             probs.push(l.problem_at(
                 &format!("{at}.match"),
-                "a location needs proxy_pass, return, root or alias",
+                "a location needs proxy_pass, uwsgi_pass, return, root or alias",
             ));
             return None;
         }
@@ -261,5 +266,6 @@ pub(super) fn compile_location(
         set_headers,
         add_headers,
         timeouts,
+        uwsgi,
     })
 }

@@ -263,6 +263,7 @@ mod tests {
         fn upstreams(&self, each: &mut dyn FnMut(&Tried)) {
             each(&Tried {
                 addr: "127.0.0.1:1".parse().unwrap(),
+                unix: None,
                 status: 502,
                 took: Duration::from_micros(1_900),
                 connect: Some(Duration::from_micros(300)),
@@ -270,6 +271,7 @@ mod tests {
             });
             each(&Tried {
                 addr: "127.0.0.1:2".parse().unwrap(),
+                unix: None,
                 status: 200,
                 took: Duration::from_secs(2),
                 connect: None,

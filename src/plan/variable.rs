@@ -59,8 +59,10 @@ pub enum Var {
 
 /// One upstream attempt of a request, for the `$upstream_*` variables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tried {
+pub struct Tried<'a> {
     pub addr: SocketAddr,
+    /// A server on a unix socket (`addr` is then a placeholder).
+    pub unix: Option<&'a std::path::Path>,
     /// The upstream's status, or nginx's 502/504 for an attempt that got none; 0: unknown.
     pub status: u16,
     /// From connecting to the response's last byte (nginx's `$upstream_response_time`).
@@ -126,7 +128,10 @@ impl Var {
             "scheme" => Var::Scheme,
             "proxy_add_x_forwarded_for" => Var::ProxyAddXForwardedFor,
             "request_uri" => Var::RequestUri,
-            "uri" => Var::Uri,
+            "uri" | "document_uri" => Var::Uri,
+            // nginx's names for two request headers (`uwsgi_params` uses them).
+            "content_type" => Var::Http("content-type".into()),
+            "content_length" => Var::Http("content-length".into()),
             "args" | "query_string" => Var::Args,
             "is_args" => Var::IsArgs,
             "server_port" => Var::ServerPort,
@@ -306,7 +311,10 @@ impl Var {
             Var::BytesSent => v.bytes_sent().map(|n| text::uint(out, n as u64)).is_some(),
             Var::RequestTime => v.request_time().map(|d| seconds(out, d)).is_some(),
             Var::UpstreamAddr => list(v, out, |out, t| {
-                let _ = write!(out, "{}", t.addr);
+                let _ = match t.unix {
+                    Some(p) => write!(out, "unix:{}", p.display()),
+                    None => write!(out, "{}", t.addr),
+                };
             }),
             Var::UpstreamStatus => list(v, out, |out, t| match t.status {
                 0 => out.push(b'-'),

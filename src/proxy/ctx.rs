@@ -228,6 +228,7 @@ impl Ctx {
             if let Some(p) = pool.peers.get(usize::from(t.peer)) {
                 each(&Tried {
                     addr: p.addr,
+                    unix: p.unix.as_deref(),
                     status: t.status,
                     took: t.took(),
                     connect: at(t.connect_us),

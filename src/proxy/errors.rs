@@ -205,6 +205,31 @@ pub fn log_attempt(
     upstream: Option<std::net::SocketAddr>,
     what: &str,
 ) {
+    struct Http(std::net::SocketAddr);
+    impl std::fmt::Display for Http {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "http://{}/", self.0)
+        }
+    }
+    let url = upstream.map(Http);
+    log_line(
+        log,
+        session,
+        server,
+        url.as_ref().map(|u| u as &dyn std::fmt::Display),
+        what,
+    );
+}
+
+/// One nginx-style error line about this request, naming the `upstream` server (as a URL:
+/// `http://ADDR/`, `uwsgi://ADDR`) if there was one.
+pub fn log_line(
+    log: &LogFile,
+    session: &Session,
+    server: &str,
+    upstream: Option<&dyn std::fmt::Display>,
+    what: &str,
+) {
     let req = session.req_header();
     log.append(|out| {
         error::prefix(out, "error");
@@ -220,7 +245,7 @@ pub fn log_attempt(
         super::vars::request_line(session).write(out);
         out.push(b'"');
         if let Some(u) = upstream {
-            let _ = write!(out, ", upstream: \"http://{u}/\"");
+            let _ = write!(out, ", upstream: \"{u}\"");
         }
         if let Some(h) = req.headers.get(http::header::HOST) {
             out.extend_from_slice(b", host: \"");

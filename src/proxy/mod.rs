@@ -33,6 +33,7 @@ mod mime;
 mod realip;
 mod reply;
 pub mod uri;
+mod uwsgi;
 mod vars;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -154,7 +155,8 @@ impl ProxyHttp for Gateway {
         }
         // A location names a pool or a canary; a canary picks this request's side (issue 15).
         let found = route.and_then(|i| {
-            let target = snap.plan.servers[self.server].locations[i].target?;
+            let loc = &snap.plan.servers[self.server].locations[i];
+            let target = loc.target.or(loc.uwsgi.as_ref().map(|u| u.target))?;
             let pick = snap.plan.route(
                 target,
                 &SessionVars(session, ctx.request_id),
@@ -169,6 +171,15 @@ impl ProxyHttp for Gateway {
                 ctx.pool = pick.pool;
                 ctx.canary = pick.canary;
                 ctx.routed = true;
+                // uwsgi apps are answered here: Pingora's proxy speaks only HTTP upstream.
+                if ctx
+                    .snap
+                    .as_ref()
+                    .is_some_and(|s| uwsgi::is_uwsgi(s, self.server, loc))
+                {
+                    uwsgi::serve(self, session, ctx).await?;
+                    return Ok(true);
+                }
                 Ok(false)
             }
             None => {

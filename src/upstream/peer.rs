@@ -71,6 +71,8 @@ pub struct Peer {
     /// Built once; cloned per request so that Pingora's connection pool sees the same peer.
     pub http: HttpPeer,
     pub state: Arc<PeerState>,
+    /// A uwsgi server on a unix socket (`addr` is then a placeholder).
+    pub unix: Option<Arc<std::path::Path>>,
 }
 
 impl Peer {
@@ -86,6 +88,7 @@ impl Peer {
             max_conns: 0,
             http: HttpPeer::new(addr, false, String::new()),
             state: Arc::default(),
+            unix: None,
         }
     }
 

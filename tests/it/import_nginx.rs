@@ -77,32 +77,75 @@ fn the_seed_balancer_imports_and_serves() {
     );
 }
 
-/// The seed's app-server block uses what the import cannot carry yet: each such directive is
-/// named with its file and line, and the exit status says the result would behave differently.
+/// The seed's three server blocks (Step 1 and Step 2), paths moved under a temp dir and
+/// ports made free: the import carries the uwsgi locations over, names only the favicon
+/// locations (nginx's default root, which graygate does not guess), passes `-t`, and the
+/// imported gateway serves both app versions through the balancer.
 #[test]
-fn untranslated_directives_are_named_and_exit_2() {
+fn the_seed_app_servers_import_with_uwsgi() {
     let dir = TempDir::new("import-app");
+    let (front, old, new, app_old, app_new) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let d = dir.s("");
+    let app = |port: u16, uwsgi: u16, www: &str| {
+        format!(
+            "server {{\nlisten 127.0.0.1:{port};\nlocation / {{\nadd_header Access-Control-Allow-Origin *;\n\
+             root {d}/{www}/app/;\ninclude uwsgi_params;\nuwsgi_pass 127.0.0.1:{uwsgi};\n\
+             uwsgi_read_timeout 360;\n}}\nlocation ~/media/{{\nroot {d}/static/;\n}}\n\
+             location = /favicon.ico {{\nlog_not_found off;\n}}\n\
+             access_log {d}/qianming-{port}.access.log;\nerror_log {d}/qianming.error.log;\n}}\n"
+        )
+    };
     let f = dir.write(
-        "app.conf",
-        "server {\nlisten 11001;\nlocation / {\nadd_header Access-Control-Allow-Origin *;\n\
-         root /data/www/app/;\ninclude uwsgi_params;\nuwsgi_pass 127.0.0.1:30000;\n\
-         uwsgi_read_timeout 360;\n}\nlocation ~/media/{\nroot /data/static/;\n}\n}\n",
+        "seed.conf",
+        &format!(
+            "pid {d}/gw.pid;\nerror_log {d}/error.log;\nupstream balance {{\nip_hash;\nserver 127.0.0.1:{old} weight=1;\nserver 127.0.0.1:{new} weight=1;\n}}\n\
+             server {{\nlisten 127.0.0.1:{front};\nlocation / {{\nproxy_pass http://balance;\n\
+             proxy_set_header X-Real-IP $remote_addr;\n}}\naccess_log {d}/balance.access.log;\n\
+             error_log {d}/balance.error.log;\n}}\n{}{}",
+            app(old, app_old, "www"),
+            app(new, app_new, "www_new"),
+        ),
     );
-    let (code, _yaml, err) = import(&f);
-    assert_eq!(code, Some(2), "{err}");
+    let (code, yaml, err) = import(&f);
     let name = f.display().to_string();
+    let untranslated: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("\" not translated:"))
+        .collect();
+    assert_eq!(untranslated.len(), 2, "{err}");
     assert!(
-        err.contains(&format!("{name}:8: \"uwsgi_read_timeout\" not translated")),
+        untranslated
+            .iter()
+            .all(|l| l.contains(&name) && l.contains("\"location\"")),
         "{err}"
     );
+    assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains(&format!("{name}:7: \"uwsgi_pass\" not translated")),
-        "{err}"
+        yaml.contains(&format!("uwsgi_pass: 127.0.0.1:{app_old}")),
+        "{yaml}"
     );
-    assert!(
-        err.contains(&format!("{name}:3: \"location\" not translated")),
-        "{err}"
-    );
+    assert!(yaml.contains("uwsgi_read_timeout: '360'"), "{yaml}");
+    let conf = dir.write("graygate.yaml", &yaml);
+    let t = run(&["-t", "-c", &dir.s("graygate.yaml")]);
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+
+    let _a = crate::uwsgi::uwsgi(&dir, "old", &format!("127.0.0.1:{app_old}"));
+    let _b = crate::uwsgi::uwsgi(&dir, "new", &format!("127.0.0.1:{app_new}"));
+    let _gw = start(&conf, &[front, old, new]);
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 1..=16u8 {
+        let r = get_from(front, "/x?q=1", Some(Ipv4Addr::new(127, i, 0, 1)), &[]).unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+        seen.insert(r.header("x-app").unwrap_or("").to_string());
+    }
+    assert_eq!(seen.len(), 2, "both versions get clients: {seen:?}");
 }
 
 /// Malformed nginx input stops the import with the place of the fault.

@@ -20,3 +20,4 @@ mod runtime;
 mod supervisor;
 mod tls;
 mod websocket;
+mod uwsgi;
