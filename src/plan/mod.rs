@@ -275,6 +275,9 @@ impl Plan {
             listening: HashMap::new(),
             warnings: Vec::new(),
             uwsgi_pools,
+            // A live weight change (`persist::recompile`: `weights` given, `prev`'s own text)
+            // keeps the certificates; a reload, even of the same text, reads them again.
+            certs_from: prev.filter(|p| weights.is_some() && p.source.text == l.text),
         };
         let servers: Vec<ServerPlan> = c
             .servers

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::config::{parse_addr, Loaded, Location, Problems, Server};
 
@@ -62,6 +63,9 @@ pub(super) struct Shared<'a> {
     pub warnings: Vec<crate::config::Problem>,
     /// The pools made for addresses in `uwsgi_pass` (see [`super::uwsgi::address_pools`]).
     pub uwsgi_pools: HashMap<String, usize>,
+    /// A recompile of the same text (a live weight change): its certificates are taken from
+    /// this plan instead of the files, which may be half-way through a rotation.
+    pub certs_from: Option<&'a super::Plan>,
 }
 
 /// The server `servers.NAME`.
@@ -96,11 +100,16 @@ pub(super) fn compile_server(
                 } else {
                     shared.listening.insert(addr, name.to_string());
                     listen.push(addr);
+                    let loaded = (shared.certs_from)
+                        .and_then(|p| p.servers.iter().find(|s| s.name == name))
+                        .and_then(|s| s.tls.iter().find(|t| t.addr == addr))
+                        .map(|t| Arc::clone(&t.certs));
                     tls.extend(super::tls::compile_listen_tls(
                         l,
                         &tls_at,
                         addr,
                         entry,
+                        loaded,
                         probs,
                         &mut shared.warnings,
                     ));

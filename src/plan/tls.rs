@@ -9,12 +9,13 @@ use crate::tls::certs::{self, PairAt};
 use crate::tls::{CertStore, ListenerTls, TlsPlan, Version};
 
 /// The TLS listener at `addr` written as `listen` at dotted path `at`, or `None` for a plain
-/// one (or after a problem).
+/// one (or after a problem). `loaded`: its certificates as already read for the same text.
 pub(super) fn compile_listen_tls(
     l: &Loaded,
     at: &str,
     addr: SocketAddr,
     listen: &Listen,
+    loaded: Option<Arc<CertStore>>,
     probs: &mut Problems,
     warnings: &mut Vec<Problem>,
 ) -> Option<TlsPlan> {
@@ -28,7 +29,10 @@ pub(super) fn compile_listen_tls(
         return None;
     };
     let (min, max) = versions(l, &format!("{at}.tls.protocols"), tls, probs)?;
-    let certs = certificates(l, &format!("{at}.tls"), tls, probs, warnings)?;
+    let certs = match loaded {
+        Some(c) => c,
+        None => Arc::new(certificates(l, &format!("{at}.tls"), tls, probs, warnings)?),
+    };
     Some(TlsPlan {
         addr,
         listener: ListenerTls {
@@ -36,7 +40,7 @@ pub(super) fn compile_listen_tls(
             max,
             http2: listen.http2.unwrap_or(true),
         },
-        certs: Arc::new(certs),
+        certs,
     })
 }
 
