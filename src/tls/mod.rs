@@ -108,15 +108,67 @@ impl CertStore {
     /// The certificate for the server name a client sent (nginx's order: exact name, then a
     /// wildcard covering one leading label, else the default). `name` is lower case.
     pub fn pick(&self, name: Option<&str>) -> Option<&Cert> {
-        let i = name
+        self.certs.get(self.index(name))
+    }
+
+    /// `pick`'s choice. A trailing dot is dropped (`example.com.` is `example.com`, as nginx
+    /// has it); an empty first label (`.example.com`) is no match for `*.example.com`.
+    fn index(&self, name: Option<&str>) -> usize {
+        name.map(|n| n.strip_suffix('.').unwrap_or(n))
             .and_then(|n| {
                 self.exact.get(n).or_else(|| {
-                    let (_, parent) = n.split_once('.')?;
+                    let (first, parent) = n.split_once('.')?;
+                    if first.is_empty() {
+                        return None;
+                    }
                     self.wildcard.get(parent)
                 })
             })
             .copied()
-            .unwrap_or(0);
-        self.certs.get(i)
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CertStore;
+    use std::collections::HashMap;
+
+    /// The lookup tables of certificates 0 (`default.test`), 1 (`example.com`) and 2
+    /// (`*.example.com`); `index` needs no certificate itself.
+    fn store() -> CertStore {
+        let map = |v: &[(&str, usize)]| -> HashMap<String, usize> {
+            v.iter().map(|(n, i)| (n.to_string(), *i)).collect()
+        };
+        CertStore {
+            certs: Vec::new(),
+            exact: map(&[("default.test", 0), ("example.com", 1)]),
+            wildcard: map(&[("example.com", 2)]),
+        }
+    }
+
+    #[test]
+    fn pick_exact_then_wildcard_then_default() {
+        let s = store();
+        assert_eq!(s.index(Some("example.com")), 1);
+        assert_eq!(s.index(Some("www.example.com")), 2);
+        assert_eq!(s.index(Some("a.b.example.com")), 0, "one label only");
+        assert_eq!(s.index(Some("other.test")), 0);
+        assert_eq!(s.index(None), 0);
+    }
+
+    #[test]
+    fn pick_drops_a_trailing_dot() {
+        let s = store();
+        assert_eq!(s.index(Some("example.com.")), 1);
+        assert_eq!(s.index(Some("www.example.com.")), 2);
+    }
+
+    #[test]
+    fn pick_wants_a_first_label_for_a_wildcard() {
+        let s = store();
+        assert_eq!(s.index(Some(".example.com")), 0);
+        assert_eq!(s.index(Some(".")), 0);
+        assert_eq!(s.index(Some("")), 0);
     }
 }
