@@ -19,5 +19,5 @@ mod processes;
 mod runtime;
 mod supervisor;
 mod tls;
-mod websocket;
 mod uwsgi;
+mod websocket;

@@ -672,3 +672,105 @@ fn binary_upgrade_under_http2_load_fails_nothing() {
         &failed[..failed.len().min(5)]
     );
 }
+
+/// `keepalive_timeout: 0` (nginx: no keep-alive) closes an idle HTTP/2 connection too, where
+/// it once left it open for good.
+#[test]
+fn keepalive_timeout_0_closes_an_idle_http2_connection() {
+    use std::io::Read;
+    let e = env("tls-h2-idle", two_certs);
+    let yaml = read(&e.conf).replace(
+        "    access_log:",
+        "    keepalive_timeout: 0\n    access_log:",
+    );
+    std::fs::write(&e.conf, yaml).unwrap();
+    let _gw = start(&e.conf, &[e.plain, e.tls]);
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_ca_file(&e.ca).unwrap();
+    b.set_alpn_protos(b"\x02h2").unwrap();
+    let mut s = tls_connect(&b.build(), e.tls, "site-a.test", None).unwrap();
+    assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    // The client preface and an empty SETTINGS frame, then nothing.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    s.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("the idle HTTP/2 connection was not closed: {e}")
+            }
+            Err(_) => break, // closed without close_notify, or reset
+        }
+    }
+}
+
+/// A live weight change recompiles the config: it keeps the certificates already loaded, so a
+/// rotation caught half-way (here: the key file replaced, the certificate not yet) does not
+/// fail it. A reload does read the files again (and refuses the mismatch).
+#[test]
+fn a_live_weight_change_keeps_the_loaded_certificates() {
+    let e = env("tls-weight", |dir| {
+        let (crt, key) = make_cert(dir, "site", &["site-a.test"], 10);
+        format!("tls: {{ cert: {crt}, key: {key} }}")
+    });
+    let admin = free_port();
+    let text = read(&e.conf);
+    let backend = text
+        .split("addr: \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &e.conf,
+        format!("admin: {{ listen: \"127.0.0.1:{admin}\" }}\n{text}"),
+    )
+    .unwrap();
+    let _gw = start(&e.conf, &[e.plain, e.tls, admin]);
+    let fmt = ["-o", "/dev/null", "-w", "%{http_code}"];
+    assert_eq!(curl_tls(&e, "site-a.test", &fmt, "/"), (0, "200".into()));
+    // Half a rotation: a new key, the old certificate.
+    let key = e.dir.path("site.key");
+    openssl(
+        &e.dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "site.key",
+        ],
+    );
+    assert!(key.exists());
+    // Straight to the admin API: the `weight` CLI compiles the file itself to find it.
+    let body = "{\"weight\": 3}";
+    let mut c = connect(admin, None).unwrap();
+    write!(
+        c,
+        "PUT /api/upstreams/pool/servers/{backend} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let r = read_response(&mut BufReader::new(c)).unwrap();
+    assert_eq!(r.status, 200, "weight change failed: {}", r.body);
+    let conf = e.conf.to_str().unwrap();
+    assert_eq!(curl_tls(&e, "site-a.test", &fmt, "/"), (0, "200".into()));
+    let (ok, out) = ctl(&["-s", "reload", "-c", conf]);
+    assert!(
+        !ok,
+        "a reload reads the mismatched pair again and refuses it: {out}"
+    );
+    assert_eq!(curl_tls(&e, "site-a.test", &fmt, "/"), (0, "200".into()));
+}
