@@ -154,7 +154,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
         let mut settings: Option<HttpPersistentSettings> = None;
         let accepted = tokio::time::Instant::now();
         let mut first = true;
-        let mut rearm: Option<super::tunnel::Rearm> = None;
         loop {
             let mut byte = [0u8; 1];
             let idle = self
@@ -189,17 +188,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
                 None => None,
             };
             first = false;
-            // A WebSocket gets a close frame if the grace period ends while it is open. The
-            // stream is wrapped once; a later `Upgrade` request re-arms that wrapper.
+            // A WebSocket gets a close frame if the grace period ends while it is open.
             if head.as_ref().is_some_and(|h| h.is_upgrade()) {
-                match &rearm {
-                    Some(r) => r.set(),
-                    None => {
-                        let (s, r) =
-                            super::tunnel::Tunnel::wrap(stream, self.close_idle.subscribe());
-                        (stream, rearm) = (s, Some(r));
-                    }
-                }
+                stream = super::tunnel::Tunnel::wrap(stream, self.close_idle.subscribe());
             }
             let mut session = ServerSession::new_http1(stream);
             if *shutdown.borrow() {

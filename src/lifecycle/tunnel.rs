@@ -7,17 +7,11 @@
 //! frame (1001, "going away") at a frame boundary and then reports end-of-stream to Pingora,
 //! which ends the tunnel as if the client had closed it: the upstream connection is closed and
 //! the request is logged, with its whole duration.
-//!
-//! A connection is wrapped once, at its first `Upgrade` request. Until a 101 is written the
-//! wrapper only watches: an answer other than 101 leaves a keep-alive connection whose later
-//! requests (uploads too) must not be cut at the end of the grace period, and each later
-//! `Upgrade` request re-arms the same wrapper (see [`Rearm`]) instead of adding a layer.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -50,16 +44,6 @@ struct Frames {
 }
 
 impl Frames {
-    /// Back to "before a response head", keeping the head buffer's allocation.
-    fn reset(&mut self) {
-        let mut start = std::mem::take(&mut self.start);
-        start.clear();
-        *self = Frames {
-            start,
-            ..Frames::default()
-        };
-    }
-
     fn feed(&mut self, mut b: &[u8]) {
         while !b.is_empty() {
             if !self.head_done {
@@ -122,29 +106,13 @@ impl Frames {
     }
 }
 
-/// Set by the connection loop when a later `Upgrade` request arrives on a wrapped connection:
-/// the next bytes written are a new response head.
-#[derive(Debug, Clone, Default)]
-pub struct Rearm(Arc<AtomicBool>);
-
-impl Rearm {
-    pub fn set(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-}
-
-/// The client stream of a connection that has sent an `Upgrade` request.
+/// The client stream of an `Upgrade` request.
 pub struct Tunnel {
     inner: Stream,
     /// Resolves when the drain's grace period is over. In a `Mutex` only to be `Sync` (IO
     /// requires it); reached through `get_mut`, never locked.
     cut: Mutex<Signal>,
-    /// The grace period is over (`cut` resolved; it must not be polled again).
-    over: bool,
-    /// A reader waiting while `over` but no 101 yet: woken when a 101 is written.
-    waiting: Option<Waker>,
     cutting: bool,
-    rearm: Rearm,
     frames: Frames,
     close_sent: usize,
 }
@@ -158,25 +126,19 @@ impl std::fmt::Debug for Tunnel {
 }
 
 impl Tunnel {
-    /// Wraps `inner`; `close` turns true at the end of the grace period. The [`Rearm`] is for
-    /// the connection's later `Upgrade` requests.
-    pub fn wrap(inner: Stream, close: watch::Receiver<bool>) -> (Stream, Rearm) {
+    /// Wraps `inner`; `close` turns true at the end of the grace period.
+    pub fn wrap(inner: Stream, close: watch::Receiver<bool>) -> Stream {
         let mut close = close;
         let signal: Signal = Box::pin(async move {
             let _ = close.wait_for(|c| *c).await;
         });
-        let rearm = Rearm::default();
-        let t = Tunnel {
+        Box::new(Tunnel {
             inner,
             cut: Mutex::new(signal),
-            over: false,
-            waiting: None,
             cutting: false,
-            rearm: rearm.clone(),
             frames: Frames::default(),
             close_sent: 0,
-        };
-        (Box::new(t), rearm)
+        })
     }
 
     fn signal(&mut self) -> Option<&mut Signal> {
@@ -195,18 +157,10 @@ impl AsyncRead for Tunnel {
             if let Poll::Ready(r) = Pin::new(&mut this.inner).poll_read(cx, buf) {
                 return Poll::Ready(r);
             }
-            if !this.over {
-                match this.signal().map(|s| s.as_mut().poll(cx)) {
-                    Some(Poll::Pending) => return Poll::Pending,
-                    _ => this.over = true,
-                }
+            match this.signal().map(|s| s.as_mut().poll(cx)) {
+                Some(Poll::Pending) => return Poll::Pending,
+                _ => this.cutting = true,
             }
-            if !this.frames.switched {
-                // Not (yet) a WebSocket: a plain request is left to finish.
-                this.waiting = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            this.cutting = true;
         }
         if this.frames.at_boundary() {
             while this.close_sent < CLOSE_GOING_AWAY.len() {
@@ -237,17 +191,9 @@ impl AsyncWrite for Tunnel {
             // Nothing may follow the close frame.
             return Poll::Ready(Ok(buf.len()));
         }
-        if this.rearm.0.load(Ordering::Relaxed) && this.rearm.0.swap(false, Ordering::Acquire) {
-            this.frames.reset();
-        }
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             this.frames.feed(&buf[..n]);
-            if this.frames.switched {
-                if let Some(w) = this.waiting.take() {
-                    w.wake(); // the grace period is already over: cut this one too
-                }
-            }
         }
         r
     }
@@ -331,44 +277,7 @@ impl Peek for Tunnel {
 
 #[cfg(test)]
 mod tests {
-    use super::{Frames, Tunnel};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::sync::watch;
-
-    /// A wrapped connection whose `Upgrade` request got a 400 stays a plain keep-alive
-    /// connection: the end of the grace period does not cut its next request's upload.
-    #[tokio::test]
-    async fn no_cut_without_a_101_and_rearm_follows_the_next_upgrade() {
-        let (server, mut client) = tokio::io::duplex(4096);
-        let (close, rx) = watch::channel(false);
-        let (mut t, rearm) = Tunnel::wrap(Box::new(server), rx);
-        const BAD: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
-        const SWITCHED: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
-        t.write_all(BAD).await.unwrap();
-        let reader = tokio::spawn(async move {
-            let mut b = [0u8; 6];
-            let n = t.read(&mut b).await.unwrap();
-            (t, n)
-        });
-        tokio::task::yield_now().await; // the read waits for the client
-        close.send_replace(true);
-        tokio::task::yield_now().await;
-        client.write_all(b"upload").await.unwrap();
-        let (mut t, n) = reader.await.unwrap();
-        assert_eq!(n, 6, "an upload after the grace period is read, not cut");
-        // A later Upgrade request on the same connection, answered 101: cut with a close frame.
-        rearm.set();
-        t.write_all(SWITCHED).await.unwrap();
-        let mut b = [0u8; 1];
-        assert_eq!(
-            t.read(&mut b).await.unwrap(),
-            0,
-            "end of stream after the close"
-        );
-        let mut got = vec![0u8; BAD.len() + SWITCHED.len() + 4];
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got[BAD.len() + SWITCHED.len()..], &super::CLOSE_GOING_AWAY);
-    }
+    use super::Frames;
 
     #[test]
     fn frame_boundaries_are_followed() {
