@@ -17,12 +17,14 @@ test: deps
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
 # Side-by-side benchmarks against nginx (installs nginx, wrk, valgrind and perf): the balancer
-# (bench/RESULTS.md), the seed's app server with static files and uWSGI (bench/SEED.md), then the
+# (bench/RESULTS.md), the seed's app server with static files and uWSGI (bench/SEED.md), TLS and h2
+# (bench/tls.sh), then the
 # load-independent instructions and allocations per request (bench/INSTRUCTIONS.md).
 bench:
 	@scripts/deps.sh --bench
 	bench/run.sh
 	bench/seed.sh
+	bench/tls.sh
 	bench/instructions.sh
 
 # Failed requests during 20 upgrades + 20 reloads (graygate) vs 20 reloads (nginx).

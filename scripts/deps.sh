@@ -37,6 +37,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
 if [[ "${1:-}" == "--bench" ]]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  # HTTP/2 load for bench/tls.sh.
+  command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
   # bench/instructions.sh (callgrind) and bench/flame.sh (perf record).
   command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
   command -v perf >/dev/null 2>&1 || need+=(linux-perf)

@@ -36,6 +36,7 @@ pub mod nginx;
 pub mod plan;
 pub mod proxy;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;
 
 use std::process::ExitCode;
@@ -84,6 +85,9 @@ pub fn main_with(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for w in &plan.warnings {
+        eprintln!("graygate: [warn] {w}");
+    }
     if cli.test {
         println!("graygate: the configuration file {name} syntax is ok");
         println!("graygate: configuration file {name} test is successful");

@@ -9,6 +9,7 @@ mod addr;
 pub mod canary;
 mod duration;
 mod limits;
+mod listen;
 mod logs;
 mod problem;
 mod response;
@@ -27,6 +28,7 @@ pub use addr::{parse_addr, resolve_addrs};
 pub use canary::{Admin, Canary};
 pub use duration::TimeValue;
 pub use limits::{parse_buffers, parse_size, HeaderBuffers, RealIp, Size};
+pub use listen::{CertPair, Listen, Tls};
 pub use logs::AccessLog;
 pub use problem::{Problem, Problems};
 pub use response::{AddHeader, Return};
@@ -172,6 +174,20 @@ pub struct Upstream {
     /// `proxy_next_upstream http_502 http_503 http_504`).
     #[serde(default)]
     pub retry_on_status: Vec<i64>,
+    /// How requests reach the servers: HTTP/1.1 (default), or `h2` (cleartext HTTP/2 with
+    /// prior knowledge, e.g. for gRPC servers).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+/// `upstreams.NAME.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum UpstreamProtocol {
+    #[default]
+    #[serde(rename = "http1")]
+    Http1,
+    #[serde(rename = "h2")]
+    H2,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,7 +211,8 @@ pub struct UpstreamServer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
-    pub listen: Vec<String>,
+    /// Addresses, or `{ addr, tls, http2 }` for TLS listeners.
+    pub listen: Vec<Listen>,
     /// A path, `off`, or `{ path, format }`.
     #[serde(default)]
     pub access_log: Option<AccessLog>,

@@ -16,8 +16,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::http::ResponseHeader;
+use pingora::listeners::PreTlsProcess;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::GetProxyDigest;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
@@ -57,6 +62,8 @@ pub struct Drained<A> {
     close_idle: watch::Sender<bool>,
     /// Client limits of a proxy server block (see [`HeadGuard`]); none for demo backends.
     guard: Option<HeadGuard>,
+    /// TLS connections from their accept (see [`CountTls`]).
+    tls: Arc<AtomicUsize>,
 }
 
 impl<A> Drained<A> {
@@ -67,7 +74,13 @@ impl<A> Drained<A> {
             coord,
             close_idle: watch::channel(false).0,
             guard: None,
+            tls: Arc::default(),
         }
+    }
+
+    /// The pre-TLS callback of this service's TLS listeners (see [`CountTls`]).
+    pub fn count_tls(&self) -> Arc<CountTls> {
+        Arc::new(CountTls(self.tls.clone()))
     }
 
     /// Reads and checks each request head with `guard`'s limits before Pingora sees it.
@@ -78,7 +91,9 @@ impl<A> Drained<A> {
 
     async fn wait_idle(&self, limit: Duration) {
         let end = Instant::now() + limit;
-        while self.conns.load(Ordering::Acquire) > 0 && Instant::now() < end {
+        while (self.conns.load(Ordering::Acquire) > 0 || self.tls.load(Ordering::Acquire) > 0)
+            && Instant::now() < end
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -89,6 +104,24 @@ struct ConnGuard(Arc<AtomicUsize>);
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a TLS connection from its accept to its close. Pingora hands a TLS connection to
+/// the app only after the handshake, so [`Drained`]'s own count misses one still in its
+/// handshake, and a drain that ended then would reset it. The count is a guard stored in the
+/// connection's stream (the user data of its proxy digest, which nothing reads on the client
+/// side), dropped with the stream whether the handshake succeeds or not.
+pub struct CountTls(Arc<AtomicUsize>);
+
+#[async_trait]
+impl PreTlsProcess for CountTls {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        let guard: Box<dyn std::any::Any + Send + Sync> = Box::new(ConnGuard(self.0.clone()));
+        let head = Box::new(ResponseHeader::build(200, Some(0))?);
+        stream.set_proxy_digest(ProxyDigest::new(head, Some(guard)));
+        Ok(())
     }
 }
 
@@ -113,6 +146,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
         };
         self.conns.fetch_add(1, Ordering::AcqRel);
         let _guard = ConnGuard(self.conns.clone());
+        // HTTP/2 (by ALPN): Pingora's own connection loop, which answers a drain with GOAWAY.
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
         let mut close_idle = self.close_idle.subscribe();
         let mut settings: Option<HttpPersistentSettings> = None;
         let accepted = tokio::time::Instant::now();
@@ -151,6 +188,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
                 None => None,
             };
             first = false;
+            // A WebSocket gets a close frame if the grace period ends while it is open.
+            if head.as_ref().is_some_and(|h| h.is_upgrade()) {
+                stream = super::tunnel::Tunnel::wrap(stream, self.close_idle.subscribe());
+            }
             let mut session = ServerSession::new_http1(stream);
             if *shutdown.borrow() {
                 session.set_keepalive(None);

@@ -6,7 +6,8 @@
 //!   `sockets`: the listening sockets; `pidfile`: the locked pid file; `source`: the checked
 //!   config bytes handed to workers; `control`: the `-s` / worker protocol.
 //! - `worker`: one generation's Pingora server on inherited sockets; `signals`: its signals;
-//!   `reload`: its in-place reload; `drain`: its graceful stop without failed requests.
+//!   `reload`: its in-place reload; `drain`: its graceful stop without failed requests;
+//!   `tunnel`: a WebSocket's close frame when that stop runs out of time.
 //! - `os`: the few raw system calls; `error`: what can go wrong, worded for the user.
 
 mod control;
@@ -22,6 +23,7 @@ pub mod runtime_dir;
 mod signals;
 mod sockets;
 mod source;
+mod tunnel;
 mod upgrade;
 mod worker;
 

@@ -45,6 +45,9 @@ impl Reloader {
         if !plan.same_listeners(&current.plan) {
             return Err("listeners or process settings changed (the master starts a new generation for that)".into());
         }
+        for w in &plan.warnings {
+            log::warn!("{w}");
+        }
         let s = Snapshot::activate(plan).map_err(|e| format!("cannot open a log file: {e}"))?;
         let s = Arc::new(s);
         self.live.store(Arc::clone(&s));

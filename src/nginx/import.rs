@@ -92,7 +92,10 @@ const NO_EFFECT: &[(&str, &str)] = &[
     ("proxy_busy_buffers_size", "graygate streams responses"),
     ("open_file_cache", "file cache tuning"),
     ("server_tokens", "graygate adds no version to pages"),
-    ("ssl_protocols", "no TLS listener uses it"),
+    (
+        "ssl_protocols",
+        "set it in the server with the TLS listener",
+    ),
     ("ssl_prefer_server_ciphers", "no TLS listener uses it"),
     ("gzip_vary", "no effect without gzip"),
     ("gzip_proxied", "no effect without gzip"),
@@ -545,10 +548,14 @@ fn server(d: &Directive, mut scope: Scope, out: &mut Out) {
     let block = d.block.as_deref().unwrap_or_default();
     let mut listens = Vec::new();
     let mut names = Vec::new();
+    let mut tls = Tls::default();
     for s in block {
         match s.name.as_str() {
-            "listen" => listens.extend(listen(s, out)),
+            "listen" => listens.extend(listen(s, &mut tls, out)),
             "server_name" => names.extend(s.args.iter().map(|a| a.text.clone())),
+            "ssl_certificate" | "ssl_certificate_key" | "ssl_protocols" | "http2" => {
+                tls.directive(s, out)
+            }
             "location" => {}
             _ if http_setting(s, &mut scope, out) => {}
             _ if out.no_effect(s) => {}
@@ -570,10 +577,8 @@ fn server(d: &Directive, mut scope: Scope, out: &mut Out) {
         }
     }
     let mut srv = Mapping::new();
-    srv.insert(
-        "listen".into(),
-        Value::Sequence(listens.into_iter().map(Value::from).collect()),
-    );
+    let entries = listens.iter().map(|l| tls.entry(l, d, out)).collect();
+    srv.insert("listen".into(), Value::Sequence(entries));
     if let Some(a) = &scope.access_log {
         srv.insert("access_log".into(), a.clone());
     }
@@ -631,15 +636,18 @@ fn server_name(names: &[String], listens: &[String], out: &Out) -> String {
     name
 }
 
-fn listen(d: &Directive, out: &mut Out) -> Option<String> {
+fn listen(d: &Directive, tls: &mut Tls, out: &mut Out) -> Option<String> {
     let addr = d.arg(0)?;
+    let mut ssl = false;
     for p in &d.args[1..] {
         match p.text.as_str() {
             "default_server" | "default" | "reuseport" | "deferred" | "bind" => {}
             s if s.starts_with("backlog=")
                 || s.starts_with("rcvbuf=")
                 || s.starts_with("sndbuf=") => {}
-            "ssl" | "http2" | "quic" | "proxy_protocol" => {
+            "ssl" => ssl = true,
+            "http2" => tls.http2 = true,
+            "quic" | "proxy_protocol" => {
                 out.note(
                     d,
                     true,
@@ -653,13 +661,81 @@ fn listen(d: &Directive, out: &mut Out) -> Option<String> {
         out.note(d, true, "unix socket listeners are not supported");
         return None;
     }
-    if addr.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(format!("0.0.0.0:{addr}"));
+    let a = if addr.bytes().all(|b| b.is_ascii_digit()) {
+        format!("0.0.0.0:{addr}")
+    } else if let Some(port) = addr.strip_prefix("*:") {
+        format!("0.0.0.0:{port}")
+    } else {
+        with_port(addr, 80)
+    };
+    if ssl {
+        tls.ssl.push(a.clone());
     }
-    if let Some(port) = addr.strip_prefix("*:") {
-        return Some(format!("0.0.0.0:{port}"));
+    Some(a)
+}
+
+/// A server's TLS directives, for its `listen ... ssl` entries.
+#[derive(Default)]
+struct Tls {
+    /// The addresses listened on with `ssl`.
+    ssl: Vec<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    protocols: Option<Vec<String>>,
+    /// nginx's HTTP/2 is off unless asked for (`listen ... http2` or `http2 on`).
+    http2: bool,
+}
+
+impl Tls {
+    fn directive(&mut self, d: &Directive, out: &mut Out) {
+        let arg = d.arg(0).map(str::to_string);
+        match d.name.as_str() {
+            "ssl_certificate" => self.cert = arg,
+            "ssl_certificate_key" => self.key = arg,
+            "http2" => self.http2 = arg.as_deref() == Some("on"),
+            _ => {
+                let all: Vec<String> = d.args.iter().map(|a| a.text.clone()).collect();
+                let kept: Vec<String> = all
+                    .iter()
+                    .filter(|p| *p == "TLSv1.2" || *p == "TLSv1.3")
+                    .cloned()
+                    .collect();
+                if kept.len() < all.len() {
+                    out.note(d, true, "only TLSv1.2 and TLSv1.3 are offered");
+                }
+                self.protocols = Some(kept).filter(|k| !k.is_empty());
+            }
+        }
     }
-    Some(with_port(addr, 80))
+
+    /// The listen entry for `addr`: the address, or `{ addr, tls, http2 }`.
+    fn entry(&self, addr: &str, d: &Directive, out: &mut Out) -> Value {
+        if !self.ssl.iter().any(|a| a == addr) {
+            return addr.into();
+        }
+        let (Some(cert), Some(key)) = (&self.cert, &self.key) else {
+            out.note(
+                d,
+                true,
+                format!("{addr} listens with ssl but the server has no ssl_certificate/ssl_certificate_key"),
+            );
+            return addr.into();
+        };
+        let mut t = Mapping::new();
+        t.insert("cert".into(), cert.as_str().into());
+        t.insert("key".into(), key.as_str().into());
+        if let Some(p) = &self.protocols {
+            let v = p.iter().map(|s| Value::from(s.as_str())).collect();
+            t.insert("protocols".into(), Value::Sequence(v));
+        }
+        let mut m = Mapping::new();
+        m.insert("addr".into(), addr.into());
+        m.insert("tls".into(), Value::Mapping(t));
+        if !self.http2 {
+            m.insert("http2".into(), Value::Bool(false));
+        }
+        Value::Mapping(m)
+    }
 }
 
 /// nginx's `root` when none is set: `html` under the prefix Debian's package is built with.
@@ -956,6 +1032,49 @@ error_log /data/logs/nginx.balance.error.log;
             Some("/data/logs/nginx.balance.access.log")
         );
         assert!(i.yaml.contains("policy: ip_hash"), "{}", i.yaml);
+    }
+
+    #[test]
+    fn tls_listeners_are_translated() {
+        let i = run("
+upstream app { server 127.0.0.1:11001; }
+server {
+listen 80;
+listen 443 ssl;
+ssl_certificate /etc/ssl/site.crt;
+ssl_certificate_key /etc/ssl/site.key;
+ssl_protocols TLSv1.1 TLSv1.2 TLSv1.3;
+location / { proxy_pass http://app; }
+}
+server {
+listen 8443 ssl http2;
+location / { proxy_pass http://app; }
+}
+");
+        let loaded = crate::config::parse("imported.yaml".into(), &i.yaml, false).unwrap();
+        let srv = &loaded.config.servers["listen_80"];
+        assert_eq!(srv.listen[0], "0.0.0.0:80");
+        let tls = &srv.listen[1];
+        assert_eq!(tls.addr, "0.0.0.0:443");
+        let t = tls.tls.as_ref().expect("a TLS listener");
+        assert_eq!(t.cert.as_deref(), Some("/etc/ssl/site.crt"));
+        assert_eq!(t.key.as_deref(), Some("/etc/ssl/site.key"));
+        assert_eq!(
+            t.protocols.as_deref(),
+            Some(&["TLSv1.2".to_string(), "TLSv1.3".to_string()][..])
+        );
+        assert_eq!(
+            tls.http2,
+            Some(false),
+            "nginx's HTTP/2 is off unless asked for"
+        );
+        let notes = format!("{:?}", i.notes);
+        assert!(notes.contains("only TLSv1.2 and TLSv1.3"), "{notes}");
+        // `ssl` without a certificate stays a plain listener, with a note.
+        assert!(
+            notes.contains("0.0.0.0:8443 listens with ssl but"),
+            "{notes}"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod settings;
 pub mod template;
 #[cfg(test)]
 mod tests;
+mod tls;
 pub mod uwsgi;
 mod variable;
 
@@ -158,6 +159,8 @@ impl LocationPlan {
 pub struct ServerPlan {
     pub name: String,
     pub listen: Vec<SocketAddr>,
+    /// The TLS listeners among `listen`, with their certificates.
+    pub tls: Vec<crate::tls::TlsPlan>,
     pub access_log: Option<String>,
     /// How `access_log` lines look (`combined` unless a `log_formats` entry is named).
     pub access_format: Arc<logs::LogFormat>,
@@ -190,6 +193,8 @@ pub struct Plan {
     pub metrics: crate::metrics::Handles,
     /// Whether log directories may be created (only for the embedded default).
     pub create_log_dirs: bool,
+    /// Worth saying, not refusing (`-t` prints them, a worker logs them).
+    pub warnings: Vec<crate::config::Problem>,
 }
 
 /// A config's text and name, as [`crate::config::parse`] takes them.
@@ -268,13 +273,18 @@ impl Plan {
             targets: server::Targets::new(&pool_names, c.canaries.keys().map(String::as_str)),
             demos: &demos,
             listening: HashMap::new(),
+            warnings: Vec::new(),
             uwsgi_pools,
+            // A live weight change (`persist::recompile`: `weights` given, `prev`'s own text)
+            // keeps the certificates; a reload, even of the same text, reads them again.
+            certs_from: prev.filter(|p| weights.is_some() && p.source.text == l.text),
         };
         let servers: Vec<ServerPlan> = c
             .servers
             .iter()
             .map(|(name, s)| server::compile_server(l, name, s, &mut shared, &mut probs))
             .collect();
+        let warnings = std::mem::take(&mut shared.warnings);
         if c.servers.is_empty() && demos.is_empty() {
             probs.push(l.problem_at("", "no servers: nothing would listen"));
         }
@@ -309,6 +319,7 @@ impl Plan {
                 embedded: l.embedded,
             },
             create_log_dirs: l.embedded,
+            warnings,
         })
     }
 
@@ -342,10 +353,13 @@ impl Plan {
             && self.demos == other.demos
             && self.admin.as_ref().map(|a| a.listen) == other.admin.as_ref().map(|a| a.listen)
             && self.servers.len() == other.servers.len()
-            && self
-                .servers
-                .iter()
-                .zip(&other.servers)
-                .all(|(a, b)| a.name == b.name && a.listen == b.listen)
+            && self.servers.iter().zip(&other.servers).all(|(a, b)| {
+                a.name == b.name
+                    && a.listen == b.listen
+                    && a.tls
+                        .iter()
+                        .map(|t| (t.addr, t.listener))
+                        .eq(b.tls.iter().map(|t| (t.addr, t.listener)))
+            })
     }
 }

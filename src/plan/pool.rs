@@ -222,6 +222,10 @@ fn peer(addr: SocketAddr, s: &UpstreamServer, u: &Upstream) -> Peer {
     }
     .apply(&mut peer.http.options);
     peer.http.options.idle_timeout = Some(u.idle_timeout.0);
+    if u.protocol == crate::config::UpstreamProtocol::H2 {
+        // Pingora speaks h2c with prior knowledge to a cleartext peer that allows only h2.
+        peer.http.options.set_http_version(2, 2);
+    }
     peer.max_fails = s.max_fails as u32;
     peer.fail_timeout = s.fail_timeout.0;
     peer.down = s.down;

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::config::{parse_addr, Loaded, Location, Problems, Server};
 
@@ -58,8 +59,13 @@ pub(super) struct Shared<'a> {
     pub demos: &'a [Demo],
     /// Listen addresses taken so far, with the server that took each.
     pub listening: HashMap<SocketAddr, String>,
+    /// What is worth saying but not refusing (certificates out of their validity period).
+    pub warnings: Vec<crate::config::Problem>,
     /// The pools made for addresses in `uwsgi_pass` (see [`super::uwsgi::address_pools`]).
     pub uwsgi_pools: HashMap<String, usize>,
+    /// A recompile of the same text (a live weight change): its certificates are taken from
+    /// this plan instead of the files, which may be half-way through a rotation.
+    pub certs_from: Option<&'a super::Plan>,
 }
 
 /// The server `servers.NAME`.
@@ -75,9 +81,14 @@ pub(super) fn compile_server(
         probs.push(l.problem_at_key(&base, format!("server \"{name}\" has no listen address")));
     }
     let mut listen = Vec::new();
-    for (i, a) in s.listen.iter().enumerate() {
-        let at = format!("{base}.listen.{i}");
-        match parse_addr(a, "0.0.0.0") {
+    let mut tls = Vec::new();
+    for (i, entry) in s.listen.iter().enumerate() {
+        let mut at = format!("{base}.listen.{i}");
+        let tls_at = at.clone();
+        if entry.tls.is_some() || entry.http2.is_some() {
+            at.push_str(".addr");
+        }
+        match parse_addr(&entry.addr, "0.0.0.0") {
             Ok(addr) => {
                 if let Some(other) = shared.listening.get(&addr) {
                     probs.push(l.problem_at(
@@ -89,6 +100,19 @@ pub(super) fn compile_server(
                 } else {
                     shared.listening.insert(addr, name.to_string());
                     listen.push(addr);
+                    let loaded = (shared.certs_from)
+                        .and_then(|p| p.servers.iter().find(|s| s.name == name))
+                        .and_then(|s| s.tls.iter().find(|t| t.addr == addr))
+                        .map(|t| Arc::clone(&t.certs));
+                    tls.extend(super::tls::compile_listen_tls(
+                        l,
+                        &tls_at,
+                        addr,
+                        entry,
+                        loaded,
+                        probs,
+                        &mut shared.warnings,
+                    ));
                 }
             }
             Err(e) => probs.push(l.problem_at(&at, e)),
@@ -128,6 +152,7 @@ pub(super) fn compile_server(
     ServerPlan {
         name: name.to_string(),
         listen,
+        tls,
         access_log,
         access_format,
         error_log: s.error_log.clone().filter(|p| p != "off"),

@@ -82,6 +82,10 @@ pub trait Vars {
     fn path_and_query(&self) -> &str;
     fn method(&self) -> &str;
     fn server_port(&self) -> Option<u16>;
+    /// Whether the request came over TLS (`$scheme`, `$https`).
+    fn https(&self) -> bool {
+        false
+    }
     fn request_id(&self) -> Option<u128> {
         None
     }
@@ -204,11 +208,14 @@ impl Var {
                 .map(|a| text::uint(out, u64::from(a.port())))
                 .is_some(),
             Var::Host => {
-                out.extend_from_slice(v.host());
+                // nginx's `$host`: the name without its port, in lower case.
+                let start = out.len();
+                out.extend_from_slice(host_name(v.host()));
+                out[start..].make_ascii_lowercase();
                 true
             }
             Var::Scheme => {
-                out.extend_from_slice(b"http");
+                out.extend_from_slice(if v.https() { b"https" } else { b"http" });
                 true
             }
             Var::ProxyAddXForwardedFor => {
@@ -369,4 +376,18 @@ pub fn cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
         let eq = part.iter().position(|&b| b == b'=')?;
         (&part[..eq] == name.as_bytes()).then(|| &part[eq + 1..])
     })
+}
+
+/// The host name of a `Host` value: `[v6]:port` -> `[v6]`, `name:port` -> `name`.
+fn host_name(h: &[u8]) -> &[u8] {
+    if h.first() == Some(&b'[') {
+        return match h.iter().position(|&b| b == b']') {
+            Some(i) => &h[..=i],
+            None => h,
+        };
+    }
+    match h.iter().rposition(|&b| b == b':') {
+        Some(i) => &h[..i],
+        None => h,
+    }
 }

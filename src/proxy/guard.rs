@@ -37,6 +37,15 @@ pub struct Checked {
     snap: Arc<Snapshot>,
 }
 
+impl Checked {
+    /// Whether the head asks for a protocol upgrade (an `Upgrade` header: a WebSocket).
+    pub fn is_upgrade(&self) -> bool {
+        self.bytes
+            .windows(9)
+            .any(|w| w[0] == b'\n' && w[1..].eq_ignore_ascii_case(b"upgrade:"))
+    }
+}
+
 impl HeadGuard {
     pub fn new(live: Live, server: usize) -> HeadGuard {
         let conns = live.load().plan.metrics.conns(server).cloned();

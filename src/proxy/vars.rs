@@ -73,6 +73,10 @@ impl Vars for SessionVars<'_> {
     fn request_id(&self) -> Option<u128> {
         Some(self.1)
     }
+
+    fn https(&self) -> bool {
+        self.0.digest().is_some_and(|d| d.ssl_digest.is_some())
+    }
 }
 
 /// A finished request seen through every variable, for access log formats.
@@ -101,6 +105,9 @@ impl Vars for LogVars<'_> {
     }
     fn server_port(&self) -> Option<u16> {
         self.base.server_port()
+    }
+    fn https(&self) -> bool {
+        self.base.https()
     }
     fn request_id(&self) -> Option<u128> {
         // A request refused before routing has none yet: nginx draws one on first use.

@@ -1,7 +1,7 @@
 //! Test harness: the real graygate binary, real backend processes, real sockets on loopback.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -228,8 +228,8 @@ pub fn connect(port: u16, src: Option<Ipv4Addr>) -> std::io::Result<TcpStream> {
     Ok(t)
 }
 
-/// Reads one response from a keep-alive connection.
-pub fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
+/// Reads one response from a keep-alive connection (plain or TLS).
+pub fn read_response<R: BufRead>(r: &mut R) -> std::io::Result<Resp> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         return Err(std::io::Error::new(

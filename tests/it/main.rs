@@ -20,4 +20,6 @@ mod processes;
 mod runtime;
 mod seed;
 mod supervisor;
+mod tls;
 mod uwsgi;
+mod websocket;
