@@ -56,4 +56,20 @@ pub enum Sub {
         /// nginx.conf, or a conf.d file with `upstream` and `server` blocks.
         file: PathBuf,
     },
+    /// Check FILE as -t does and write its shared part (upstreams, servers, canaries,
+    /// log_formats) to the fleet's etcd (`config_store`); refused if the fleet changed since
+    /// FILE was last pushed or pulled.
+    Push {
+        /// Write even if the fleet's config changed since.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the fleet's config (the shared part in etcd) that FILE's `config_store` names.
+    /// Only with -o does a later push build on it.
+    Pull {
+        /// Write OUT: FILE's own settings with the fleet's shared part, and remember the
+        /// revision for `push -c OUT` (OUT may be FILE).
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        output: Option<std::path::PathBuf>,
+    },
 }

@@ -28,6 +28,7 @@ pub mod canary;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fleet;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
@@ -53,8 +54,13 @@ pub fn main_with(cli: Cli) -> ExitCode {
         logs::error::install(log::LevelFilter::Info);
         return exit(lifecycle::run_worker());
     }
-    if let Some(cli::Sub::ImportNginx { file }) = &cli.command {
-        return nginx::run(file);
+    match &cli.command {
+        Some(cli::Sub::ImportNginx { file }) => return nginx::run(file),
+        Some(cli::Sub::Push { force }) => return fleet::cli::push(cli.conf.as_deref(), *force),
+        Some(cli::Sub::Pull { output }) => {
+            return fleet::cli::pull(cli.conf.as_deref(), output.as_deref())
+        }
+        _ => {}
     }
     if !cli.test && cli.signal.is_none() && cli.command.is_none() {
         // The master reads and checks the file itself and keeps those exact bytes.

@@ -188,6 +188,10 @@ const LEAD_WAIT: Duration = Duration::from_secs(10);
 /// made by a generation that does not drive the canaries would be overwritten by the one that
 /// does. Blocking.
 fn leading<'a>(live: &Live, store: &'a Store) -> Result<MutexGuard<'a, Lead>, ApiError> {
+    // In a fleet, a change etcd cannot take is one only this gateway would run.
+    if let Some(why) = crate::fleet::agent::refusal() {
+        return Err(fail(503, "store", why));
+    }
     let deadline = Instant::now() + LEAD_WAIT;
     loop {
         let mut lead = store.changing();
@@ -451,5 +455,9 @@ pub fn status(plan: &Plan) -> Value {
         .map(|p| pool_json(plan, &p.pool.name))
         .collect();
     let canaries: Vec<Value> = plan.canaries.iter().map(|c| canary_json(plan, c)).collect();
-    json!({ "pools": pools, "canaries": canaries })
+    let mut v = json!({ "pools": pools, "canaries": canaries });
+    if let Some(f) = crate::fleet::agent::status(&plan.source.text) {
+        v["fleet"] = f;
+    }
+    v
 }

@@ -49,6 +49,18 @@ pub struct SideSnap {
 }
 
 impl SideSnap {
+    /// Both counts together (a fleet's gateways, issue 19).
+    pub fn plus(&self, other: &SideSnap) -> SideSnap {
+        let mut d = self.clone();
+        d.answered += other.answered;
+        d.errors += other.errors;
+        d.duration.sum_us += other.duration.sum_us;
+        for (o, b) in d.duration.buckets.iter_mut().zip(&other.duration.buckets) {
+            *o += b;
+        }
+        d
+    }
+
     pub fn since(&self, earlier: &SideSnap) -> SideSnap {
         SideSnap {
             answered: self.answered.saturating_sub(earlier.answered),
@@ -114,6 +126,20 @@ impl Window {
             started_unix: super::unix_now(),
             base: [sides[0].snap(), sides[1].snap()],
         }
+    }
+
+    /// A window from counts taken elsewhere (a fleet's sums).
+    pub fn at(base: [SideSnap; 2]) -> Window {
+        Window {
+            started: Instant::now(),
+            started_unix: super::unix_now(),
+            base,
+        }
+    }
+
+    /// The counts `now` since the window opened.
+    pub fn counts_of(&self, now: &[SideSnap; 2]) -> [SideSnap; 2] {
+        [now[0].since(&self.base[0]), now[1].since(&self.base[1])]
     }
 
     /// Both sides' counts since the window opened.

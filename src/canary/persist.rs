@@ -40,9 +40,47 @@ pub fn saved_of(plan: &Plan) -> Saved {
     }
 }
 
-/// Writes the state file of `plan`; a failure is logged (the live change stays in effect).
+/// Writes the state file of `plan`, and in a fleet the changed values to etcd; a failure is
+/// logged (the live change stays in effect here).
 pub fn save(plan: &Plan) {
-    if let Err(e) = plan.store.write(&saved_of(plan)) {
+    let saved = saved_of(plan);
+    if let Err(e) = plan.store.write(&saved) {
+        log::error!("{e}");
+    }
+    if let Err(e) = crate::fleet::agent::publish(&saved) {
+        log::error!(
+            "fleet: live change not written to etcd, the other gateways do not have it: {e}"
+        );
+    }
+}
+
+/// Applies the live values the fleet's store holds (issue 19), those that differ from ours,
+/// under the store's lock, and keeps them in the state file too. `weights: false`: the store
+/// has no (valid) weights value, and the running weights stay as they are.
+pub fn adopt_fleet(live: &Live, fleet: &Saved, weights: bool) {
+    let store = Arc::clone(&live.load().plan.store);
+    let _changing = store.changing();
+    let snap = live.load_full();
+    let ours = saved_of(&snap.plan);
+    let changed = Saved {
+        canaries: fleet
+            .canaries
+            .iter()
+            .filter(|(name, c)| ours.canaries.get(*name).is_some_and(|o| o != *c))
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect(),
+        weights: if weights {
+            fleet.weights.clone()
+        } else {
+            ours.weights.clone()
+        },
+    };
+    if changed.canaries.is_empty() && changed.weights == ours.weights {
+        return;
+    }
+    adopt(live, &snap, &changed, "from the fleet's store");
+    let now = live.load_full();
+    if let Err(e) = now.plan.store.write(&saved_of(&now.plan)) {
         log::error!("{e}");
     }
 }
@@ -145,7 +183,12 @@ pub fn lead(live: &Live, lead: &mut Lead) -> bool {
         return false;
     }
     match snap.plan.store.read_if_changed() {
-        Ok(Some(saved)) => adopt(live, &snap, &saved),
+        Ok(Some(saved)) => adopt(
+            live,
+            &snap,
+            &saved,
+            "after taking over from the previous generation",
+        ),
         Ok(None) => {}
         Err(e) => log::error!("state file ignored: {e}"),
     }
@@ -154,12 +197,8 @@ pub fn lead(live: &Live, lead: &mut Lead) -> bool {
 
 /// Applies `saved` (written by the previous generation while this one started) to the running
 /// snapshot `snap`.
-fn adopt(live: &Live, snap: &Arc<Snapshot>, saved: &Saved) {
-    apply_canaries(
-        &snap.plan,
-        saved,
-        "after taking over from the previous generation",
-    );
+fn adopt(live: &Live, snap: &Arc<Snapshot>, saved: &Saved, how: &str) {
+    apply_canaries(&snap.plan, saved, how);
     if saved.weights == snap.plan.weights {
         return;
     }

@@ -40,6 +40,21 @@ fn step_text(steps: &[u32], i: usize) -> String {
     )
 }
 
+/// Both sides' cumulative counts: this gateway's and, in a fleet, those the other gateways
+/// publish (issue 19): the leader judges the fleet's sums.
+fn totals(c: &CanaryPlan) -> [SideSnap; 2] {
+    let own = [c.state.sides[0].snap(), c.state.sides[1].snap()];
+    match crate::fleet::agent::others(&c.name) {
+        Some([st, ca]) => [own[0].plus(&st), own[1].plus(&ca)],
+        None => own,
+    }
+}
+
+/// A window opening now.
+fn open(c: &CanaryPlan) -> Window {
+    Window::at(totals(c))
+}
+
 /// `start`: the first step, a fresh window. Err when the canary has no steps.
 pub fn start(
     c: &CanaryPlan,
@@ -55,7 +70,7 @@ pub fn start(
     *pos = Position {
         step: Some(0),
         failures: 0,
-        window: Some(Window::open(&c.state.sides)),
+        window: Some(open(c)),
     };
     Ok((
         r.steps[0],
@@ -70,7 +85,7 @@ pub fn resume(c: &CanaryPlan, old: &Status, pos: &mut Position, who: &str) -> (u
         (Some(r), Some(i)) => {
             let i = i.min(r.steps.len() - 1);
             pos.step = Some(i);
-            pos.window = Some(Window::open(&c.state.sides));
+            pos.window = Some(open(c));
             (
                 r.steps[i],
                 Phase::Running,
@@ -101,13 +116,13 @@ pub fn tick(c: &CanaryPlan, now: Instant) -> Option<Status> {
     pos.step = Some(i);
     let Some(w) = &pos.window else {
         // A new process (restart, upgrade): the window starts now.
-        pos.window = Some(Window::open(&c.state.sides));
+        pos.window = Some(open(c));
         return None;
     };
     if now.duration_since(w.started) < r.interval {
         return None;
     }
-    let counts = w.counts(&c.state.sides);
+    let counts = w.counts_of(&totals(c));
     let at = percent_text(old.percent_bp);
     let new = |percent_bp, phase, why| {
         Some(Status {
@@ -134,7 +149,7 @@ pub fn tick(c: &CanaryPlan, now: Instant) -> Option<Status> {
                     *pos = Position {
                         step: Some(next),
                         failures: pos.failures,
-                        window: Some(Window::open(&c.state.sides)),
+                        window: Some(open(c)),
                     };
                     new(
                         bp,
@@ -161,7 +176,7 @@ pub fn tick(c: &CanaryPlan, now: Instant) -> Option<Status> {
                 *pos = Position::default();
                 return new(0, Phase::RolledBack, reason);
             }
-            pos.window = Some(Window::open(&c.state.sides));
+            pos.window = Some(open(c));
             new(
                 old.percent_bp,
                 Phase::Running,
@@ -226,6 +241,11 @@ impl Ramp {
         }
         // While an older generation still leads (an upgrade's overlap), it alone decides.
         if !super::persist::lead(&self.live, &mut lead) {
+            return;
+        }
+        // In a fleet, one gateway (elected through etcd) runs the ramps; the others follow
+        // the state it writes.
+        if !crate::fleet::agent::drives() {
             return;
         }
         let snap = self.live.load_full();

@@ -14,6 +14,7 @@ mod problem;
 mod response;
 mod runtime;
 mod spans;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 
@@ -84,6 +85,9 @@ pub struct Config {
     /// Access log formats by name (nginx's `log_format NAME '...'`); `combined` is built in.
     #[serde(default)]
     pub log_formats: IndexMap<String, String>,
+    /// A fleet's shared config in etcd (issue 19); absent: this file is the whole config.
+    #[serde(default)]
+    pub config_store: Option<store::ConfigStore>,
 }
 
 #[derive(Debug, Deserialize)]

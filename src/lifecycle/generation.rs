@@ -296,17 +296,34 @@ impl Master {
 
     /// Reload: FILE (or the file in use) is read and checked here; the current worker applies
     /// exactly these bytes in place, or a new generation does. FILE becomes the file later
-    /// reloads read.
+    /// reloads read. In a fleet, FILE is merged with the fleet's config first.
     pub(super) async fn reload(&mut self, path: Option<PathBuf>) -> Message {
         let path = path.or_else(|| self.source.path.clone());
-        let source = match Source::read(path.as_deref()) {
+        let local = match Source::read(path.as_deref()) {
             Ok(s) => s,
             Err(p) => return Message::Err(format!("configuration unchanged: {p}")),
         };
-        let plan = match source.compile(Some(&self.plan)) {
-            Ok(p) => p,
+        let (source, plan) = match self.fleet_compile(&local) {
+            Ok(x) => x,
             Err(p) => return Message::Err(format!("configuration unchanged: {p}")),
         };
+        match self.apply(source, plan).await {
+            Ok(what) => {
+                if let Some(f) = self.fleet.as_mut() {
+                    f.local = local.text;
+                }
+                Message::Ok(what)
+            }
+            Err(e) => {
+                log::error!("reload failed, the running configuration keeps serving: {e}");
+                Message::Err(e.to_string())
+            }
+        }
+    }
+
+    /// Puts a checked config to work: in place when the sockets and process settings stay,
+    /// else by a new generation. On failure nothing changes.
+    pub(super) async fn apply(&mut self, source: Source, plan: Plan) -> Result<String, Error> {
         let in_place = !self.stale
             && plan.same_listeners(&self.plan)
             && self.current.as_ref().is_some_and(|w| w.conf.is_some());
@@ -317,18 +334,12 @@ impl Master {
             self.new_generation(Path::new(OWN_IMAGE), &source, &plan)
                 .await
         };
-        match r {
-            Ok(what) => {
-                self.source = source;
-                self.plan = Arc::new(plan);
-                self.stale = false;
-                Message::Ok(what)
-            }
-            Err(e) => {
-                log::error!("reload failed, the running configuration keeps serving: {e}");
-                Message::Err(e.to_string())
-            }
+        if r.is_ok() {
+            self.source = source;
+            self.plan = Arc::new(plan);
+            self.stale = false;
         }
+        r
     }
 
     async fn reload_in_place(&mut self, source: &Source) -> Result<String, Error> {

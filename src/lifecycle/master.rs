@@ -86,6 +86,8 @@ pub(super) struct Master {
     /// TERM or INT arrived while waiting for a worker.
     pub stop_now: bool,
     pub last_spawn: Instant,
+    /// The fleet this gateway belongs to (`config_store`), if any.
+    pub fleet: Option<crate::fleet::watch::Fleet>,
 }
 
 /// Starts the master: a fresh start, or the second half of a re-exec (`upgrade`).
@@ -99,7 +101,8 @@ pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
         what: "finding our own binary",
         err,
     })?;
-    let source = Source::read(conf.as_deref()).map_err(|p| Error::Config(p.to_string()))?;
+    let mut source = Source::read(conf.as_deref()).map_err(|p| Error::Config(p.to_string()))?;
+    let fleet = super::fleet::start(&mut source)?;
     let (plan, notes) = source
         .compile_noting(None)
         .map_err(|p| Error::Config(p.to_string()))?;
@@ -125,6 +128,18 @@ pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
     for n in notes {
         log::info!("{n}");
     }
+    let mut fleet = fleet;
+    for n in fleet.iter_mut().flat_map(|f| std::mem::take(&mut f.notes)) {
+        log::info!("{n}");
+    }
+    for f in fleet.iter_mut() {
+        for e in std::mem::take(&mut f.errors) {
+            log::error!("{e}");
+        }
+        // Cached now the runtime directory is safe: a start from this revision alone can
+        // later start again while etcd is away.
+        f.save();
+    }
     let rt = runtime()?;
     let code = rt.block_on(async move {
         let ctl_path = control::ctl_path(&pidfile.path);
@@ -134,6 +149,11 @@ pub fn run(conf: Option<PathBuf>, daemon: bool) -> Result<(), Error> {
             err,
         })?;
         let mut m = Master::new(exe, source, Arc::new(plan), sockets, pidfile, ctl)?;
+        m.fleet = fleet;
+        // After daemon(): the watch's thread must live in this process.
+        if let Some(f) = m.fleet.as_mut() {
+            f.watch();
+        }
         let (source, want) = (m.source.clone(), plan_addrs(&m.plan));
         let w = match m.start_worker(Path::new(OWN_IMAGE), &source, &want).await {
             Ok(w) => w,
@@ -244,6 +264,7 @@ impl Master {
             sigs,
             stop_now: false,
             last_spawn: Instant::now(),
+            fleet: None,
         })
     }
 
@@ -272,6 +293,7 @@ impl Master {
                     }
                 }
                 _ = tick.tick() => self.reap().await,
+                ev = crate::fleet::watch::Fleet::next(&mut self.fleet) => self.on_fleet(ev).await,
             }
         }
     }

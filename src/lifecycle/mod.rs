@@ -12,6 +12,7 @@
 mod control;
 mod drain;
 mod error;
+mod fleet;
 mod generation;
 pub mod master;
 pub(crate) mod os;

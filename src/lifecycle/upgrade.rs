@@ -127,19 +127,20 @@ impl Master {
     /// Replaces this image; returns only with the reason it could not.
     fn exec_new_image(&mut self, path: Option<PathBuf>, client: Option<RawFd>) -> Error {
         let path = path.or_else(|| self.source.path.clone());
-        let source = match Source::read(path.as_deref()) {
+        let local = match Source::read(path.as_deref()) {
             Ok(s) => s,
             Err(p) => return Error::Config(format!("configuration unchanged: {p}")),
         };
-        let plan = match source.compile(None) {
-            Ok(p) => p,
+        // In a fleet: the file merged with the fleet's config (else the file as it is).
+        let (source, plan) = match self.fleet_compile(&local) {
+            Ok(x) => x,
             Err(p) => return Error::Config(format!("configuration unchanged: {p}")),
         };
         if let Err(e) = check_binary(&self.exe, path.as_deref()) {
             return e;
         }
         // The new binary checked the file; it is handed our bytes, which must be the same.
-        if Source::read(path.as_deref()).ok().as_ref() != Some(&source) {
+        if Source::read(path.as_deref()).ok().as_ref() != Some(&local) {
             return Error::Config(format!(
                 "configuration unchanged: {} changed during the upgrade's check; try again",
                 source.name()
@@ -291,6 +292,10 @@ pub fn resume(inh: Inherit) -> Result<(), Error> {
         let mut m = Master::new(inh.exe, source.clone(), plan.clone(), sockets, pidfile, ctl)?;
         m.current = inh.current.map(Worker::adopted);
         m.old = inh.old.into_iter().map(Worker::adopted).collect();
+        // A fleet's watch goes on from the revision the handed-over config was made from.
+        if let Ok(local) = Source::read(source.path.as_deref()) {
+            m.fleet = crate::fleet::watch::Fleet::resume(&source.text, &local.text);
+        }
         log::info!("master {} running the new binary", std::process::id());
         let answer = if fresh {
             // The adopted workers run the old config until the new generation takes over.

@@ -171,6 +171,8 @@ pub fn run() -> Result<(), Error> {
     // Drive the canaries at once, unless an older generation still does (upgrade overlap):
     // then the ramp service takes over when it lets go.
     crate::canary::persist::lead(&live, &mut snap.plan.store.changing());
+    // In a fleet: live state through etcd, membership (issue 19).
+    crate::fleet::agent::start(&live);
     let snap = live.load_full();
 
     let conf = ServerConf {

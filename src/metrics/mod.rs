@@ -47,6 +47,7 @@ struct Families {
     failures: Family<Labels, Counter>,
     connections: Family<Labels, Gauge>,
     transitions: Family<Labels, Counter>,
+    fleet_up: Family<Labels, Gauge>,
 }
 
 fn families() -> &'static Families {
@@ -62,6 +63,12 @@ fn families() -> &'static Families {
         let failures = Family::default();
         let connections = Family::default();
         let transitions = Family::default();
+        let fleet_up = Family::default();
+        registry.register(
+            "graygate_fleet_store_up",
+            "In a fleet (config_store): 1 while etcd is reachable, 0 while it is away (live changes are refused), by the config revision this gateway runs",
+            fleet_up.clone(),
+        );
         registry.register(
             "graygate_request_duration_seconds",
             "Time from reading a request's header to its last byte sent, by pool and canary side",
@@ -118,6 +125,7 @@ fn families() -> &'static Families {
             failures,
             connections,
             transitions,
+            fleet_up,
         }
     })
 }
@@ -233,6 +241,13 @@ pub fn transition(canary: &str, from: Phase, to: Phase) {
 pub fn encode_plan(plan: &Plan) -> Vec<u8> {
     let f = families();
     plan.metrics.settle_waiting();
+    if let Some(up) = crate::fleet::agent::reachable() {
+        let rev = crate::fleet::watch::running_revision(&plan.source.text).unwrap_or(0);
+        f.fleet_up.clear();
+        f.fleet_up
+            .get_or_create(&vec![("revision", rev.to_string())])
+            .set(i64::from(up));
+    }
     for c in &plan.canaries {
         let s = c.state.status();
         f.percent

@@ -7,6 +7,7 @@ mod canary_ramp;
 mod common;
 mod faults;
 mod files;
+mod fleet;
 mod gateway;
 mod hostile;
 mod import_nginx;

@@ -1,0 +1,734 @@
+//! A fleet of gateways on one etcd (issue 19): three real gateways on a real etcd (Debian's
+//! `etcd-server`, started here on loopback ports with a temp data dir).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+
+/// One etcd member on loopback: client port `client`, data in `DIR/etcd`.
+struct Etcd {
+    proc: Option<Proc>,
+    client: u16,
+    peer: u16,
+    dir: PathBuf,
+}
+
+impl Etcd {
+    /// Fails (not skips) without etcd: a fleet test that passes without running is a lie.
+    fn start(dir: &TempDir) -> Etcd {
+        assert!(
+            std::path::Path::new("/usr/bin/etcd").exists(),
+            "/usr/bin/etcd is not installed: run scripts/deps.sh (it installs etcd-server)"
+        );
+        let mut e = Etcd {
+            proc: None,
+            client: free_port(),
+            peer: free_port(),
+            dir: dir.path("etcd"),
+        };
+        e.restart();
+        e
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    fn restart(&mut self) {
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
+        let child = Command::new("/usr/bin/etcd")
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--listen-client-urls", &self.url()])
+            .args(["--advertise-client-urls", &self.url()])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.proc = Some(Proc { child });
+        wait_for("etcd answers", Duration::from_secs(20), || {
+            self.put_raw("/graygate-test/ping", "1").is_ok()
+        });
+    }
+
+    fn kill(&mut self) {
+        self.proc = None;
+        wait_for("etcd gone", Duration::from_secs(10), || {
+            !port_open(self.client)
+        });
+    }
+
+    /// Writes `value` at `key` as any etcd client would (not through graygate).
+    fn put_raw(&self, key: &str, value: &str) -> Result<i64, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let opts = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(1))
+                .with_timeout(Duration::from_secs(2));
+            let mut c = etcd_client::Client::connect([self.url()], Some(opts))
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = c.put(key, value, None).await.map_err(|e| e.to_string())?;
+            Ok(r.header().map_or(0, |h| h.revision()))
+        })
+    }
+
+    /// How many keys are under `prefix` now.
+    fn count(&self, prefix: &str) -> usize {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([self.url()], None)
+                .await
+                .unwrap();
+            let opts = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only();
+            c.get(prefix, Some(opts)).await.unwrap().count() as usize
+        })
+    }
+}
+
+const PREFIX: &str = "/graygate/itest";
+
+/// Gateway `i`'s own file: process settings, its listen address, the store.
+fn local_yaml(dir: &TempDir, i: usize, listen: u16, admin: u16, etcd: &Etcd) -> String {
+    format!(
+        "pid_file: {pid}\nerror_log: {err}\ngrace_period: 1s\nthreads: 2
+admin: {{ listen: \"127.0.0.1:{admin}\" }}
+config_store:
+  etcd: {{ endpoints: [\"{url}\"], prefix: {PREFIX} }}
+servers:
+  front: {{ listen: [\"127.0.0.1:{listen}\"] }}
+",
+        pid = dir.s(&format!("gw{i}.pid")),
+        err = dir.s(&format!("gw{i}.log")),
+        url = etcd.url(),
+    )
+}
+
+/// The shared part: `/` to pool `pool` (`old` or `new`).
+fn shared_yaml(old: u16, new: u16, pool: &str) -> String {
+    format!(
+        "upstreams:
+  old: {{ policy: ip_hash, servers: [{{ addr: \"127.0.0.1:{old}\" }}] }}
+  new: {{ policy: ip_hash, servers: [{{ addr: \"127.0.0.1:{new}\" }}] }}
+canaries:
+  split: {{ stable: old, canary: new, key: $remote_addr, percent: 0 }}
+servers:
+  front:
+    listen: [\"127.0.0.1:1\"]
+    locations:
+      - {{ match: /, proxy_pass: {pool} }}
+      - {{ match: /split, proxy_pass: split }}
+"
+    )
+}
+
+fn backend_of(port: u16) -> String {
+    get_from(port, "/", None, &[])
+        .map(|r| r.backend().to_string())
+        .unwrap_or_default()
+}
+
+/// `/api/status` of the gateway whose admin listener is on `admin`.
+fn status(admin: u16) -> serde_json::Value {
+    get_from(admin, "/api/status", None, &[])
+        .ok()
+        .and_then(|r| serde_json::from_str(&r.body).ok())
+        .unwrap_or_default()
+}
+
+fn percent(admin: u16) -> f64 {
+    status(admin)["canaries"][0]["percent"]
+        .as_f64()
+        .unwrap_or(-1.0)
+}
+
+/// The side (true = canary) of each of `n` client addresses at gateway `port`.
+fn sides(port: u16, n: usize) -> Vec<bool> {
+    let chunks: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                (t..n)
+                    .step_by(4)
+                    .map(|i| {
+                        let src = Ipv4Addr::new(127, 20 + (i / 250) as u8, (i % 250) as u8, 3);
+                        let r = get_from(port, "/split", Some(src), &[]).expect("request");
+                        assert_eq!(r.status, 200);
+                        (i, r.backend() == "new")
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut out = vec![false; n];
+    for c in chunks {
+        for (i, side) in c.join().expect("client thread") {
+            out[i] = side;
+        }
+    }
+    out
+}
+
+#[test]
+fn three_gateways_follow_one_etcd() {
+    let dir = TempDir::new("fleet");
+    let mut etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    let listens = [free_port(), free_port(), free_port()];
+    let admins = [free_port(), free_port(), free_port()];
+    let locals: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            dir.write(
+                &format!("gw{i}.yaml"),
+                &local_yaml(&dir, i, listens[i], admins[i], &etcd),
+            )
+        })
+        .collect();
+    // The operator's file: the store and the shared part.
+    let ops = dir.path("ops.yaml");
+    let url = etcd.url();
+    let ops_text = |pool: &str| {
+        format!(
+            "pid_file: {pid}\nerror_log: {err}\nconfig_store:\n  etcd: {{ endpoints: [\"{url}\"], prefix: {PREFIX} }}\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\n{shared}",
+            pid = dir.s("ops.pid"),
+            err = dir.s("ops.log"),
+            admin = admins[0],
+            shared = shared_yaml(old, new, pool),
+        )
+    };
+    let push = |pool: &str, force: bool| {
+        std::fs::write(&ops, ops_text(pool)).unwrap();
+        let conf = ops.display().to_string();
+        let mut args = vec!["-c", conf.as_str(), "push"];
+        if force {
+            args.push("--force");
+        }
+        ctl(&args)
+    };
+
+    // First push, then the gateways start on it.
+    let (ok, out) = push("old", false);
+    assert!(ok, "{out}");
+    assert!(out.contains("revision"), "{out}");
+    let gws: Vec<Proc> = (0..3).map(|i| start(&locals[i], &[listens[i]])).collect();
+    for &l in &listens {
+        wait_for("gateway serves old", Duration::from_secs(10), || {
+            backend_of(l) == "old"
+        });
+    }
+    let pulled = ctl(&["-c", &ops.display().to_string(), "pull"]);
+    assert!(
+        pulled.0 && pulled.1.contains("proxy_pass: old"),
+        "{}",
+        pulled.1
+    );
+
+    // A push reaches all three under load, nothing fails.
+    let loads: Vec<Load> = listens.iter().map(|&l| Load::start(l, 4, false)).collect();
+    for l in &loads {
+        l.wait_more(100);
+    }
+    let (ok, out) = push("new", false);
+    assert!(ok, "{out}");
+    for &l in &listens {
+        wait_for("gateway serves new", Duration::from_secs(10), || {
+            backend_of(l) == "new"
+        });
+    }
+    for l in &loads {
+        l.wait_more(100);
+    }
+
+    // A push from a file that did not see the last change is refused, naming the revision.
+    let stale = dir.write("stale.yaml", &ops_text("old"));
+    let (ok, out) = ctl(&["-c", &stale.display().to_string(), "push"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("push refused") && out.contains("revision"),
+        "{out}"
+    );
+
+    // A pull to look does not make the stale file pushable; a pull into a file does.
+    let stale_s = stale.display().to_string();
+    let (ok, out) = ctl(&["-c", &stale_s, "pull"]);
+    assert!(ok && out.contains("proxy_pass: new"), "{out}");
+    let (ok, out) = ctl(&["-c", &stale_s, "push"]);
+    assert!(!ok && out.contains("push refused"), "{out}");
+    let pulled_file = dir.path("pulled.yaml");
+    let pulled_s = pulled_file.display().to_string();
+    let (ok, out) = ctl(&["-c", &stale_s, "pull", "-o", &pulled_s]);
+    assert!(ok, "{out}");
+    let text = read(&pulled_file);
+    assert!(
+        text.contains("proxy_pass: new") && text.contains("config_store"),
+        "{text}"
+    );
+    let (ok, out) = ctl(&["-c", &pulled_s, "push"]);
+    assert!(ok, "{out}");
+
+    // A live change through one gateway applies on all; every user gets the same side from
+    // each gateway.
+    let cli = |i: usize, args: &[&str]| {
+        let conf = locals[i].display().to_string();
+        let mut all = vec!["-c", conf.as_str()];
+        all.extend_from_slice(args);
+        ctl(&all)
+    };
+    let (ok, out) = cli(0, &["canary", "set", "split", "30"]);
+    assert!(ok, "{out}");
+    for &a in &admins {
+        wait_for("canary at 30% everywhere", Duration::from_secs(10), || {
+            percent(a) == 30.0
+        });
+    }
+    let first = sides(listens[0], 1000);
+    let on_canary = first.iter().filter(|s| **s).count();
+    assert!(
+        (200..400).contains(&on_canary),
+        "{on_canary} of 1000 on the canary side"
+    );
+    for &l in &listens[1..] {
+        assert!(
+            sides(l, 1000) == first,
+            "a user changed sides between gateways"
+        );
+    }
+    let st = status(admins[1]);
+    let fleet = &st["fleet"];
+    assert_eq!(fleet["reachable"], serde_json::Value::Bool(true), "{st}");
+    assert!(fleet["revision"].as_i64().unwrap_or(0) > 0, "{st}");
+    wait_for("three members", Duration::from_secs(10), || {
+        status(admins[2])["fleet"]["members"]
+            .as_array()
+            .map_or(0, |m| m.len())
+            == 3
+    });
+
+    // A live weight, too (compiled and swapped on every gateway).
+    let addr = format!("127.0.0.1:{old}");
+    let (ok, out) = cli(1, &["weight", "old", &addr, "3"]);
+    assert!(ok, "{out}");
+    for &a in &admins {
+        wait_for("weight 3 everywhere", Duration::from_secs(10), || {
+            let st = status(a);
+            let pools = st["pools"].as_array().cloned().unwrap_or_default();
+            pools
+                .iter()
+                .filter(|p| p["name"] == "old")
+                .any(|p| p["servers"][0]["weight"] == 3)
+        });
+    }
+
+    // A bad live weights value: refused (once), the running weights stay.
+    let weights_key = format!("{PREFIX}/state/weights");
+    let bad_w = etcd.put_raw(&weights_key, "not json").unwrap();
+    let refused_w = format!("{weights_key} revision {bad_w} refused");
+    for (i, &a) in admins.iter().enumerate() {
+        let log = dir.path(&format!("gw{i}.log"));
+        wait_for("bad weights refused", Duration::from_secs(10), || {
+            read(&log).contains(&refused_w)
+        });
+        let st = status(a);
+        let pools = st["pools"].as_array().cloned().unwrap_or_default();
+        assert!(
+            pools
+                .iter()
+                .filter(|p| p["name"] == "old")
+                .any(|p| p["servers"][0]["weight"] == 3),
+            "{st}"
+        );
+    }
+
+    // A bad value written straight into etcd: every gateway refuses it, keeps serving.
+    let bad = shared_yaml(old, new, "nosuchpool");
+    let bad_rev = etcd.put_raw(&format!("{PREFIX}/config"), &bad).unwrap();
+    for (i, &l) in listens.iter().enumerate() {
+        let log = dir.path(&format!("gw{i}.log"));
+        wait_for("bad value refused", Duration::from_secs(10), || {
+            read(&log).contains(&format!("{PREFIX}/config revision {bad_rev} refused"))
+        });
+        // Named at its line in the value as `pull` prints it (line 10: the location).
+        let at = format!("etcd:{PREFIX}/config@{bad_rev}:10:");
+        assert!(read(&log).contains(&at), "{at} not in {}", read(&log));
+        assert!(read(&log).contains("nosuchpool"), "{}", read(&log));
+        assert_eq!(backend_of(l), "new");
+    }
+
+    // etcd away: every gateway keeps serving; a push is refused with the reason.
+    etcd.kill();
+    for (i, l) in loads.iter().enumerate() {
+        l.wait_more(100);
+        let log = dir.path(&format!("gw{i}.log"));
+        wait_for("etcd away logged", Duration::from_secs(10), || {
+            read(&log).contains("serving on the running config")
+        });
+    }
+    let (ok, out) = push("old", true);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("push refused, nothing written") && out.contains(&etcd.url()),
+        "{out}"
+    );
+    wait_for("etcd away in the status", Duration::from_secs(10), || {
+        status(admins[1])["fleet"]["reachable"] == serde_json::Value::Bool(false)
+    });
+    let (ok, out) = cli(1, &["canary", "set", "split", "60"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("unreachable") && out.contains("refused"),
+        "{out}"
+    );
+    assert!(admins.iter().all(|&a| percent(a) == 30.0));
+
+    // etcd back: a change applies everywhere.
+    etcd.restart();
+    let (ok, out) = push("old", false);
+    assert!(!ok, "the bad value is newer than this file's push: {out}");
+    let (ok, out) = push("old", true);
+    assert!(ok, "{out}");
+    for &l in &listens {
+        wait_for("gateway serves old again", Duration::from_secs(15), || {
+            backend_of(l) == "old"
+        });
+    }
+    wait_for(
+        "etcd back for live changes",
+        Duration::from_secs(15),
+        || status(admins[2])["fleet"]["reachable"] == serde_json::Value::Bool(true),
+    );
+    let (ok, out) = cli(2, &["canary", "set", "split", "60"]);
+    assert!(ok, "{out}");
+    for &a in &admins {
+        wait_for("canary at 60% everywhere", Duration::from_secs(10), || {
+            percent(a) == 60.0
+        });
+    }
+    // Events under state/ since then did not log the bad weights again.
+    for i in 0..3 {
+        let log = read(&dir.path(&format!("gw{i}.log")));
+        assert_eq!(log.matches(&refused_w).count(), 1, "{log}");
+    }
+    for l in &loads {
+        l.wait_more(100);
+    }
+    for (i, l) in loads.into_iter().enumerate() {
+        let r = l.finish();
+        assert!(
+            r.failed.is_empty(),
+            "gateway {i}: {:?}",
+            &r.failed[..r.failed.len().min(5)]
+        );
+        assert!(r.ok > 0);
+    }
+    drop(gws);
+}
+
+/// The shared part of the ramp test: a canary of `steps` keyed per request.
+fn ramp_yaml(old: u16, new: u16) -> String {
+    format!(
+        "upstreams:
+  old: {{ servers: [{{ addr: \"127.0.0.1:{old}\" }}] }}
+  new: {{ servers: [{{ addr: \"127.0.0.1:{new}\" }}] }}
+canaries:
+  ramp:
+    stable: old
+    canary: new
+    key: $request_id
+    steps: [10, 20, 30, 100]
+    interval: 3s
+    analysis: {{ min_requests: 5 }}
+servers:
+  front:
+    listen: [\"127.0.0.1:1\"]
+    locations:
+      - {{ match: /, proxy_pass: ramp }}
+"
+    )
+}
+
+fn ramp_step(admin: u16) -> i64 {
+    status(admin)["canaries"][0]["ramp"]["step"]
+        .as_i64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn one_gateway_leads_the_ramp_on_the_fleets_numbers_and_another_takes_over() {
+    let dir = TempDir::new("fleet-ramp");
+    let etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    let listens = [free_port(), free_port(), free_port()];
+    let admins = [free_port(), free_port(), free_port()];
+    let locals: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let text = local_yaml(&dir, i, listens[i], admins[i], &etcd);
+            dir.write(&format!("gw{i}.yaml"), &text)
+        })
+        .collect();
+    let ops = dir.write(
+        "ops.yaml",
+        &format!(
+            "pid_file: {}\nconfig_store:\n  etcd: {{ endpoints: [\"{}\"], prefix: {PREFIX} }}\n{}",
+            dir.s("ops.pid"),
+            etcd.url(),
+            ramp_yaml(old, new)
+        ),
+    );
+    let (ok, out) = ctl(&["-c", &ops.display().to_string(), "push"]);
+    assert!(ok, "{out}");
+    let mut gws: Vec<Option<Proc>> = (0..3)
+        .map(|i| Some(start(&locals[i], &[listens[i], admins[i]])))
+        .collect();
+    let leader_of = |candidates: &[usize]| -> Option<usize> {
+        candidates
+            .iter()
+            .copied()
+            .find(|&i| status(admins[i])["fleet"]["leads"] == serde_json::Value::Bool(true))
+    };
+    let mut leader = None;
+    wait_for("a leader", Duration::from_secs(15), || {
+        leader = leader_of(&[0, 1, 2]);
+        leader.is_some()
+    });
+    let leader = leader.unwrap();
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+
+    // Traffic on the two others only: the leader can pass an analysis only on their numbers.
+    let loads: Vec<Load> = others
+        .iter()
+        .map(|&i| Load::start(listens[i], 3, false))
+        .collect();
+    let conf = locals[others[0]].display().to_string();
+    let (ok, out) = ctl(&["-c", &conf, "canary", "start", "ramp"]);
+    assert!(ok, "{out}");
+    for &a in &admins {
+        wait_for("step 2 everywhere", Duration::from_secs(20), || {
+            ramp_step(a) >= 2
+        });
+    }
+
+    // The leader dies mid-ramp: another takes over at the step the fleet is at.
+    let before = ramp_step(admins[others[0]]);
+    gws[leader] = None;
+    let mut next = None;
+    wait_for("a new leader", Duration::from_secs(20), || {
+        next = leader_of(&others);
+        next.is_some()
+    });
+    let after = ramp_step(admins[others[0]]);
+    assert!(
+        after >= before,
+        "the ramp went back from step {before} to {after}"
+    );
+    assert_eq!(
+        status(admins[others[1]])["canaries"][0]["state"],
+        serde_json::Value::from("running")
+    );
+    for &i in &others {
+        wait_for("promoted", Duration::from_secs(30), || {
+            status(admins[i])["canaries"][0]["state"] == "promoted"
+        });
+    }
+    let log = read(&dir.path(&format!("gw{}.log", next.unwrap())));
+    assert!(log.contains("now runs the fleet's canary ramps"), "{log}");
+    for l in loads {
+        let r = l.finish();
+        assert!(
+            r.failed.is_empty(),
+            "{:?}",
+            &r.failed[..r.failed.len().min(5)]
+        );
+    }
+}
+
+#[test]
+fn a_gateway_of_a_fleet_reloads_its_own_file_and_upgrades_without_losing_the_watch() {
+    let dir = TempDir::new("fleet-reload");
+    let etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    let (listen, admin, moved) = (free_port(), free_port(), free_port());
+    let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
+    let ops = dir.path("ops.yaml");
+    let push = |pool: &str| {
+        let text = format!(
+            "pid_file: {}\nconfig_store:\n  etcd: {{ endpoints: [\"{}\"], prefix: {PREFIX} }}\n{}",
+            dir.s("ops.pid"),
+            etcd.url(),
+            shared_yaml(old, new, pool)
+        );
+        std::fs::write(&ops, text).unwrap();
+        let (ok, out) = ctl(&["-c", &ops.display().to_string(), "push"]);
+        assert!(ok, "{out}");
+    };
+    push("old");
+    // As a daemon: the watch's thread must be started after the fork.
+    let conf = local.display().to_string();
+    struct Stop(String);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = ctl(&["-s", "stop", "-c", &self.0]);
+        }
+    }
+    let (ok, out) = ctl(&["-d", "-c", &conf]);
+    assert!(ok, "{out}");
+    let _stop = Stop(conf.clone());
+    wait_for("the daemon serves", Duration::from_secs(10), || {
+        backend_of(listen) == "old"
+    });
+
+    // The gateway's own file changes its listen address: -s reload keeps the fleet's part.
+    std::fs::write(&local, local_yaml(&dir, 0, moved, admin, &etcd)).unwrap();
+    let (ok, out) = ctl(&["-s", "reload", "-c", &conf]);
+    assert!(ok, "{out}");
+    wait_for("the new listen address", Duration::from_secs(10), || {
+        backend_of(moved) == "old"
+    });
+
+    // A push reaches the daemon; after a binary upgrade the re-executed master still
+    // follows the fleet.
+    push("new");
+    wait_for("the push", Duration::from_secs(15), || {
+        backend_of(moved) == "new"
+    });
+    let (ok, out) = ctl(&["-s", "upgrade", "-c", &conf]);
+    assert!(ok, "{out}");
+    push("old");
+    wait_for(
+        "the push after the upgrade",
+        Duration::from_secs(15),
+        || backend_of(moved) == "old",
+    );
+}
+
+#[test]
+fn a_gateway_starts_on_its_cache_when_etcd_holds_a_bad_value_or_is_away() {
+    let dir = TempDir::new("fleet-cache");
+    let mut etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    let (listen, admin) = (free_port(), free_port());
+    let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
+    let ops = dir.path("ops.yaml");
+    let push = |pool: &str| {
+        let text = format!(
+            "pid_file: {}\nconfig_store:\n  etcd: {{ endpoints: [\"{}\"], prefix: {PREFIX} }}\n{}",
+            dir.s("ops.pid"),
+            etcd.url(),
+            shared_yaml(old, new, pool)
+        );
+        std::fs::write(&ops, text).unwrap();
+        let (ok, out) = ctl(&["-c", &ops.display().to_string(), "push", "--force"]);
+        assert!(ok, "{out}");
+    };
+    let log = dir.path("gw0.log");
+
+    // The gateway runs only its start revision: that alone must leave a cache.
+    push("old");
+    let gw = start(&local, &[listen]);
+    wait_for("serves old", Duration::from_secs(10), || {
+        backend_of(listen) == "old"
+    });
+    drop(gw);
+
+    // Restarted while etcd holds a bad value: refused, named, and the cached config serves.
+    let bad = shared_yaml(old, new, "nosuchpool");
+    let bad_rev = etcd.put_raw(&format!("{PREFIX}/config"), &bad).unwrap();
+    let gw = start(&local, &[listen]);
+    wait_for("serves old from the cache", Duration::from_secs(10), || {
+        backend_of(listen) == "old"
+    });
+    let refused = format!("{PREFIX}/config revision {bad_rev} refused at start");
+    wait_for("the refusal logged", Duration::from_secs(10), || {
+        let text = read(&log);
+        text.contains(&refused)
+            && text.contains("nosuchpool")
+            && text.contains("cached last good config")
+    });
+    // And it keeps watching: a good push applies.
+    push("new");
+    wait_for("serves new", Duration::from_secs(15), || {
+        backend_of(listen) == "new"
+    });
+    // The cache is written once the new config runs: wait for it before the kill.
+    let cache = dir.path("gw0.pid.fleet.yaml");
+    wait_for("the push cached", Duration::from_secs(10), || {
+        read(&cache).contains("proxy_pass: new")
+    });
+    drop(gw);
+
+    // Started while etcd is down: from the cache.
+    etcd.kill();
+    let _gw = start(&local, &[listen]);
+    wait_for("serves new from the cache", Duration::from_secs(10), || {
+        backend_of(listen) == "new"
+    });
+    wait_for(
+        "the start from the cache logged",
+        Duration::from_secs(10),
+        || read(&log).contains("starting on the cached fleet config"),
+    );
+}
+
+#[test]
+fn a_worker_that_lost_its_lease_joins_again() {
+    let dir = TempDir::new("fleet-lease");
+    let etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let (listen, admin) = (free_port(), free_port());
+    let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
+    let ops = dir.write(
+        "ops.yaml",
+        &format!(
+            "pid_file: {}\nconfig_store:\n  etcd: {{ endpoints: [\"{}\"], prefix: {PREFIX} }}\n{}",
+            dir.s("ops.pid"),
+            etcd.url(),
+            shared_yaml(old, new, "old")
+        ),
+    );
+    let (ok, out) = ctl(&["-c", &ops.display().to_string(), "push"]);
+    assert!(ok, "{out}");
+    let gw = start(&local, &[listen, admin]);
+    let members = format!("{PREFIX}/members/");
+    wait_for("a member", Duration::from_secs(10), || {
+        etcd.count(&members) == 1
+    });
+    // Stopped longer than its lease (5 s): etcd drops the member key.
+    let workers = children(gw.pid());
+    for &w in &workers {
+        signal(w, libc::SIGSTOP).unwrap();
+    }
+    wait_for("the lease gone", Duration::from_secs(20), || {
+        etcd.count(&members) == 0
+    });
+    for &w in &workers {
+        signal(w, libc::SIGCONT).unwrap();
+    }
+    // The worker starts over (a keep-alive of TTL 0, or a write under the dead lease) and is a
+    // member again.
+    wait_for("a member again", Duration::from_secs(15), || {
+        etcd.count(&members) == 1
+    });
+}
