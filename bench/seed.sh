@@ -13,6 +13,8 @@ CONNS=${CONNS:-64}
 bench_setup
 
 mkdir -p "$W/static/media" "$W/www"
+# mktemp -d is 0700: nginx's worker (nobody) would answer 403 for every file.
+chmod 755 "$W"
 head -c 1024 /dev/urandom >"$W/static/media/1k.bin"
 head -c 1048576 /dev/urandom >"$W/static/media/1m.bin"
 cp /etc/nginx/uwsgi_params /etc/nginx/mime.types "$W/"

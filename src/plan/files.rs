@@ -9,6 +9,9 @@ use crate::config::{Loaded, Location, Problems};
 pub struct FilesPlan {
     /// `root`, or `alias` (then `strip` is the location prefix the alias replaces).
     pub base: PathBuf,
+    /// `base` with its symlinks resolved, once at load (a request only compares against it);
+    /// `None` when it did not resolve then (a root made later is resolved per request).
+    pub real_base: Option<PathBuf>,
     pub strip: Option<String>,
     pub index: Vec<String>,
     pub default_type: String,
@@ -73,11 +76,19 @@ pub fn compile_files(
     if let Some(bad) = index.iter().find(|i| i.is_empty() || i.contains('/')) {
         probs.push(l.problem_at(&format!("{at}.index"), format!("invalid index \"{bad}\"")));
     }
+    let base = PathBuf::from(match base.trim_end_matches('/') {
+        "" => "/",
+        b => b,
+    });
+    // Only the symlink check needs it; `disable_symlinks: off` never looks.
+    let real_base = if follow_symlinks {
+        None
+    } else {
+        std::fs::canonicalize(&base).ok()
+    };
     Some(FilesPlan {
-        base: PathBuf::from(match base.trim_end_matches('/') {
-            "" => "/",
-            b => b,
-        }),
+        base,
+        real_base,
         strip,
         index,
         default_type: loc
