@@ -29,8 +29,8 @@ fn openssl(dir: &TempDir, args: &[&str]) {
     );
 }
 
-/// A test CA in `dir`: `ca.crt`, `ca.key`.
-pub fn make_ca(dir: &TempDir) -> PathBuf {
+/// An ECDSA P-256 private key written to `out` in `dir`.
+fn p256_key(dir: &TempDir, out: &str) {
     openssl(
         dir,
         &[
@@ -40,9 +40,14 @@ pub fn make_ca(dir: &TempDir) -> PathBuf {
             "-genkey",
             "-noout",
             "-out",
-            "ca.key",
+            out,
         ],
     );
+}
+
+/// A test CA in `dir`: `ca.crt`, `ca.key`.
+pub fn make_ca(dir: &TempDir) -> PathBuf {
+    p256_key(dir, "ca.key");
     openssl(
         dir,
         &[
@@ -71,18 +76,7 @@ pub fn make_cert(dir: &TempDir, name: &str, names: &[&str], days: i32) -> (Strin
         format!("{name}.csr"),
         format!("{name}.ext"),
     );
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            &key,
-        ],
-    );
+    p256_key(dir, &key);
     let subj = format!("/CN={}", names[0]);
     openssl(
         dir,
@@ -741,18 +735,7 @@ fn a_live_weight_change_keeps_the_loaded_certificates() {
     assert_eq!(curl_tls(&e, "site-a.test", &fmt, "/"), (0, "200".into()));
     // Half a rotation: a new key, the old certificate.
     let key = e.dir.path("site.key");
-    openssl(
-        &e.dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "site.key",
-        ],
-    );
+    p256_key(&e.dir, "site.key");
     assert!(key.exists());
     // Straight to the admin API: the `weight` CLI compiles the file itself to find it.
     let body = "{\"weight\": 3}";
