@@ -121,6 +121,24 @@ servers:
 }
 
 /// The shared part: `/` to pool `pool` (`old` or `new`).
+/// Writes the operator's file `ops.yaml` (the store and `shared`) and pushes it with `extra`
+/// arguments (`--force`), which must succeed.
+fn push_ops(dir: &TempDir, etcd: &Etcd, shared: &str, extra: &[&str]) {
+    let ops = dir.write(
+        "ops.yaml",
+        &format!(
+            "pid_file: {}\nconfig_store:\n  etcd: {{ endpoints: [\"{}\"], prefix: {PREFIX} }}\n{shared}",
+            dir.s("ops.pid"),
+            etcd.url(),
+        ),
+    );
+    let conf = ops.display().to_string();
+    let mut args = vec!["-c", conf.as_str(), "push"];
+    args.extend_from_slice(extra);
+    let (ok, out) = ctl(&args);
+    assert!(ok, "{out}");
+}
+
 fn shared_yaml(old: u16, new: u16, pool: &str) -> String {
     format!(
         "upstreams:
@@ -484,17 +502,7 @@ fn one_gateway_leads_the_ramp_on_the_fleets_numbers_and_another_takes_over() {
             dir.write(&format!("gw{i}.yaml"), &text)
         })
         .collect();
-    let ops = dir.write(
-        "ops.yaml",
-        &format!(
-            "pid_file: {}\nconfig_store:\n  etcd: {{ endpoints: [\"{}\"], prefix: {PREFIX} }}\n{}",
-            dir.s("ops.pid"),
-            etcd.url(),
-            ramp_yaml(old, new)
-        ),
-    );
-    let (ok, out) = ctl(&["-c", &ops.display().to_string(), "push"]);
-    assert!(ok, "{out}");
+    push_ops(&dir, &etcd, &ramp_yaml(old, new), &[]);
     let mut gws: Vec<Option<Proc>> = (0..3)
         .map(|i| Some(start(&locals[i], &[listens[i], admins[i]])))
         .collect();
@@ -569,18 +577,7 @@ fn a_gateway_of_a_fleet_reloads_its_own_file_and_upgrades_without_losing_the_wat
     let _b_new = backend(&dir, "new", new);
     let (listen, admin, moved) = (free_port(), free_port(), free_port());
     let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
-    let ops = dir.path("ops.yaml");
-    let push = |pool: &str| {
-        let text = format!(
-            "pid_file: {}\nconfig_store:\n  etcd: {{ endpoints: [\"{}\"], prefix: {PREFIX} }}\n{}",
-            dir.s("ops.pid"),
-            etcd.url(),
-            shared_yaml(old, new, pool)
-        );
-        std::fs::write(&ops, text).unwrap();
-        let (ok, out) = ctl(&["-c", &ops.display().to_string(), "push"]);
-        assert!(ok, "{out}");
-    };
+    let push = |pool: &str| push_ops(&dir, &etcd, &shared_yaml(old, new, pool), &[]);
     push("old");
     // As a daemon: the watch's thread must be started after the fork.
     let conf = local.display().to_string();
@@ -630,18 +627,7 @@ fn a_gateway_starts_on_its_cache_when_etcd_holds_a_bad_value_or_is_away() {
     let _b_new = backend(&dir, "new", new);
     let (listen, admin) = (free_port(), free_port());
     let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
-    let ops = dir.path("ops.yaml");
-    let push = |pool: &str| {
-        let text = format!(
-            "pid_file: {}\nconfig_store:\n  etcd: {{ endpoints: [\"{}\"], prefix: {PREFIX} }}\n{}",
-            dir.s("ops.pid"),
-            etcd.url(),
-            shared_yaml(old, new, pool)
-        );
-        std::fs::write(&ops, text).unwrap();
-        let (ok, out) = ctl(&["-c", &ops.display().to_string(), "push", "--force"]);
-        assert!(ok, "{out}");
-    };
+    let push = |pool: &str| push_ops(&dir, &etcd, &shared_yaml(old, new, pool), &["--force"]);
     let log = dir.path("gw0.log");
 
     // The gateway runs only its start revision: that alone must leave a cache.
@@ -699,17 +685,7 @@ fn a_worker_that_lost_its_lease_joins_again() {
     let _b_old = backend(&dir, "old", old);
     let (listen, admin) = (free_port(), free_port());
     let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
-    let ops = dir.write(
-        "ops.yaml",
-        &format!(
-            "pid_file: {}\nconfig_store:\n  etcd: {{ endpoints: [\"{}\"], prefix: {PREFIX} }}\n{}",
-            dir.s("ops.pid"),
-            etcd.url(),
-            shared_yaml(old, new, "old")
-        ),
-    );
-    let (ok, out) = ctl(&["-c", &ops.display().to_string(), "push"]);
-    assert!(ok, "{out}");
+    push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
     let gw = start(&local, &[listen, admin]);
     let members = format!("{PREFIX}/members/");
     wait_for("a member", Duration::from_secs(10), || {
