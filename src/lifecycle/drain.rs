@@ -21,7 +21,7 @@ use pingora::listeners::PreTlsProcess;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::GetProxyDigest;
+use pingora::protocols::{GetProxyDigest, GetSocketDigest};
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
@@ -156,7 +156,11 @@ fn admitted_tls(stream: &Stream) -> bool {
     let Some(d) = stream.get_proxy_digest() else {
         return false;
     };
-    match d.user_data.as_ref().and_then(|u| u.downcast_ref::<TlsConn>()) {
+    match d
+        .user_data
+        .as_ref()
+        .and_then(|u| u.downcast_ref::<TlsConn>())
+    {
         Some(c) => {
             c.handshake_done();
             true
@@ -174,13 +178,9 @@ impl PreTlsProcess for CountTls {
                 .get_socket_digest()
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
         };
-        // Past `worker_connections` the connection is closed before its handshake.
-        let slot = match &self.guard {
-            Some(g) => Some(g.admit_peer(peer).ok_or_else(|| {
-                pingora::Error::explain(pingora::ErrorType::AcceptError, "worker_connections")
-            })?),
-            None => None,
-        };
+        // Connections in their handshake are not counted against `worker_connections` yet:
+        // the slot is taken after the handshake, in `process_new`.
+        let slot: Option<crate::proxy::ConnSlot> = None;
         self.count.fetch_add(1, Ordering::AcqRel);
         let count = ConnGuard(self.count.clone());
         let limit = self.guard.as_ref().map(|g| g.idle_timeout(true));
@@ -234,9 +234,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // Limits (issue 14): past `worker_connections` the connection is closed unanswered.
-        // A TLS connection took its slot at the accept (see [`CountTls`]).
+        // A TLS connection's handshake timer ends here (see [`CountTls`]); its slot is taken
+        // here too, after the handshake (counting it from the accept is not done yet).
+        admitted_tls(&stream);
         let _slot = match &self.guard {
-            Some(_) if admitted_tls(&stream) => None,
             Some(g) => Some(g.admit(&stream)?),
             None => None,
         };
@@ -245,7 +246,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
         let accepted = tokio::time::Instant::now();
         // HTTP/2 (by ALPN): our loop around Pingora's HTTP/2 server (a drain sends GOAWAY).
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            let lim = self.guard.as_ref().map(|g| g.h2_limits()).unwrap_or_default();
+            let lim = self
+                .guard
+                .as_ref()
+                .map(|g| g.h2_limits())
+                .unwrap_or_default();
             super::h2::serve(&self.inner, stream, shutdown, lim, accepted).await;
             return None;
         }

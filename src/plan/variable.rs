@@ -264,10 +264,7 @@ impl Var {
             }
             Var::RequestId => v.request_id().map(|id| text::hex128(out, id)).is_some(),
             Var::Http(name) => v.header(name).map(|h| out.extend_from_slice(h)).is_some(),
-            Var::Cookie(name) => v
-                .cookie(name)
-                .map(|c| out.extend_from_slice(c))
-                .is_some(),
+            Var::Cookie(name) => v.cookie(name).map(|c| out.extend_from_slice(c)).is_some(),
             Var::Arg(name) => {
                 let q = v.path_and_query().split_once('?').map_or("", |(_, q)| q);
                 q.split('&')
