@@ -99,6 +99,7 @@ write_graygate_conf() {
     echo "upgrade_sock: $W/graygate-$port.sock"
     echo "error_log: $W/graygate.error.log"
     echo "threads: ${THREADS:-1}"
+    echo "work_stealing: ${WORK_STEALING:-true}"
     echo "worker_connections: 20000"   # the idle test holds 10,000 (the default is 4096)
     echo "grace_period: 3s"
     echo "shutdown_timeout: 3s"

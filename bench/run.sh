@@ -72,6 +72,7 @@ run_one() {
     # Issue 20, goal 5: two worker threads / processes, nothing pinned (both CPUs allowed).
     nginx-tuned-2t) THREADS=2 PROXY_CPU=0,1 start_nginx_proxy $PORT tuned $B1 $B2 ;;
     graygate-2t) THREADS=2 PROXY_CPU=0,1 start_graygate $PORT $B1 $B2 ;;
+    graygate-2t-nosteal) THREADS=2 WORK_STEALING=false PROXY_CPU=0,1 start_graygate $PORT $B1 $B2 ;;
   esac
   local r
   r=$(measure $PORT)
@@ -90,8 +91,9 @@ run_one() {
 # nginx-tuned-nolog and graygate-nolog: the same with `access_log off` (issue 20, goal 2);
 # bare-pingora: round robin, X-Real-IP, no log, mimalloc, graygate's release profile (goal 1).
 # graygate-metrics: with an admin listener, so every request is counted (issue 15: <= 3%).
-# nginx-tuned-2t and graygate-2t: `worker_processes 2` / `threads: 2`, not pinned (goal 5).
-read -r -a NAMES <<<"${CONTENDERS:-nginx-seed nginx-tuned nginx-tuned-nolog bare-pingora graygate graygate-nolog graygate-metrics nginx-tuned-2t graygate-2t}"
+# nginx-tuned-2t and graygate-2t: `worker_processes 2` / `threads: 2`, not pinned (goal 5);
+# graygate-2t-nosteal: the same with `work_stealing: false` (a connection stays on its thread).
+read -r -a NAMES <<<"${CONTENDERS:-nginx-seed nginx-tuned nginx-tuned-nolog bare-pingora graygate graygate-nolog graygate-metrics nginx-tuned-2t graygate-2t graygate-2t-nosteal}"
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round" >&2
   for n in "${NAMES[@]}"; do run_one "$n"; done
@@ -189,6 +191,7 @@ fi
   ratio_row graygate-metrics graygate "graygate metrics on / off (goal >= 0.97 per CPU-s)"
   ratio_row nginx-tuned nginx-tuned-nolog "nginx tuned log on / off (goal: graygate's >= this)"
   ratio_row graygate-2t nginx-tuned-2t "graygate / nginx tuned, 2 threads / 2 workers, unpinned (goal: >= the one-core ratio)"
+  ratio_row graygate-2t-nosteal nginx-tuned-2t "graygate work_stealing: false / nginx tuned, 2 threads / 2 workers, unpinned"
   if [[ $IDLE -gt 0 ]]; then
     echo
     echo "Idle keep-alive connections ($IDLE clients, one request each, then idle):"

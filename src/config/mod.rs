@@ -57,6 +57,11 @@ pub struct Config {
     /// Worker threads per server block.
     #[serde(default = "default_threads")]
     pub threads: i64,
+    /// Whether a worker's threads steal each other's connections (Pingora's
+    /// `work_stealing`); `false`: each thread keeps the connections it was handed, as each of
+    /// nginx's worker processes does.
+    #[serde(default = "default_true")]
+    pub work_stealing: bool,
     /// Run in the background (also `-d`).
     #[serde(default)]
     pub daemon: bool,

@@ -180,6 +180,7 @@ pub fn run() -> Result<(), Error> {
 
     let conf = ServerConf {
         threads: settings.threads,
+        work_stealing: settings.work_stealing,
         daemon: false,
         ..ServerConf::default()
     };

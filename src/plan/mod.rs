@@ -58,6 +58,8 @@ pub struct Settings {
     pub pid_file: String,
     pub error_log: Option<String>,
     pub threads: usize,
+    /// Pingora's `work_stealing` (see `config::Config::work_stealing`).
+    pub work_stealing: bool,
     pub daemon: bool,
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,

@@ -42,6 +42,7 @@ pub(super) fn compile_settings(l: &Loaded, probs: &mut Problems) -> Settings {
         pid_file: c.pid_file.clone(),
         error_log: c.error_log.clone().filter(|p| p != "off"),
         threads: c.threads.clamp(1, 1024) as usize,
+        work_stealing: c.work_stealing,
         daemon: c.daemon,
         grace_period: c.grace_period.0,
         shutdown_timeout: c.shutdown_timeout.0,

@@ -75,6 +75,12 @@ fn process_settings() {
         ],
     );
     expect("threads: 2\n", &["1:1: no servers: nothing would listen"]);
+    let demo = "demo_backends: [{ listen: \"127.0.0.1:1\", name: d }]\n";
+    assert!(compile(demo).settings.work_stealing);
+    let off = compile(&format!("work_stealing: false\n{demo}"));
+    assert!(!off.settings.work_stealing);
+    // A change of the runtime's kind takes a new generation.
+    assert!(!off.same_listeners(&compile(demo)));
 }
 
 #[test]
