@@ -5,6 +5,7 @@
 # bench/flame-graygate.svg and bench/flame-bare.svg, then bench/profile_us.py turns both profiles
 # into microseconds per request, function by function (bench/PROFILE.md): each profile's share of
 # samples times the proxy's CPU time per request, measured just before without perf attached.
+# MODE=2t: graygate on two threads against graygate on one core instead (bench/PROFILE-2T.md).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 FLAME_SECONDS=${FLAME_SECONDS:-8}
@@ -44,6 +45,29 @@ profile() {
   echo "  $name: bench/flame-$name.svg ($(awk '{s += $NF} END {print s}' "$W/flame-$name.folded") samples)" >&2
 }
 declare -A RATE
+if [[ ${MODE:-} == 2t ]]; then
+  # Goal 5: graygate on two threads (not pinned, as bench/run.sh's graygate-2t) against itself
+  # on one core, function by function: what the second thread costs or saves per request.
+  start_graygate $PORT $B1 $B2
+  profile graygate
+  stop_proxy
+  THREADS=2 PROXY_CPU=0,1 start_graygate $PORT $B1 $B2
+  profile graygate-2t
+  stop_proxy
+  {
+    echo "# graygate on two threads against one core (issue 20, goal 5)"
+    echo
+    echo "Made by \`MODE=2t bench/flame.sh\` on $(date -u +%F): $(nproc) cores, $(uname -r); one core = proxy"
+    echo "pinned to CPU $PROXY_CPU; two threads = \`threads: 2\`, either CPU; wrk -t1 -c64 and the backends on"
+    echo "CPU $LOAD_CPU; \`perf record -e cpu-clock -F 499 --call-graph dwarf\` of the worker (all its threads)"
+    echo "for ${FLAME_SECONDS} s; microseconds = share of samples x CPU per request measured without perf."
+    echo "Flame graphs: bench/flame-graygate-2t.svg, bench/flame-graygate.svg."
+    echo
+    python3 "$ROOT/bench/profile_us.py" "$W/graygate-2t.txt" "${RATE[graygate-2t]}" "$W/graygate.txt" "${RATE[graygate]}" 30 "2 threads" "1 core"
+  } >"$ROOT/bench/PROFILE-2T.md"
+  echo "  bench/PROFILE-2T.md" >&2
+  exit 0
+fi
 start_graygate $PORT $B1 $B2
 profile graygate
 stop_proxy

@@ -7,7 +7,10 @@ times the proxy's CPU-microseconds per request (1e6 / requests per CPU-second, m
 the same load) is the time that function costs each request. The difference of the two
 profiles names where graygate's extra microseconds go.
 
-    profile_us.py GRAYGATE.txt GG_REQ_PER_CPU_S BARE.txt BARE_REQ_PER_CPU_S [TOP]
+    profile_us.py GRAYGATE.txt GG_REQ_PER_CPU_S BARE.txt BARE_REQ_PER_CPU_S [TOP [LABEL_A LABEL_B]]
+
+LABEL_A/LABEL_B name the two columns (default "graygate" and "bare"); bench/flame.sh's
+`MODE=2t` compares graygate on two threads with graygate on one core this way (goal 5).
 
 The .txt files are `perf script -F ip,sym,dso` output (bench/flame.sh keeps them).
 Prints markdown: a table by component (kernel, tokio, Pingora, graygate, allocator, ...) and
@@ -87,6 +90,7 @@ def component(sym, dso):
 def main():
     gg_path, gg_rate, bare_path, bare_rate = sys.argv[1], float(sys.argv[2]), sys.argv[3], float(sys.argv[4])
     top = int(sys.argv[5]) if len(sys.argv) > 5 else 30
+    la, lb = (sys.argv[6], sys.argv[7]) if len(sys.argv) > 7 else ("graygate", "bare")
     gg, gg_incl = leaves(gg_path)
     bare, _ = leaves(bare_path)
     gg_total, bare_total = sum(gg.values()), sum(bare.values())
@@ -96,10 +100,10 @@ def main():
         return {k: v / total * per_req for k, v in counter.items()}
 
     g, b = us(gg, gg_total, gg_us), us(bare, bare_total, bare_us)
-    print(f"CPU per request: graygate {gg_us:.2f} us ({gg_total} samples), "
-          f"bare Pingora {bare_us:.2f} us ({bare_total} samples); difference {gg_us - bare_us:+.2f} us.")
+    print(f"CPU per request: {la} {gg_us:.2f} us ({gg_total} samples), "
+          f"{lb} {bare_us:.2f} us ({bare_total} samples); difference {gg_us - bare_us:+.2f} us.")
     print()
-    print("| component | graygate us/req | bare us/req | difference |")
+    print(f"| component | {la} us/req | {lb} us/req | difference |")
     print("|---|---|---|---|")
     comp_g, comp_b = collections.Counter(), collections.Counter()
     for (fn, c), v in g.items():
@@ -111,14 +115,14 @@ def main():
     print()
     print(f"Functions with the largest difference (self time; top {top}):")
     print()
-    print("| function | component | graygate us/req | bare us/req | difference |")
+    print(f"| function | component | {la} us/req | {lb} us/req | difference |")
     print("|---|---|---|---|---|")
     keys = set(g) | set(b)
     for k in sorted(keys, key=lambda k: -abs(g.get(k, 0) - b.get(k, 0)))[:top]:
         fn, c = k
         print(f"| `{fn}` | {c} | {g.get(k, 0):.2f} | {b.get(k, 0):.2f} | {g.get(k, 0) - b.get(k, 0):+.2f} |")
     print()
-    print("graygate's own code, inclusive (everything called from it, Pingora's header insert included):")
+    print(f"graygate's own code in {la}, inclusive (everything called from it, Pingora's header insert included):")
     print()
     print("| graygate function | us/req inclusive |")
     print("|---|---|")
