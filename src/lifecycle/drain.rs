@@ -251,7 +251,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
                 .as_ref()
                 .map(|g| g.h2_limits())
                 .unwrap_or_default();
-            super::h2::serve(&self.inner, stream, shutdown, lim, accepted).await;
+            // Boxed: inline, its state would be part of every connection's future, HTTP/1 or
+            // not, and stay in memory for each idle keep-alive connection (issue 20, goal 4).
+            Box::pin(super::h2::serve(
+                &self.inner,
+                stream,
+                shutdown,
+                lim,
+                accepted,
+            ))
+            .await;
             return None;
         }
         let mut close_idle = self.close_idle.subscribe();
