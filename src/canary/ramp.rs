@@ -253,16 +253,46 @@ impl Ramp {
         let mut changed = Vec::new();
         for c in &plan.canaries {
             let old = c.state.status();
+            // The position before the look, to go back to if the fleet refuses the step.
+            let before = old.phase.ramping().then(|| c.state.position().clone());
             if let Some(new) = tick(c, now) {
-                c.state.set(&new);
-                changed.push((c, old, new));
+                changed.push((c, old, new, before));
             }
         }
         if changed.is_empty() {
             return;
         }
+        // In a fleet the step goes to etcd first, fenced on this gateway still leading: a
+        // leader that was stopped past its lease must not move its successor's ramp back.
+        let saved: Vec<_> = changed
+            .iter()
+            .map(|(c, _, new, _)| {
+                let pos = c.state.position().clone();
+                (c.name.as_str(), super::persist::saved_canary(c, new, &pos))
+            })
+            .collect();
+        let writes: Vec<_> = saved
+            .iter()
+            .map(|(n, s)| crate::fleet::agent::Change::Canary(n, s))
+            .collect();
+        if let Err(e) = crate::fleet::agent::publish(&writes, true) {
+            for (c, _, new, before) in &changed {
+                if let Some(p) = before {
+                    *c.state.position() = p.clone();
+                }
+                log::warn!(
+                    "canary \"{}\": ramp change not made (\"{}\"): {e}",
+                    c.name,
+                    new.why
+                );
+            }
+            return;
+        }
+        for (c, _, new, _) in &changed {
+            c.state.set(new);
+        }
         super::persist::save(plan);
-        for (c, old, new) in &changed {
+        for (c, old, new, _) in &changed {
             announce(c, old, new, "ramp");
         }
     }

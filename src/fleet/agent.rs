@@ -6,12 +6,23 @@
 //!   that dies disappears within the lease;
 //! - `PREFIX/state/canary/NAME` and `PREFIX/state/weights`, watched: whatever any gateway
 //!   writes is applied here (the store's lock held, as a live change of our own);
-//! - the live changes of this gateway: written by [`publish`] (called where the state file
-//!   is saved), only the values that differ from what the store holds.
+//! - the live changes of this gateway: written by [`publish`] *before* they are applied here
+//!   (a change etcd does not take is refused, applied nowhere); only the keys a change touches.
+//!
+//! Order between the two paths is etcd's: every live key carries the revision this gateway
+//! last applied or wrote it at (`applied`), and a watched value is applied only if its
+//! `mod_revision` is newer, checked under the store's `changing` lock that every live change
+//! holds. The watch never waits for that lock on the agent's thread (the adopt runs on a
+//! blocking thread of its own), so a change that holds the lock while its write goes through
+//! the agent cannot stall it, and an older watched value that gets the lock after a newer
+//! write is dropped.
 //!
 //! - `PREFIX/leader`: one gateway, elected by a create-if-absent under its lease, runs the
 //!   automatic ramps ([`drives`]); a leader that dies loses the key with its lease and the
-//!   next gateway to look takes it, going on at the step the state keys hold;
+//!   next gateway to look takes it, going on at the step the state keys hold. The leader's
+//!   writes are fenced: one transaction that holds only while `PREFIX/leader` is still under
+//!   this session's lease, so a leader that was stopped past its lease and resumes cannot
+//!   write a stale step over its successor's;
 //! - `PREFIX/counts/ID/CANARY`: this gateway's cumulative counts of both sides, under its
 //!   lease, every second; the leader adds the others' to its own ([`others`]).
 //!
@@ -24,7 +35,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -41,8 +54,9 @@ pub(super) struct Shared {
     /// `Some(why)` while etcd is away (or not reached yet).
     away: Mutex<Option<String>>,
     members: Mutex<Vec<Value>>,
-    /// The live values as the store holds them (what [`publish`] compares with).
-    seen: Mutex<Saved>,
+    /// The revision at which this gateway last applied or wrote each live key: a watched
+    /// value at or below it is older than what runs here. Changed under the store's lock.
+    applied: Mutex<BTreeMap<String, i64>>,
     /// This gateway holds `PREFIX/leader`.
     pub(super) leader: AtomicBool,
     pub(super) leader_id: Mutex<Option<String>>,
@@ -51,12 +65,31 @@ pub(super) struct Shared {
     /// The revision of each live key last refused: a refusal is logged once, not on every
     /// event under `state/`.
     refused: Mutex<BTreeMap<String, i64>>,
-    tx: UnboundedSender<Request>,
+    /// Set by [`leave`]: the agent does not connect again.
+    leaving: AtomicBool,
+    tx: UnboundedSender<Msg>,
 }
 
+enum Msg {
+    Write(Request),
+    /// Revoke the lease (membership, counts, leadership go at once) and stop.
+    Leave(std::sync::mpsc::SyncSender<()>),
+}
+
+/// A live change to write: its keys and values, whether only the ramps' leader may write it,
+/// and until when the caller waits (a request found later is not written at all).
 struct Request {
     puts: Vec<(String, String)>,
-    reply: std::sync::mpsc::SyncSender<Result<(), String>>,
+    fenced: bool,
+    deadline: tokio::time::Instant,
+    /// The store's revision of the write.
+    reply: std::sync::mpsc::SyncSender<Result<i64, String>>,
+}
+
+/// One live value as written to etcd.
+pub enum Change<'a> {
+    Canary(&'a str, &'a SavedCanary),
+    Weights(&'a [WeightOverride]),
 }
 
 static AGENT: OnceLock<Shared> = OnceLock::new();
@@ -74,11 +107,12 @@ pub fn start(live: &Live) {
         settings,
         away: Mutex::new(Some("not connected yet".into())),
         members: Mutex::new(Vec::new()),
-        seen: Mutex::new(Saved::default()),
+        applied: Mutex::new(BTreeMap::new()),
         leader: AtomicBool::new(false),
         leader_id: Mutex::new(None),
         others: Mutex::new(BTreeMap::new()),
         refused: Mutex::new(BTreeMap::new()),
+        leaving: AtomicBool::new(false),
         tx,
     };
     if AGENT.set(shared).is_err() {
@@ -112,36 +146,70 @@ pub fn refusal() -> Option<String> {
     ))
 }
 
-/// Writes the values of `saved` that differ from the store's to etcd (a no-op outside a
-/// fleet). Blocking: waits up to [`etcd::TIMEOUT`] for the write.
-pub fn publish(saved: &Saved) -> Result<(), String> {
+/// Writes `changes` to etcd before they are applied here (a no-op outside a fleet), in one
+/// transaction; `fenced`: only while this gateway leads the ramps. Call with the store's
+/// `changing` lock held: on success the keys are noted as applied at the write's revision,
+/// so that the watch does not apply an older value over them. Blocking: waits at most
+/// [`WRITE_WAIT`]. An error says why and that nothing changed.
+pub fn publish(changes: &[Change<'_>], fenced: bool) -> Result<(), String> {
     let Some(a) = AGENT.get() else {
         return Ok(());
     };
-    let puts = {
-        let seen = lock(&a.seen);
-        let mut puts = Vec::new();
-        for (name, c) in &saved.canaries {
-            if seen.canaries.get(name) != Some(c) {
-                let v = serde_json::to_string(c).map_err(|e| e.to_string())?;
-                puts.push((a.settings.key(&format!("state/canary/{name}")), v));
-            }
-        }
-        if saved.weights != seen.weights {
-            let v = serde_json::to_string(&saved.weights).map_err(|e| e.to_string())?;
-            puts.push((a.settings.key("state/weights"), v));
-        }
-        puts
-    };
-    if puts.is_empty() {
+    if changes.is_empty() {
         return Ok(());
     }
+    let mut puts = Vec::with_capacity(changes.len());
+    for ch in changes {
+        let (key, v) = match ch {
+            Change::Canary(name, c) => (
+                a.settings.key(&format!("state/canary/{name}")),
+                serde_json::to_string(c),
+            ),
+            Change::Weights(w) => (a.settings.key("state/weights"), serde_json::to_string(w)),
+        };
+        puts.push((key, v.map_err(|e| e.to_string())?));
+    }
+    let keys: Vec<String> = puts.iter().map(|(k, _)| k.clone()).collect();
     let (reply, answer) = std::sync::mpsc::sync_channel(1);
-    a.tx.send(Request { puts, reply })
-        .map_err(|_| "the fleet agent is not running".to_string())?;
-    answer
-        .recv_timeout(etcd::TIMEOUT * 2)
-        .map_err(|_| format!("etcd at {} did not answer", a.settings.endpoints()))?
+    let deadline = tokio::time::Instant::now() + WRITE_WAIT;
+    let not_written = |why: String| {
+        format!(
+            "the change was not written to etcd at {} ({why}): nothing changed, on this gateway \
+             or any other; try again once etcd is back",
+            a.settings.endpoints()
+        )
+    };
+    a.tx.send(Msg::Write(Request {
+        puts,
+        fenced,
+        deadline,
+        reply,
+    }))
+    .map_err(|_| not_written("the fleet agent is not running".into()))?;
+    let revision = answer
+        .recv_timeout(WRITE_WAIT + Duration::from_millis(500))
+        .map_err(|_| not_written(format!("no answer within {}s", WRITE_WAIT.as_secs())))?
+        .map_err(not_written)?;
+    let mut applied = lock(&a.applied);
+    for k in keys {
+        applied.insert(k, revision);
+    }
+    Ok(())
+}
+
+/// How long a live change waits for its write to etcd.
+const WRITE_WAIT: Duration = Duration::from_secs(3);
+
+/// At a worker's exit (quit, stop, the end of a drain): revokes the lease, so that its
+/// membership, counts and leadership go at once rather than when the lease ends. Waits a
+/// little for etcd; a no-op outside a fleet.
+pub fn leave() {
+    let Some(a) = AGENT.get() else { return };
+    a.leaving.store(true, Ordering::Release);
+    let (done, left) = std::sync::mpsc::sync_channel(1);
+    if a.tx.send(Msg::Leave(done)).is_ok() {
+        let _ = left.recv_timeout(etcd::TIMEOUT);
+    }
 }
 
 /// The store as `/api/status` shows it; `None` outside a fleet.
@@ -179,12 +247,17 @@ pub fn reachable() -> Option<bool> {
     Some(lock(&a.away).is_none())
 }
 
-async fn run(live: Live, mut rx: UnboundedReceiver<Request>) {
+async fn run(live: Live, mut rx: UnboundedReceiver<Msg>) {
     let Some(a) = AGENT.get() else { return };
     let mut backoff = Duration::from_millis(250);
     let mut logged = false;
     loop {
         let e = session(a, &live, &mut rx, &mut logged).await;
+        if a.leaving.load(Ordering::Acquire) {
+            *lock(&a.away) = Some("this worker is stopping".into());
+            a.leader.store(false, Ordering::Release);
+            return;
+        }
         backoff = if lock(&a.away).is_none() {
             Duration::from_millis(250)
         } else {
@@ -198,24 +271,47 @@ async fn run(live: Live, mut rx: UnboundedReceiver<Request>) {
         a.leader.store(false, Ordering::Release);
         // Changes asked for meanwhile are refused at once.
         let end = tokio::time::Instant::now() + backoff;
-        while let Ok(Some(r)) = tokio::time::timeout_at(end, rx.recv()).await {
-            let _ = r.reply.send(Err(refusal().unwrap_or_default()));
+        while let Ok(m) = tokio::time::timeout_at(end, rx.recv()).await {
+            match m {
+                Some(Msg::Write(r)) => {
+                    let _ = r.reply.send(Err(refusal().unwrap_or_default()));
+                }
+                Some(Msg::Leave(done)) => {
+                    let _ = done.send(());
+                    return;
+                }
+                None => return,
+            }
+        }
+        if a.leaving.load(Ordering::Acquire) {
+            return;
         }
     }
 }
 
-pub(super) fn member_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
-    format!("{host}-{}", std::os::unix::process::parent_id())
+/// This worker generation's name in the fleet: `HOST-MASTERPID-WORKERPID`. The master's pid
+/// alone is not enough: a binary upgrade re-executes the master in place (same pid), and its
+/// old and new workers overlap; each must be a member, publish counts and hold the leader key
+/// under a name of its own.
+pub(super) fn member_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        format!(
+            "{host}-{}-{}",
+            std::os::unix::process::parent_id(),
+            std::process::id()
+        )
+    })
 }
 
 /// One connection; returns why it ended.
 async fn session(
-    a: &Shared,
+    a: &'static Shared,
     live: &Live,
-    rx: &mut UnboundedReceiver<Request>,
+    rx: &mut UnboundedReceiver<Msg>,
     logged: &mut bool,
 ) -> String {
     match session_inner(a, live, rx, logged).await {
@@ -227,9 +323,9 @@ async fn session(
 enum Never {}
 
 async fn session_inner(
-    a: &Shared,
+    a: &'static Shared,
     live: &Live,
-    rx: &mut UnboundedReceiver<Request>,
+    rx: &mut UnboundedReceiver<Msg>,
     logged: &mut bool,
 ) -> Result<Never, String> {
     let s = &a.settings;
@@ -281,18 +377,18 @@ async fn session_inner(
                     return Err(format!("etcd at {}: lease {lease:x} lost (expired)", s.endpoints()));
                 }
             }
-            r = rx.recv() => {
-                let Some(r) = r else { return Err("stopping".into()) };
-                let txn = Txn::new().and_then(
-                    r.puts.iter().map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None)).collect::<Vec<_>>(),
-                );
-                let done = timed(s, c.txn(txn)).await.and_then(|t| t.map_err(|e| err("write", e)));
-                let failed = done.as_ref().err().cloned();
-                let _ = r.reply.send(done.map(|_| ()));
-                if let Some(e) = failed {
-                    return Err(e);
+            m = rx.recv() => match m {
+                Some(Msg::Write(r)) => write(a, &mut c, lease, r).await?,
+                Some(Msg::Leave(done)) => {
+                    if let Err(e) = timed(s, c.lease_revoke(lease)).await.and_then(|r| r.map_err(|e| err("lease", e))) {
+                        log::warn!("fleet: {e}: this gateway's keys go when its lease ends ({LEASE_TTL}s)");
+                    }
+                    a.leader.store(false, Ordering::Release);
+                    let _ = done.send(());
+                    return Err("left the fleet".into());
                 }
-            }
+                None => return Err("stopping".into()),
+            },
             _ = tick.tick() => {
                 timed(s, keeper.keep_alive()).await?.map_err(|e| err("lease", e))?;
                 let text = live.load().plan.source.text.clone();
@@ -301,6 +397,7 @@ async fn session_inner(
                     let v = json!({
                         "id": member_id(),
                         "pid": std::os::unix::process::parent_id(),
+                        "worker_pid": std::process::id(),
                         "revision": revision,
                         "since": crate::canary::unix_now(),
                     });
@@ -324,6 +421,65 @@ async fn session_inner(
     }
 }
 
+/// Writes one request; `Err` (after answering it) when etcd failed: the session ends.
+/// A fenced write that finds another leader is refused without ending the session.
+async fn write(a: &Shared, c: &mut Client, lease: i64, r: Request) -> Result<(), String> {
+    let s = &a.settings;
+    let left = r.deadline.saturating_duration_since(tokio::time::Instant::now());
+    if left.is_zero() {
+        let _ = r.reply.send(Err("it waited too long for the agent".into()));
+        return Ok(());
+    }
+    let ops: Vec<TxnOp> = r
+        .puts
+        .iter()
+        .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
+        .collect();
+    let leader = s.key("leader");
+    let txn = if r.fenced {
+        Txn::new()
+            .when([Compare::lease(leader.as_str(), CompareOp::Equal, lease)])
+            .and_then(ops)
+            .or_else([TxnOp::get(leader.as_str(), None)])
+    } else {
+        Txn::new().and_then(ops)
+    };
+    let done = match tokio::time::timeout(left.min(etcd::TIMEOUT), c.txn(txn)).await {
+        Err(_) => Err(format!(
+            "etcd at {} did not answer within {:.1}s",
+            s.endpoints(),
+            left.min(etcd::TIMEOUT).as_secs_f64()
+        )),
+        Ok(t) => t.map_err(|e| format!("etcd at {}: write: {e}", s.endpoints())),
+    };
+    match done {
+        Ok(t) if t.succeeded() => {
+            let rev = t.header().map_or(0, |h| h.revision());
+            let _ = r.reply.send(Ok(rev));
+            Ok(())
+        }
+        Ok(t) => {
+            let holder = super::lead::holder(&t).unwrap_or_else(|| "nobody".into());
+            if a.leader.swap(false, Ordering::AcqRel) {
+                log::warn!(
+                    "fleet: this gateway ({}) no longer runs the fleet's canary ramps ({} is held by {holder})",
+                    member_id(),
+                    leader
+                );
+            }
+            *lock(&a.leader_id) = Some(holder.clone());
+            let _ = r.reply.send(Err(format!(
+                "this gateway no longer leads the fleet's ramps ({leader} is held by {holder})"
+            )));
+            Ok(())
+        }
+        Err(e) => {
+            let _ = r.reply.send(Err(e.clone()));
+            Err(e)
+        }
+    }
+}
+
 pub(super) async fn timed<T>(
     s: &Settings,
     f: impl std::future::Future<Output = T>,
@@ -337,9 +493,17 @@ pub(super) async fn timed<T>(
     })
 }
 
-/// Reads every live value under `PREFIX/state/` and applies what differs from ours; returns
-/// the store's revision.
-async fn read_state(a: &Shared, live: &Live, c: &mut Client) -> Result<i64, String> {
+/// The live values read from the store, each with its key and `mod_revision`.
+#[derive(Default)]
+struct Read {
+    canaries: Vec<(String, i64, String, SavedCanary)>,
+    /// Absent or refused: no fleet value, the running weights stay.
+    weights: Option<(String, i64, Vec<WeightOverride>)>,
+}
+
+/// Reads every live value under `PREFIX/state/` and hands those newer than what runs here to
+/// a blocking thread that applies them; returns the store's revision.
+async fn read_state(a: &'static Shared, live: &Live, c: &mut Client) -> Result<i64, String> {
     let s = &a.settings;
     let r = timed(
         s,
@@ -349,45 +513,69 @@ async fn read_state(a: &Shared, live: &Live, c: &mut Client) -> Result<i64, Stri
     .map_err(|e| format!("etcd at {}: {e}", s.endpoints()))?;
     let canary_prefix = s.key("state/canary/");
     let weights_key = s.key("state/weights");
-    let mut saved = Saved::default();
-    let mut canaries = BTreeMap::new();
-    // Absent or refused: no fleet value, the running weights stay.
-    let mut weights = false;
+    let mut read = Read::default();
     for kv in r.kvs() {
         let key = String::from_utf8_lossy(kv.key());
+        let rev = kv.mod_revision();
         let bad = |e: serde_json::Error| {
             let mut refused = lock(&a.refused);
-            if refused.insert(key.to_string(), kv.mod_revision()) != Some(kv.mod_revision()) {
+            if refused.insert(key.to_string(), rev) != Some(rev) {
                 log::error!(
-                    "fleet: {key} revision {} refused (not a live value: {e}); keeping the running state",
-                    kv.mod_revision()
+                    "fleet: {key} revision {rev} refused (not a live value: {e}); keeping the running state"
                 );
             }
         };
         if let Some(name) = key.strip_prefix(canary_prefix.as_str()) {
             match serde_json::from_slice::<SavedCanary>(kv.value()) {
-                Ok(v) => {
-                    canaries.insert(name.to_string(), v);
-                }
+                Ok(v) => read
+                    .canaries
+                    .push((key.to_string(), rev, name.to_string(), v)),
                 Err(e) => bad(e),
             }
         } else if key == weights_key {
             match serde_json::from_slice::<Vec<WeightOverride>>(kv.value()) {
-                Ok(w) => {
-                    saved.weights = w;
-                    weights = true;
-                }
+                Ok(w) => read.weights = Some((key.to_string(), rev, w)),
                 Err(e) => bad(e),
             }
         }
     }
-    saved.canaries = canaries;
-    *lock(&a.seen) = saved.clone();
     let live = live.clone();
-    // Applying compiles (weights) and takes the store's lock: not on this runtime's thread.
-    let _ = tokio::task::spawn_blocking(move || {
-        crate::canary::persist::adopt_fleet(&live, &saved, weights)
-    })
-    .await;
+    // Applying takes the store's lock and may compile: on a blocking thread, not awaited, so
+    // that a change holding the lock while it waits for its write here is not stalled.
+    tokio::task::spawn_blocking(move || adopt(a, &live, read));
     Ok(r.header().map_or(0, |h| h.revision()))
+}
+
+/// Applies the values of `read` newer than what this gateway last applied or wrote, under
+/// the store's lock (the order of etcd's revisions, whichever thread gets the lock first).
+fn adopt(a: &Shared, live: &Live, read: Read) {
+    let store = std::sync::Arc::clone(&live.load().plan.store);
+    let _changing = store.changing();
+    let mut applied = lock(&a.applied);
+    let mut newer = |key: &str, rev: i64| {
+        let at = applied.entry(key.to_string()).or_insert(0);
+        let newer = rev > *at;
+        if newer {
+            *at = rev;
+        }
+        newer
+    };
+    let mut saved = Saved::default();
+    for (key, rev, name, v) in read.canaries {
+        if newer(&key, rev) {
+            saved.canaries.insert(name, v);
+        }
+    }
+    let weights = match read.weights {
+        Some((key, rev, w)) if newer(&key, rev) => {
+            saved.weights = w;
+            true
+        }
+        _ => false,
+    };
+    drop(applied);
+    if saved.canaries.is_empty() && !weights {
+        return;
+    }
+    crate::canary::persist::adopt_fleet_locked(live, &saved, weights);
 }

@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
 
 use super::agent::{lock, member_id, timed, Shared};
 use crate::canary::analysis::SideSnap;
@@ -125,7 +127,7 @@ pub(super) async fn counts(
 pub(super) async fn elect(a: &Shared, c: &mut Client, lease: i64) -> Result<(), String> {
     let s = &a.settings;
     let key = s.key("leader");
-    let me = member_id();
+    let me = member_id().to_string();
     let txn = Txn::new()
         .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
         .and_then([TxnOp::put(
@@ -140,13 +142,7 @@ pub(super) async fn elect(a: &Shared, c: &mut Client, lease: i64) -> Result<(), 
     let holder = if r.succeeded() {
         Some(me.clone())
     } else {
-        r.op_responses().into_iter().find_map(|o| match o {
-            TxnOpResponse::Get(g) => g
-                .kvs()
-                .first()
-                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-            _ => None,
-        })
+        holder(&r)
     };
     let leads = holder.as_deref() == Some(me.as_str());
     if leads && !a.leader.swap(true, Ordering::AcqRel) {
@@ -156,4 +152,15 @@ pub(super) async fn elect(a: &Shared, c: &mut Client, lease: i64) -> Result<(), 
     }
     *lock(&a.leader_id) = holder;
     Ok(())
+}
+
+/// Who holds `PREFIX/leader`, from a transaction whose failure branch reads it.
+pub(super) fn holder(r: &TxnResponse) -> Option<String> {
+    r.op_responses().into_iter().find_map(|o| match o {
+        TxnOpResponse::Get(g) => g
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+        _ => None,
+    })
 }

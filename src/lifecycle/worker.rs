@@ -43,6 +43,8 @@ const H2_NO_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 /// ramp step in progress is written to the state file first (the next generation reads it).
 pub(crate) fn exit(code: i32) -> ! {
     crate::canary::store::retire_process();
+    // In a fleet: this generation's member key, counts and leadership go now.
+    crate::fleet::agent::leave();
     crate::logs::flush_all();
     std::process::exit(code)
 }

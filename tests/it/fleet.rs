@@ -84,6 +84,87 @@ impl Etcd {
         })
     }
 
+    /// The value at `key` now, if any.
+    fn get_raw(&self, key: &str) -> Option<String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([self.url()], None)
+                .await
+                .unwrap();
+            let r = c.get(key, None).await.unwrap();
+            r.kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+        })
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) etcd: its connections stay open, nothing
+    /// answers, as an etcd stalled in a disk or a network cut would.
+    fn freeze(&self, on: bool) {
+        let pid = self.proc.as_ref().expect("etcd runs").pid();
+        signal(pid, if on { libc::SIGSTOP } else { libc::SIGCONT }).unwrap();
+    }
+
+    /// The keys under `prefix` now.
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([self.url()], None)
+                .await
+                .unwrap();
+            let opts = etcd_client::GetOptions::new().with_prefix().with_keys_only();
+            let r = c.get(prefix, Some(opts)).await.unwrap();
+            r.kvs()
+                .iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                .collect()
+        })
+    }
+
+    /// The store's revision now.
+    fn revision(&self) -> i64 {
+        self.put_raw("/graygate-test/ping", "1").unwrap()
+    }
+
+    /// Every value written at `key` from revision `from` on, oldest first (etcd's history,
+    /// through a watch: nothing in between is missed).
+    fn history(&self, key: &str, from: i64) -> Vec<String> {
+        let now = self.revision();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([self.url()], None)
+                .await
+                .unwrap();
+            let opts = etcd_client::WatchOptions::new()
+                .with_start_revision(from)
+                .with_progress_notify();
+            let mut w = c.watch(key, Some(opts)).await.unwrap();
+            let mut out = Vec::new();
+            loop {
+                let m = tokio::time::timeout(Duration::from_secs(2), w.message()).await;
+                let Ok(Ok(Some(m))) = m else { break };
+                for e in m.events() {
+                    if let Some(kv) = e.kv() {
+                        out.push(String::from_utf8_lossy(kv.value()).into_owned());
+                    }
+                }
+                if m.header().map_or(0, |h| h.revision()) >= now && m.events().is_empty() {
+                    break;
+                }
+            }
+            out
+        })
+    }
+
     /// How many keys are under `prefix` now.
     fn count(&self, prefix: &str) -> usize {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -707,4 +788,152 @@ fn a_worker_that_lost_its_lease_joins_again() {
     wait_for("a member again", Duration::from_secs(15), || {
         etcd.count(&members) == 1
     });
+}
+
+fn weight_of(admin: u16, pool: &str) -> i64 {
+    let st = status(admin);
+    let pools = st["pools"].as_array().cloned().unwrap_or_default();
+    pools
+        .iter()
+        .find(|p| p["name"] == pool)
+        .and_then(|p| p["servers"][0]["weight"].as_i64())
+        .unwrap_or(-1)
+}
+
+/// etcd stops answering after the gateway last saw it: a live change is refused (503, with
+/// why) and made nowhere, not here either, and etcd never gets it.
+#[test]
+fn a_live_change_etcd_does_not_take_is_made_nowhere() {
+    let dir = TempDir::new("fleet-write-first");
+    let etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    let (listen, admin) = (free_port(), free_port());
+    let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
+    push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
+    let _gw = start(&local, &[listen, admin]);
+    wait_for("etcd reachable", Duration::from_secs(15), || {
+        status(admin)["fleet"]["reachable"] == serde_json::Value::Bool(true)
+    });
+    let conf = local.display().to_string();
+    let (ok, out) = ctl(&["-c", &conf, "canary", "set", "split", "20"]);
+    assert!(ok, "{out}");
+    assert_eq!(percent(admin), 20.0);
+
+    // Frozen right after: the gateway still counts it as reachable (its next look is up to a
+    // second away and waits 2 s), so the change gets past the check and its write fails.
+    etcd.freeze(true);
+    let (ok, out) = ctl(&["-c", &conf, "canary", "set", "split", "60"]);
+    assert!(!ok, "a change etcd did not take was answered as made: {out}");
+    assert!(
+        out.contains("503") && out.contains(&etcd.url()) && out.contains("nothing changed")
+            || out.contains("unreachable"),
+        "{out}"
+    );
+    assert_eq!(percent(admin), 20.0, "the refused change was made here");
+    let addr = format!("127.0.0.1:{old}");
+    let (ok, out) = ctl(&["-c", &conf, "weight", "old", &addr, "7"]);
+    assert!(!ok, "{out}");
+    assert_eq!(weight_of(admin, "old"), 1);
+
+    // Thawed: the store never had it, and the gateway still runs what the store has.
+    etcd.freeze(false);
+    wait_for("etcd reachable again", Duration::from_secs(20), || {
+        status(admin)["fleet"]["reachable"] == serde_json::Value::Bool(true)
+    });
+    let stored = etcd
+        .get_raw(&format!("{PREFIX}/state/canary/split"))
+        .unwrap_or_default();
+    assert!(stored.contains("\"percent_bp\":2000"), "{stored}");
+    assert_eq!(percent(admin), 20.0);
+    assert_eq!(weight_of(admin, "old"), 1);
+    let (ok, out) = ctl(&["-c", &conf, "canary", "set", "split", "60"]);
+    assert!(ok, "{out}");
+    assert_eq!(percent(admin), 60.0);
+}
+
+/// A worker generation is a member under a name of its own (an upgrade re-executes the master
+/// with the same pid, and its two generations overlap), a gateway that stops leaves the fleet
+/// at once (its lease revoked), and an upgrade before anything was pushed keeps watching.
+#[test]
+fn each_generation_is_a_member_of_its_own_and_a_stopped_one_leaves_at_once() {
+    let dir = TempDir::new("fleet-members");
+    let etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let (listen, admin) = (free_port(), free_port());
+    let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
+    let conf = local.display().to_string();
+    // Nothing pushed yet: the file alone runs.
+    let mut gw = start(&local, &[listen, admin]);
+    let members = format!("{PREFIX}/members/");
+    wait_for("a member", Duration::from_secs(10), || {
+        etcd.count(&members) == 1
+    });
+    let first = etcd.keys(&members);
+
+    let (ok, out) = ctl(&["-s", "upgrade", "-c", &conf]);
+    assert!(ok, "{out}");
+    // The new generation is a member under its own name; the old one left when it exited.
+    wait_for("the new generation alone", Duration::from_secs(20), || {
+        let now = etcd.keys(&members);
+        now.len() == 1 && now != first
+    });
+    let second = etcd.keys(&members);
+    let master = gw.pid();
+    assert!(
+        second[0].contains(&format!("-{master}-")) && first[0].contains(&format!("-{master}-")),
+        "{first:?} {second:?}"
+    );
+
+    // The upgraded master still watches: the first push applies.
+    push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
+    wait_for("the first push after the upgrade", Duration::from_secs(15), || {
+        backend_of(listen) == "old"
+    });
+
+    // A graceful stop revokes the lease: no member key is left once the gateway is gone.
+    let (ok, out) = ctl(&["-s", "quit", "-c", &conf]);
+    assert!(ok, "{out}");
+    wait_for("the gateway gone", Duration::from_secs(20), || gw.exited());
+    assert_eq!(
+        etcd.keys(&members),
+        Vec::<String>::new(),
+        "a stopped gateway is still a member"
+    );
+}
+
+/// A pushed value that compiles but cannot be applied yet (its new listener's port is taken)
+/// is tried again, without a new push, once it can be.
+#[test]
+fn a_push_that_cannot_be_applied_yet_is_tried_again() {
+    let dir = TempDir::new("fleet-retry");
+    let etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    let (listen, admin, extra) = (free_port(), free_port(), free_port());
+    let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
+    push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
+    let _gw = start(&local, &[listen, admin]);
+    wait_for("serves old", Duration::from_secs(10), || {
+        backend_of(listen) == "old"
+    });
+    let taken = std::net::TcpListener::bind(("127.0.0.1", extra)).unwrap();
+    let shared = format!(
+        "{}  extra:\n    listen: [\"127.0.0.1:{extra}\"]\n    locations: [{{ match: /, proxy_pass: new }}]\n",
+        shared_yaml(old, new, "old")
+    );
+    push_ops(&dir, &etcd, &shared, &[]);
+    let log = dir.path("gw0.log");
+    wait_for("the failed apply logged", Duration::from_secs(20), || {
+        read(&log).contains("not applied, the running config")
+    });
+    assert_eq!(backend_of(listen), "old");
+    drop(taken);
+    wait_for("applied on a retry", Duration::from_secs(40), || {
+        backend_of(extra) == "new"
+    });
+    assert!(read(&log).contains("trying again in"), "{}", read(&log));
 }
