@@ -213,5 +213,5 @@ fi
   fi
 } | tee "$ROOT/bench/RESULTS.md.new"
 if [[ ${KEEP:-1} == 1 ]]; then
-  mv "$ROOT/bench/RESULTS.md.new" "$ROOT/bench/RESULTS.md"
+  mv "$ROOT/bench/RESULTS.md.new" "$ROOT/bench/RUN.md"  # RESULTS.md holds the analysis
 fi

@@ -72,6 +72,7 @@ http {
 NGX
   taskset -c "$PROXY_CPU" nginx -p "$W" -c "$W/nginx-seed.conf"
   wait_port "$PORT"
+  for _ in $(seq 1 100); do [[ -s "$W/nginx-seed.pid" ]] && break; sleep 0.05; done
   PROXY_PIDFILE="$W/nginx-seed.pid"
 }
 
@@ -88,7 +89,9 @@ start_graygate_seed() {
   } >"$W/graygate-seed.yaml"
   taskset -c "$PROXY_CPU" "$GG" -c "$W/graygate-seed.yaml" 2>>"$W/graygate.stderr" &
   wait_port "$PORT"
-  for _ in $(seq 1 100); do [[ -f "$W/graygate-seed.pid" ]] && break; sleep 0.05; done
+  # -s, not -f: the master creates the file before it writes its pid into it (a CPU sample
+  # read from the empty file counted no ticks).
+  for _ in $(seq 1 100); do [[ -s "$W/graygate-seed.pid" ]] && break; sleep 0.05; done
   PROXY_PIDFILE="$W/graygate-seed.pid"
 }
 
@@ -96,6 +99,7 @@ start_graygate_seed() {
 measure() {
   local path=$1 pid out c0 c1 reqs rps cpu
   pid=$(cat "$PROXY_PIDFILE")
+  [[ -n $pid ]] || { echo "no pid in $PROXY_PIDFILE" >&2; exit 1; }
   taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$PORT$path" >/dev/null
   c0=$(cpu_ticks "$pid")
   out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$PORT$path")

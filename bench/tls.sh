@@ -152,5 +152,5 @@ TLS, $CONNS connections; h2: h2load, $CONNS connections x $STREAMS streams. ${DU
 proxy on CPU $PROXY_CPU, load and backends on CPU $LOAD_CPU, same certificate and OpenSSL."
 echo "$table"
 if [[ $KEEP == 1 ]]; then
-  printf "\n%s\n" "$table" >>"$ROOT/bench/RESULTS.md"
+  printf "\n%s\n" "$table" >"$ROOT/bench/TLS.md"
 fi

@@ -236,6 +236,10 @@ pub struct Server {
     pub client_header_timeout: Option<TimeValue>,
     #[serde(default)]
     pub client_body_timeout: Option<TimeValue>,
+    /// nginx's `send_timeout` (between two writes to the client); a location's `send_timeout`
+    /// is the upstream's, hence the other name.
+    #[serde(default)]
+    pub client_send_timeout: Option<TimeValue>,
     #[serde(default)]
     pub keepalive_timeout: Option<TimeValue>,
     #[serde(default)]

@@ -21,7 +21,7 @@ use pingora::listeners::PreTlsProcess;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::GetProxyDigest;
+use pingora::protocols::{GetProxyDigest, GetSocketDigest};
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
@@ -61,7 +61,7 @@ pub struct Drained<A> {
     /// Flipped at the end of the grace period: idle connections close then.
     close_idle: watch::Sender<bool>,
     /// Client limits of a proxy server block (see [`HeadGuard`]); none for demo backends.
-    guard: Option<HeadGuard>,
+    guard: Option<Arc<HeadGuard>>,
     /// TLS connections from their accept (see [`CountTls`]).
     tls: Arc<AtomicUsize>,
 }
@@ -80,12 +80,15 @@ impl<A> Drained<A> {
 
     /// The pre-TLS callback of this service's TLS listeners (see [`CountTls`]).
     pub fn count_tls(&self) -> Arc<CountTls> {
-        Arc::new(CountTls(self.tls.clone()))
+        Arc::new(CountTls {
+            count: self.tls.clone(),
+            guard: self.guard.clone(),
+        })
     }
 
     /// Reads and checks each request head with `guard`'s limits before Pingora sees it.
     pub fn with_guard(mut self, guard: HeadGuard) -> Self {
-        self.guard = Some(guard);
+        self.guard = Some(Arc::new(guard));
         self
     }
 
@@ -107,20 +110,111 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Counts a TLS connection from its accept to its close. Pingora hands a TLS connection to
-/// the app only after the handshake, so [`Drained`]'s own count misses one still in its
-/// handshake, and a drain that ended then would reset it. The count is a guard stored in the
-/// connection's stream (the user data of its proxy digest, which nothing reads on the client
-/// side), dropped with the stream whether the handshake succeeds or not.
-pub struct CountTls(Arc<AtomicUsize>);
+/// A TLS connection from its accept: counted for the drain, holding its `worker_connections`
+/// slot, and given `client_header_timeout` for its handshake. Pingora hands a TLS connection
+/// to the app only after the handshake, with a fixed 60 s limit, and counts nothing before:
+/// so [`Drained`]'s own count would miss one still in its handshake (a drain that ended then
+/// would reset it), and handshaking clients could pile up past `worker_connections`. This
+/// callback runs at the accept; what it takes is stored in the connection's stream (the user
+/// data of its proxy digest, which nothing reads on the client side) and dropped with the
+/// stream, whether the handshake succeeds or not.
+pub struct CountTls {
+    count: Arc<AtomicUsize>,
+    guard: Option<Arc<HeadGuard>>,
+}
+
+/// What [`CountTls`] stores in a TLS connection's stream.
+struct TlsConn {
+    _count: ConnGuard,
+    _slot: Option<crate::proxy::ConnSlot>,
+    /// A duplicate of the socket, for the handshake timer to shut it down; closed as soon as
+    /// the handshake ends, so that the socket closes with Pingora's descriptor.
+    fd: Arc<std::sync::Mutex<Option<std::os::fd::OwnedFd>>>,
+    timer: Option<tokio::task::AbortHandle>,
+}
+
+impl TlsConn {
+    /// The handshake is over: the timer stops, the duplicate descriptor closes.
+    fn handshake_done(&self) {
+        if let Some(t) = &self.timer {
+            t.abort();
+        }
+        if let Ok(mut fd) = self.fd.lock() {
+            fd.take();
+        }
+    }
+}
+
+impl Drop for TlsConn {
+    fn drop(&mut self) {
+        self.handshake_done();
+    }
+}
+
+/// Whether `stream` is a TLS connection [`CountTls`] admitted, ending its handshake timer.
+fn admitted_tls(stream: &Stream) -> bool {
+    let Some(d) = stream.get_proxy_digest() else {
+        return false;
+    };
+    match d
+        .user_data
+        .as_ref()
+        .and_then(|u| u.downcast_ref::<TlsConn>())
+    {
+        Some(c) => {
+            c.handshake_done();
+            true
+        }
+        None => false,
+    }
+}
 
 #[async_trait]
 impl PreTlsProcess for CountTls {
     async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
-        self.0.fetch_add(1, Ordering::AcqRel);
-        let guard: Box<dyn std::any::Any + Send + Sync> = Box::new(ConnGuard(self.0.clone()));
+        use std::os::fd::{AsFd, AsRawFd};
+        let peer = || {
+            stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+        };
+        // Connections in their handshake are not counted against `worker_connections` yet:
+        // the slot is taken after the handshake, in `process_new`.
+        let slot: Option<crate::proxy::ConnSlot> = None;
+        self.count.fetch_add(1, Ordering::AcqRel);
+        let count = ConnGuard(self.count.clone());
+        let limit = self.guard.as_ref().map(|g| g.idle_timeout(true));
+        let fd = match limit {
+            Some(_) => super::os::dup(stream.as_raw_fd()),
+            None => None,
+        };
+        let fd = Arc::new(std::sync::Mutex::new(fd));
+        // The timer holds only a weak reference: once the connection is gone it does nothing.
+        let timer = limit.map(|limit| {
+            let weak = Arc::downgrade(&fd);
+            let who = peer().map_or_else(|| "-".to_string(), |p| p.to_string());
+            tokio::spawn(async move {
+                tokio::time::sleep(limit).await;
+                let Some(fd) = weak.upgrade() else { return };
+                let Ok(fd) = fd.lock() else { return };
+                if let Some(fd) = fd.as_ref() {
+                    // nginx: "client timed out ... while SSL handshaking", at `info`.
+                    log::info!(target: "client", "client {who} timed out in the TLS handshake");
+                    // The handshake's next read sees the end of the stream and fails.
+                    super::os::shutdown_socket(fd.as_fd());
+                }
+            })
+            .abort_handle()
+        });
+        let conn = TlsConn {
+            _count: count,
+            _slot: slot,
+            fd,
+            timer,
+        };
+        let user: Box<dyn std::any::Any + Send + Sync> = Box::new(conn);
         let head = Box::new(ResponseHeader::build(200, Some(0))?);
-        stream.set_proxy_digest(ProxyDigest::new(head, Some(guard)));
+        stream.set_proxy_digest(ProxyDigest::new(head, Some(user)));
         Ok(())
     }
 }
@@ -140,19 +234,28 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // Limits (issue 14): past `worker_connections` the connection is closed unanswered.
+        // A TLS connection's handshake timer ends here (see [`CountTls`]); its slot is taken
+        // here too, after the handshake (counting it from the accept is not done yet).
+        admitted_tls(&stream);
         let _slot = match &self.guard {
             Some(g) => Some(g.admit(&stream)?),
             None => None,
         };
         self.conns.fetch_add(1, Ordering::AcqRel);
         let _guard = ConnGuard(self.conns.clone());
-        // HTTP/2 (by ALPN): Pingora's own connection loop, which answers a drain with GOAWAY.
+        let accepted = tokio::time::Instant::now();
+        // HTTP/2 (by ALPN): our loop around Pingora's HTTP/2 server (a drain sends GOAWAY).
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+            let lim = self
+                .guard
+                .as_ref()
+                .map(|g| g.h2_limits())
+                .unwrap_or_default();
+            super::h2::serve(&self.inner, stream, shutdown, lim, accepted).await;
+            return None;
         }
         let mut close_idle = self.close_idle.subscribe();
         let mut settings: Option<HttpPersistentSettings> = None;
-        let accepted = tokio::time::Instant::now();
         let mut first = true;
         loop {
             let mut byte = [0u8; 1];

@@ -7,7 +7,8 @@
 //!   config bytes handed to workers; `control`: the `-s` / worker protocol.
 //! - `worker`: one generation's Pingora server on inherited sockets; `signals`: its signals;
 //!   `reload`: its in-place reload; `drain`: its graceful stop without failed requests;
-//!   `tunnel`: a WebSocket's close frame when that stop runs out of time.
+//!   `tunnel`: a WebSocket's close frame when that stop runs out of time; `h2`: an HTTP/2
+//!   connection's loop (handshake deadline, streams, GOAWAY).
 //! - `os`: the few raw system calls; `error`: what can go wrong, worded for the user.
 
 mod control;
@@ -15,6 +16,7 @@ mod drain;
 mod error;
 mod fleet;
 mod generation;
+mod h2;
 pub mod master;
 pub(crate) mod os;
 mod pidfile;

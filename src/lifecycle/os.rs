@@ -42,6 +42,24 @@ pub fn process_exists(pid: i32) -> bool {
     pid > 0 && kill(pid, 0).map_or_else(|e| e.raw_os_error() == Some(libc::EPERM), |_| true)
 }
 
+/// A new descriptor (close-on-exec) for the open file `fd` names, owned by the caller.
+pub fn dup(fd: std::os::fd::RawFd) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) reads no memory; on success the new descriptor is ours
+    // alone, so `OwnedFd` may close it.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    // SAFETY: see above; a negative result is an error, not a descriptor.
+    (new >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}
+
+/// Shuts both directions of the socket `fd` down: a read pending on it (in another task,
+/// through another descriptor of the same socket) sees the end of the stream.
+pub fn shutdown_socket(fd: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown(2) on a descriptor that the borrow keeps open; it touches no memory.
+    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+}
+
 /// Asks the kernel to send `sig` to this process when its parent thread exits: a worker must
 /// not outlive its master (a SIGKILLed master would leave it serving unmanaged).
 pub fn die_with_parent(sig: libc::c_int) {

@@ -35,10 +35,6 @@ use super::sockets::{self, LISTEN_FDS_ENV};
 use super::source::{Source, CONF_FD_ENV};
 use crate::snapshot::Snapshot;
 
-/// How long an idle HTTP/2 connection stays open under `keepalive_timeout: 0`: long enough
-/// for a client's first request after the handshake, short enough that idle ones go.
-const H2_NO_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Flushes the logs and exits (a worker has no pid file: the master owns it). A live change or
 /// ramp step in progress is written to the state file first (the next generation reads it).
 pub(crate) fn exit(code: i32) -> ! {
@@ -220,19 +216,8 @@ pub fn run() -> Result<(), Error> {
             live: live.clone(),
             draining: draining.clone(),
         };
-        let mut proxy = pingora_proxy::http_proxy(&conf, gw);
-        // HTTP/2 connections (TLS with ALPN h2) run Pingora's own loop: idle ones close after
-        // the server's `keepalive_timeout` as of this generation's start. `0` (nginx: no
-        // keep-alive) cannot be Pingora's zero, which closes a new connection before its first
-        // stream arrives: it is a short [`H2_NO_KEEPALIVE`] instead.
-        let mut options = pingora::apps::HttpServerOptions::default();
-        let idle = s.limits.keepalive_timeout;
-        options.h2_idle_timeout = Some(if idle.is_zero() {
-            H2_NO_KEEPALIVE
-        } else {
-            idle
-        });
-        proxy.server_options = Some(options);
+        // HTTP/2 connections run `lifecycle::h2`'s loop, with this server block's limits.
+        let proxy = pingora_proxy::http_proxy(&conf, gw);
         let app = Drained::new(proxy, coord.clone())
             .with_guard(crate::proxy::HeadGuard::new(live.clone(), i));
         let count_tls = app.count_tls();

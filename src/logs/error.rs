@@ -35,15 +35,20 @@ impl log::Log for ProcessLog {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let level = match r.level() {
+        let mut level = match r.level() {
             log::Level::Error => "error",
             log::Level::Warn => "warn",
             log::Level::Info => "notice",
             log::Level::Debug | log::Level::Trace => "debug",
         };
-        let mut line = Vec::with_capacity(128);
+        let mut text = Vec::with_capacity(96);
+        let _ = writeln!(text, "{}", r.args());
+        if client_fault(r.target(), &text) {
+            level = "info";
+        }
+        let mut line = Vec::with_capacity(32 + text.len());
         prefix(&mut line, level);
-        let _ = writeln!(line, "{}", r.args());
+        line.extend_from_slice(&text);
         match self.file.get() {
             // A line that does not fit is counted by the file and reported.
             Some(f) => {
@@ -56,6 +61,16 @@ impl log::Log for ProcessLog {
     }
 
     fn flush(&self) {}
+}
+
+/// Whether a line is about a client's fault, which nginx logs at `info`: graygate's own
+/// (target `client`), and Pingora's failed or timed-out TLS handshakes (a scanner, a client
+/// that gave up, an old protocol), which are no error of the gateway: at `error`, a port scan
+/// would flood the log.
+fn client_fault(target: &str, text: &[u8]) -> bool {
+    target == "client"
+        || (target.starts_with("pingora_core::services::listening")
+            && text.starts_with(b"Downstream handshake"))
 }
 
 /// Installs the process logger; lines go to stderr until [`set_process_file`] is called.

@@ -304,6 +304,7 @@ fn http_setting(d: &Directive, scope: &mut Scope, out: &mut Out) -> bool {
         "client_max_body_size"
         | "client_header_timeout"
         | "client_body_timeout"
+        | "send_timeout"
         | "keepalive_timeout" => {
             let key = static_key(&d.name);
             scope.limits.insert(key, arg.into());
@@ -438,6 +439,7 @@ fn static_key(name: &str) -> &'static str {
         "client_max_body_size" => "client_max_body_size",
         "client_header_timeout" => "client_header_timeout",
         "client_body_timeout" => "client_body_timeout",
+        "send_timeout" => "client_send_timeout",
         _ => "keepalive_timeout",
     }
 }

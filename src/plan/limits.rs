@@ -23,6 +23,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time between two reads of a request body (`client_body_timeout 60s`).
     pub body_timeout: Duration,
+    /// Longest wait of one write to the client (nginx's `send_timeout 60s`).
+    pub send_timeout: Duration,
     /// How long a connection may idle between requests (`keepalive_timeout 75s`).
     pub keepalive_timeout: Duration,
     /// Requests per connection (`keepalive_requests 1000`).
@@ -43,6 +45,7 @@ impl Default for Limits {
             max_headers: PINGORA_MAX_HEADERS,
             header_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(75),
             keepalive_requests: 1000,
             underscores: false,
@@ -149,6 +152,11 @@ pub(super) fn compile_limits(l: &Loaded, base: &str, s: &Server, probs: &mut Pro
             "client_body_timeout",
             s.client_body_timeout,
             &mut out.body_timeout,
+        ),
+        (
+            "client_send_timeout",
+            s.client_send_timeout,
+            &mut out.send_timeout,
         ),
     ] {
         if let Some(t) = v {

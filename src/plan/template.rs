@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-pub use super::variable::{Tried, Var, Vars};
+pub use super::variable::{cookie, Tried, Var, Vars};
 use crate::config::{Loaded, Pos, Problem};
 use crate::logs::access;
 

@@ -78,6 +78,11 @@ pub struct Tried<'a> {
 pub trait Vars {
     fn client(&self) -> Option<SocketAddr>;
     fn header(&self, name: &str) -> Option<&[u8]>;
+    /// The value of cookie `name`: nginx looks in every `Cookie` header of the request, not
+    /// only the first (a client may send several).
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        self.header("cookie").and_then(|c| cookie(c, name))
+    }
     fn host(&self) -> &[u8];
     fn path_and_query(&self) -> &str;
     fn method(&self) -> &str;
@@ -259,11 +264,7 @@ impl Var {
             }
             Var::RequestId => v.request_id().map(|id| text::hex128(out, id)).is_some(),
             Var::Http(name) => v.header(name).map(|h| out.extend_from_slice(h)).is_some(),
-            Var::Cookie(name) => v
-                .header("cookie")
-                .and_then(|c| cookie(c, name))
-                .map(|c| out.extend_from_slice(c))
-                .is_some(),
+            Var::Cookie(name) => v.cookie(name).map(|c| out.extend_from_slice(c)).is_some(),
             Var::Arg(name) => {
                 let q = v.path_and_query().split_once('?').map_or("", |(_, q)| q);
                 q.split('&')

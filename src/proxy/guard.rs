@@ -63,11 +63,17 @@ impl HeadGuard {
     /// Takes one of the worker's `worker_connections` slots for a new connection, or refuses
     /// it (the caller closes it unanswered, as nginx does) with a line in the process log.
     pub fn admit(&self, stream: &Stream) -> Option<ConnSlot> {
+        self.admit_peer(|| peer(stream))
+    }
+
+    /// [`Self::admit`] for a connection not yet a [`Stream`] (a TLS one at its accept);
+    /// `peer` names it in the refusal's log line.
+    pub fn admit_peer(&self, peer: impl FnOnce() -> Option<SocketAddr>) -> Option<ConnSlot> {
         let max = self.live.load().plan.settings.worker_connections;
         let open = OPEN.fetch_add(1, Ordering::AcqRel);
         if open >= max {
             OPEN.fetch_sub(1, Ordering::AcqRel);
-            refused(max, peer(stream));
+            refused(max, peer());
             return None;
         }
         // `graygate_connections{state="active"}`, when metrics are on.
@@ -89,6 +95,20 @@ impl HeadGuard {
             lim.header_timeout
         } else {
             lim.keepalive_timeout
+        }
+    }
+
+    /// The limits of an HTTP/2 connection of this server block, as of its start.
+    pub fn h2_limits(&self) -> H2Limits {
+        let snap = self.live.load();
+        let d = Limits::default();
+        let lim = self.limits(&snap).unwrap_or(&d);
+        H2Limits {
+            handshake: lim.header_timeout,
+            idle: lim.keepalive_timeout,
+            streams: lim.keepalive_requests.max(1),
+            send: lim.send_timeout,
+            drain: LINGERING_TIME,
         }
     }
 
@@ -208,10 +228,10 @@ impl HeadGuard {
             return;
         };
         session.set_read_timeout(Some(lim.body_timeout));
-        // nginx's `send_timeout` (60s): a client that stops reading its response does not hold
-        // the request (an open file, an upstream connection) for ever; and its `lingering_time`
-        // (30s): an unread request body is drained for reuse at most that long.
-        session.set_write_timeout(Some(SEND_TIMEOUT));
+        // nginx's `send_timeout` (`client_send_timeout`): a client that stops reading its
+        // response does not hold the request (an open file, an upstream connection) for ever;
+        // and its `lingering_time` (30s): an unread request body is drained at most that long.
+        session.set_write_timeout(Some(lim.send_timeout));
         session.set_total_drain_timeout(Some(LINGERING_TIME));
         if session.get_keepalive_reuses_remaining().is_none() {
             // First request of the connection: Pingora counts the rest down for us.
@@ -228,8 +248,34 @@ impl HeadGuard {
     }
 }
 
-/// nginx's default `send_timeout`: the longest a write to a client may wait.
-const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// What an HTTP/2 connection is allowed (see `lifecycle::h2`): nginx's meaning of each.
+#[derive(Debug, Clone, Copy)]
+pub struct H2Limits {
+    /// `client_header_timeout`, from the accept to the end of the client's preface.
+    pub handshake: Duration,
+    /// `keepalive_timeout`: with no stream in flight this long, the connection closes.
+    pub idle: Duration,
+    /// `keepalive_requests`: streams per connection, then GOAWAY.
+    pub streams: u64,
+    /// `send_timeout`: the longest one write of a response may wait for the client.
+    pub send: Duration,
+    /// `lingering_time`: the longest an unread request body is drained.
+    pub drain: Duration,
+}
+
+impl Default for H2Limits {
+    fn default() -> H2Limits {
+        let d = Limits::default();
+        H2Limits {
+            handshake: d.header_timeout,
+            idle: d.keepalive_timeout,
+            streams: d.keepalive_requests,
+            send: d.send_timeout,
+            drain: LINGERING_TIME,
+        }
+    }
+}
+
 /// nginx's default `lingering_time`: the longest an unread request body is drained.
 const LINGERING_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -291,15 +337,57 @@ fn without(buf: &[u8], drop: &[std::ops::Range<usize>]) -> BytesMut {
     out
 }
 
-/// Per-request work after Pingora has parsed the head: the `real_ip` address.
+/// Per-request work after Pingora has parsed the head: the `real_ip` address, and an HTTP/2
+/// request's cookies in one header.
 pub fn on_request(session: &mut pingora_proxy::Session, snap: &Snapshot, server: usize) {
     if let Some(s) = snap.plan.servers.get(server) {
         super::realip::resolve(session, &s.limits);
     }
+    if session.req_header().version == http::Version::HTTP_2 {
+        join_cookies(session.req_header_mut());
+    }
 }
 
-/// Counts request body bytes as they stream: a chunked body over `client_max_body_size`
-/// ends the request with 413 (a `Content-Length` one was refused before it started).
+/// HTTP/2 clients may send each cookie as a field of its own (RFC 9113 8.2.3, for HPACK's
+/// sake). As nginx does, they are joined with "; " into one `Cookie` header: an HTTP/1.1
+/// server expects one (RFC 6265 5.4), and `$http_cookie` is the whole list. Only a request
+/// with more than one is touched (one allocation).
+fn join_cookies(req: &mut pingora::http::RequestHeader) {
+    let all = req.headers.get_all(http::header::COOKIE);
+    if all.iter().nth(1).is_none() {
+        return;
+    }
+    let len = all.iter().map(|v| v.len() + 2).sum::<usize>();
+    let mut joined = Vec::with_capacity(len);
+    for v in all.iter() {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Each part was a valid value, and "; " is too.
+    if let Ok(v) = http::HeaderValue::from_bytes(&joined) {
+        let _ = req.insert_header(http::header::COOKIE, v);
+    }
+}
+
+/// A request whose `Content-Length` is over `client_max_body_size`: that length, to be
+/// refused with 413 before any of its body is read or forwarded. HTTP/1 heads were checked
+/// by [`HeadGuard::read_head`] already; this is for HTTP/2, whose heads Pingora reads.
+pub fn too_large(session: &pingora_proxy::Session, snap: &Snapshot, server: usize) -> Option<u64> {
+    let max = snap.plan.servers.get(server)?.limits.max_body;
+    let len = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())?;
+    (max > 0 && len > max).then_some(len)
+}
+
+/// Counts request body bytes as they stream: a body without `Content-Length` (HTTP/1.1
+/// chunked, or HTTP/2 DATA frames) over `client_max_body_size` ends the request with 413 (one
+/// with a `Content-Length` over it was refused before it started, see [`too_large`]).
 pub fn count_body(
     _session: &mut pingora_proxy::Session,
     snap: Option<&Snapshot>,
@@ -317,7 +405,7 @@ pub fn count_body(
     if max > 0 && *seen > max {
         let mut e = pingora::Error::explain(
             pingora::ErrorType::HTTPStatus(413),
-            "client intended to send too large chunked body",
+            "client intended to send too large body",
         );
         // The client's fault: not a failure of the upstream.
         e.as_down();

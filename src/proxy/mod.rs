@@ -5,7 +5,8 @@
 //! 1. `request_filter`: take the current snapshot, apply `real_ip`, route the normalised path
 //!    to a location (404 if none); a location with `return` or files answers here
 //!    ([`reply::answer`]); one that names a canary picks the request's side, hence its pool.
-//! 2. `request_body_filter`: `client_max_body_size` for chunked bodies.
+//! 2. `request_body_filter`: `client_max_body_size` for bodies without `Content-Length`
+//!    (one with it over the limit is refused with 413 in step 1).
 //! 3. `upstream_peer`: the pool picks a server (ip_hash, round robin, or consistent on the
 //!    rendered `hash_key`).
 //! 4. `upstream_request_filter`: `proxy_set_header`, and drop the client's `Connection` header
@@ -50,7 +51,7 @@ pub use ctx::Ctx;
 use ctx::{hold, pool_plan};
 pub use errors::status_for;
 use errors::Phase;
-pub use guard::HeadGuard;
+pub use guard::{ConnSlot, H2Limits, HeadGuard};
 use vars::SessionVars;
 
 thread_local! {
@@ -125,6 +126,15 @@ impl ProxyHttp for Gateway {
         ctx.request_id = ctx::request_id();
         let snap = self.live.load_full();
         guard::on_request(session, &snap, self.server);
+        // nginx refuses a body announced over `client_max_body_size` before reading any of it.
+        if let Some(len) = guard::too_large(session, &snap, self.server) {
+            ctx.begin(snap, self.server);
+            let what = format!("client intended to send too large body: {len} bytes");
+            self.log_line(session, ctx, &what);
+            session.set_keepalive(None);
+            reply::page_response(session, 413, &[], ctx.request_id, &mut ctx.scratch).await?;
+            return Ok(true);
+        }
         // Routing sees the path decoded and with dot segments resolved, as nginx's does; a
         // path that cannot be (bad `%` escape, `..` above the root) is a 400, as in nginx.
         let route = match uri::normalize(session.req_header().uri.path().as_bytes()) {
@@ -190,7 +200,7 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// `client_max_body_size` for bodies that stream (chunked).
+    /// `client_max_body_size` for bodies without `Content-Length` (chunked, HTTP/2 DATA).
     async fn request_body_filter(
         &self,
         session: &mut Session,

@@ -103,10 +103,14 @@ pub(super) async fn send_return(
 
 /// nginx's page for a status without text of its own.
 pub(super) fn page(code: u16) -> String {
-    let reason = http::StatusCode::from_u16(code)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
+    // nginx's own wording where it differs from the HTTP registry's.
+    let reason = match code {
+        413 => "Request Entity Too Large",
+        _ => http::StatusCode::from_u16(code)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or(""),
+    };
     format!(
         "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>graygate</center>\r\n</body>\r\n</html>\r\n"
     )

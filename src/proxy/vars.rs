@@ -42,6 +42,15 @@ impl Vars for SessionVars<'_> {
         self.0.req_header().headers.get(name).map(|v| v.as_bytes())
     }
 
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .req_header()
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .find_map(|c| crate::plan::template::cookie(c.as_bytes(), name))
+    }
+
     fn host(&self) -> &[u8] {
         let req = self.0.req_header();
         match req.headers.get(http::header::HOST) {
@@ -93,6 +102,9 @@ impl Vars for LogVars<'_> {
     }
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.base.header(name)
+    }
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        self.base.cookie(name)
     }
     fn host(&self) -> &[u8] {
         self.base.host()

@@ -671,7 +671,6 @@ fn binary_upgrade_under_http2_load_fails_nothing() {
 /// it once left it open for good.
 #[test]
 fn keepalive_timeout_0_closes_an_idle_http2_connection() {
-    use std::io::Read;
     let e = env("tls-h2-idle", two_certs);
     let yaml = read(&e.conf).replace(
         "    access_log:",
@@ -690,22 +689,7 @@ fn keepalive_timeout_0_closes_an_idle_http2_connection() {
     s.get_ref()
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                panic!("the idle HTTP/2 connection was not closed: {e}")
-            }
-            Err(_) => break, // closed without close_notify, or reset
-        }
-    }
+    closed_by_peer(&mut s).expect("the idle HTTP/2 connection was not closed");
 }
 
 /// A live weight change recompiles the config: it keeps the certificates already loaded, so a
@@ -756,4 +740,391 @@ fn a_live_weight_change_keeps_the_loaded_certificates() {
         "a reload reads the mismatched pair again and refuses it: {out}"
     );
     assert_eq!(curl_tls(&e, "site-a.test", &fmt, "/"), (0, "200".into()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 and TLS limits, with a bare HTTP/2 client (frame by frame) where curl cannot be made to
+// misbehave: no preface, several `cookie` fields, a zero window.
+
+/// A bare HTTP/2 client over TLS (ALPN h2): frames written and read one by one. Header blocks
+/// are HPACK literals without indexing (no table, no Huffman), which every decoder takes.
+struct H2 {
+    s: SslStream<std::net::TcpStream>,
+}
+
+/// A frame read: type, flags, stream, payload.
+type Frame = (u8, u8, u32, Vec<u8>);
+
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+const END_STREAM: u8 = 1;
+
+/// A TLS connection to `e`'s TLS port that chose `h2` by ALPN, before any HTTP/2 byte.
+fn h2_tls(e: &Env) -> SslStream<std::net::TcpStream> {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_ca_file(&e.ca).unwrap();
+    b.set_alpn_protos(b"\x02h2").unwrap();
+    let s = tls_connect(&b.build(), e.tls, "site-a.test", None).unwrap();
+    assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    s.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    s
+}
+
+/// Whether the peer closes `s` (end of stream or reset) before the read timeout.
+fn closed_by_peer(s: &mut impl std::io::Read) -> Result<(), std::io::Error> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(e)
+            }
+            Err(_) => return Ok(()), // reset, or closed without close_notify
+        }
+    }
+}
+
+impl H2 {
+    /// Connects, sends the preface and a SETTINGS frame with `settings` (id, value).
+    fn connect(e: &Env, settings: &[(u16, u32)]) -> H2 {
+        let mut h = H2 { s: h2_tls(e) };
+        h.s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        let mut p = Vec::new();
+        for (id, v) in settings {
+            p.extend_from_slice(&id.to_be_bytes());
+            p.extend_from_slice(&v.to_be_bytes());
+        }
+        h.frame(SETTINGS, 0, 0, &p);
+        h
+    }
+
+    fn frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        self.s.write_all(&f).unwrap();
+    }
+
+    /// A request on `stream`: `fields` (lower-case names, pseudo-headers first), ended with
+    /// END_STREAM when `end`.
+    fn request(&mut self, stream: u32, fields: &[(&str, &str)], end: bool) {
+        let mut block = Vec::new();
+        for (k, v) in fields {
+            block.push(0); // literal without indexing, new name
+            for s in [k, v] {
+                assert!(s.len() < 127, "a short literal");
+                block.push(s.len() as u8);
+                block.extend_from_slice(s.as_bytes());
+            }
+        }
+        self.frame(
+            HEADERS,
+            0x4 | if end { END_STREAM } else { 0 },
+            stream,
+            &block,
+        );
+    }
+
+    /// `GET path` on `stream` for site-a.test, with `extra` fields.
+    fn get(&mut self, stream: u32, path: &str, extra: &[(&str, &str)]) {
+        let mut f = vec![
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":path", path),
+            (":authority", "site-a.test"),
+        ];
+        f.extend_from_slice(extra);
+        self.request(stream, &f, true);
+    }
+
+    /// The next frame; `None` once the connection is closed (or the read timed out). The
+    /// server's SETTINGS are acknowledged and its PINGs answered on the way.
+    fn read_frame(&mut self) -> Option<Frame> {
+        use std::io::Read;
+        let mut h = [0u8; 9];
+        self.s.read_exact(&mut h).ok()?;
+        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        let mut p = vec![0; len];
+        self.s.read_exact(&mut p).ok()?;
+        let (kind, flags) = (h[3], h[4]);
+        if kind == SETTINGS && flags & 1 == 0 {
+            self.frame(SETTINGS, 1, 0, &[]);
+        }
+        if kind == PING && flags & 1 == 0 {
+            self.frame(PING, 1, 0, &p);
+        }
+        let stream = u32::from_be_bytes([h[5] & 0x7f, h[6], h[7], h[8]]);
+        Some((kind, flags, stream, p))
+    }
+
+    /// The body of `stream`'s response (DATA frames up to END_STREAM); Err with what ended it
+    /// otherwise. Frames of other streams are skipped.
+    fn body(&mut self, stream: u32) -> Result<String, String> {
+        let mut body = Vec::new();
+        loop {
+            match self.read_frame() {
+                None => return Err("connection closed".into()),
+                Some((RST_STREAM, _, s, _)) if s == stream => return Err("RST_STREAM".into()),
+                Some((GOAWAY, _, _, p)) if p.len() >= 8 => {
+                    let last = u32::from_be_bytes([p[0] & 0x7f, p[1], p[2], p[3]]);
+                    if last < stream {
+                        return Err(format!("GOAWAY, last stream {last}"));
+                    }
+                }
+                Some((HEADERS, f, s, _)) if s == stream && f & END_STREAM != 0 => {
+                    return Ok(String::new())
+                }
+                Some((DATA, f, s, p)) if s == stream => {
+                    body.extend_from_slice(&p);
+                    if f & END_STREAM != 0 {
+                        return Ok(String::from_utf8_lossy(&body).into_owned());
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// An env whose server block has `lines` (indented for it) among its keys.
+fn env_with(tag: &str, lines: &str) -> Env {
+    let e = env(tag, two_certs);
+    let yaml = read(&e.conf).replace("    access_log:", &format!("{lines}    access_log:"));
+    std::fs::write(&e.conf, yaml).unwrap();
+    e
+}
+
+/// A client that chose `h2` by ALPN and then sends nothing (not even the preface) is closed
+/// after `client_header_timeout`, as an HTTP/1 client that sends no request; Pingora's own
+/// HTTP/2 handshake waited for ever. One that sends half the preface, the same.
+#[test]
+fn an_http2_client_that_sends_no_preface_is_closed_after_client_header_timeout() {
+    let e = env_with("tls-h2-preface", "    client_header_timeout: 1s\n");
+    let _gw = start(&e.conf, &[e.plain, e.tls]);
+    let mut silent = h2_tls(&e);
+    let mut half = h2_tls(&e);
+    half.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    closed_by_peer(&mut silent).expect("a silent HTTP/2 client is closed");
+    closed_by_peer(&mut half).expect("a client stuck in its preface is closed");
+    // A client that does its part is served as before, over one connection for many streams.
+    let mut h = H2::connect(&e, &[]);
+    for s in [1, 3, 5] {
+        let body = h.body_of_get(s, "/ok");
+        assert!(body.starts_with("backend: "), "{body}");
+    }
+}
+
+impl H2 {
+    fn body_of_get(&mut self, stream: u32, path: &str) -> String {
+        self.get(stream, path, &[]);
+        self.body(stream).expect("a response")
+    }
+}
+
+/// HTTP/2 clients may send each cookie as a `cookie` field of its own (RFC 9113 8.2.3). A
+/// canary keyed on `$cookie_uid` must put a user on the same side over HTTP/1.1 (one `Cookie`
+/// header) and over HTTP/2 (the uid in the second field), and an HTTP/1.1 backend must get one
+/// `Cookie` header, joined with "; " as nginx joins them.
+#[test]
+fn http2_cookie_fields_are_one_header_and_keep_the_canary_side() {
+    let e = env("tls-h2-cookie", two_certs);
+    let text = read(&e.conf);
+    // The two demo backends: b0 is the stable pool, b1 the canary.
+    let addrs: Vec<String> = text
+        .split("addr: \"")
+        .skip(1)
+        .take(2)
+        .map(|s| s.split('"').next().unwrap().to_string())
+        .collect();
+    let second = text
+        .lines()
+        .find(|l| l.contains(&addrs[1]))
+        .unwrap()
+        .to_string();
+    let yaml = text
+        .replace(&format!("{second}\n"), "")
+        .replace(
+            "servers:\n  front:",
+            &format!(
+                "  canary:\n    servers:\n      - {{ addr: \"{}\" }}\ncanaries:\n  c: {{ stable: pool, canary: canary, key: $cookie_uid, percent: 50 }}\nservers:\n  front:",
+                addrs[1]
+            ),
+        )
+        .replace("proxy_pass: pool", "proxy_pass: c");
+    std::fs::write(&e.conf, yaml).unwrap();
+    let _gw = start(&e.conf, &[e.plain, e.tls]);
+    let mut h = H2::connect(&e, &[]);
+    let mut sides = std::collections::BTreeSet::new();
+    for i in 0..16u32 {
+        let uid = format!("uid=user-{i}");
+        let header = format!("Cookie: theme=dark; {uid}");
+        let (code, h1) = curl_tls(&e, "site-a.test", &["--http1.1", "-H", &header], "/");
+        assert_eq!(code, 0);
+        let stream = 2 * i + 1;
+        h.get(stream, "/", &[("cookie", "theme=dark"), ("cookie", &uid)]);
+        let h2 = h.body(stream).expect("a response over HTTP/2");
+        let side = |b: &str| b.lines().next().unwrap_or("").to_string();
+        assert_eq!(side(&h1), side(&h2), "user-{i}: h1 {h1}\nh2 {h2}");
+        sides.insert(side(&h2));
+        let cookies: Vec<&str> = h2.lines().filter(|l| l.starts_with("cookie: ")).collect();
+        assert_eq!(
+            cookies,
+            [format!("cookie: theme=dark; {uid}").as_str()],
+            "one Cookie header upstream: {h2}"
+        );
+    }
+    assert_eq!(sides.len(), 2, "users on both sides: {sides:?}");
+}
+
+/// `client_max_body_size` over HTTP/2: a `Content-Length` over it is refused with 413 before
+/// any body is read or forwarded (the client sends none here: before, the request went to the
+/// backend and waited for it), with nginx's error line; a body without `Content-Length` is
+/// counted as its DATA frames arrive.
+#[test]
+fn http2_bodies_over_client_max_body_size_get_413() {
+    let e = env_with("tls-h2-body", "    client_max_body_size: 1k\n");
+    let _gw = start(&e.conf, &[e.plain, e.tls]);
+    let mut h = H2::connect(&e, &[]);
+    let post = |path| {
+        [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":path", path),
+            (":authority", "site-a.test"),
+        ]
+    };
+    let mut f = post("/announced").to_vec();
+    f.push(("content-length", "100000"));
+    h.request(1, &f, false);
+    let body = h.body(1).expect("an answer before the body");
+    assert!(body.contains("413 Request Entity Too Large"), "{body}");
+    wait_for("the error line", Duration::from_secs(10), || {
+        read(&e.dir.path("front.error.log"))
+            .contains("client intended to send too large body: 100000 bytes")
+    });
+    // No length: DATA frames, 3 x 600 bytes.
+    let mut h = H2::connect(&e, &[]);
+    h.request(1, &post("/streamed"), false);
+    for i in 0..3 {
+        let end = if i == 2 { END_STREAM } else { 0 };
+        h.frame(DATA, end, 1, &[b'x'; 600]);
+    }
+    match h.body(1) {
+        // The page may be cut (empty) by the reset of the unread body; the access log
+        // below holds the status.
+        Ok(body) => assert!(body.is_empty() || body.contains("413"), "{body}"),
+        Err(e) => assert_eq!(e, "RST_STREAM"),
+    }
+    wait_for("the access log line", Duration::from_secs(10), || {
+        read(&e.dir.path("access.log")).contains("\"POST /streamed HTTP/2.0\" 413")
+    });
+    assert!(!read(&e.dir.path("access.log")).contains("\"POST /announced HTTP/2.0\" 200"));
+}
+
+/// `keepalive_requests` over HTTP/2 (nginx: GOAWAY after that many streams): the client gets
+/// GOAWAY after the 2nd stream, both streams are answered, and the connection closes; Pingora
+/// alone served any number of streams on one connection.
+#[test]
+fn http2_keepalive_requests_sends_goaway() {
+    let e = env_with("tls-h2-requests", "    keepalive_requests: 2\n");
+    let _gw = start(&e.conf, &[e.plain, e.tls]);
+    let mut h = H2::connect(&e, &[]);
+    h.get(1, "/one", &[]);
+    h.get(3, "/two", &[]);
+    let (mut goaway, mut ended) = (None, Vec::new());
+    while let Some((kind, flags, stream, p)) = h.read_frame() {
+        if kind == GOAWAY && p.len() >= 8 {
+            goaway = Some(u32::from_be_bytes([p[0] & 0x7f, p[1], p[2], p[3]]));
+        }
+        if matches!(kind, DATA | HEADERS) && flags & END_STREAM != 0 {
+            ended.push(stream);
+        }
+    }
+    ended.sort_unstable();
+    assert_eq!(ended, [1, 3], "both streams answered");
+    assert_eq!(
+        goaway,
+        Some(3),
+        "the final GOAWAY names the last stream served"
+    );
+    // curl opens a new connection after the GOAWAY: all six answered, over three connections.
+    let mut args = vec!["--http2", "-w", "%{http_code} %{num_connects}\n"];
+    let url = format!("https://site-a.test:{}/c", e.tls);
+    for _ in 0..6 {
+        args.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    let (code, out) = curl_tls(&e, "site-a.test", &args[..args.len() - 1], "/c");
+    assert_eq!(code, 0, "{out}");
+    let connects: u32 = out
+        .lines()
+        .map(|l| {
+            assert!(l.starts_with("200 "), "{out}");
+            l[4..].parse::<u32>().unwrap()
+        })
+        .sum();
+    assert_eq!(connects, 3, "{out}");
+}
+
+/// nginx's `send_timeout` (`client_send_timeout`) on HTTP/2 streams: a client that gives no
+/// flow-control window (it stops reading) has the stream reset after the timeout, and the
+/// request ends (its access log line is written); before, it held the request for ever.
+#[test]
+fn http2_client_send_timeout_resets_a_stream_the_client_does_not_read() {
+    let e = env_with("tls-h2-send", "    client_send_timeout: 1s\n");
+    let _gw = start(&e.conf, &[e.plain, e.tls]);
+    // SETTINGS_INITIAL_WINDOW_SIZE 0: the server may send headers but no DATA.
+    let mut h = H2::connect(&e, &[(0x4, 0)]);
+    h.get(1, "/stalled", &[]);
+    assert_eq!(h.body(1), Err("RST_STREAM".to_string()));
+    wait_for("the access log line", Duration::from_secs(10), || {
+        read(&e.dir.path("access.log")).contains("\"GET /stalled HTTP/2.0\"")
+    });
+}
+
+/// The TLS handshake: a client that connects and sends
+/// nothing is closed after `client_header_timeout` (Pingora's own limit is a fixed 60 s); a
+/// failed handshake is an `[info]` line, as in nginx, not an `[error]`.
+#[test]
+fn tls_handshakes_count_as_connections_and_have_client_header_timeout() {
+    let e = env_with(
+        "tls-handshake",
+        "    client_header_timeout: 30s
+",
+    );
+    let yaml = format!("worker_connections: 2\n{}", read(&e.conf));
+    std::fs::write(&e.conf, &yaml).unwrap();
+    let _gw = start(&e.conf, &[e.plain, e.tls]);
+    // A reload in place shortens the handshake's time.
+    std::fs::write(
+        &e.conf,
+        yaml.replace("client_header_timeout: 30s", "client_header_timeout: 1s"),
+    )
+    .unwrap();
+    let (ok, out) = ctl(&["-s", "reload", "-c", e.conf.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let mut silent = connect(e.tls, None).unwrap();
+    closed_by_peer(&mut silent).expect("a client silent in its handshake is closed");
+    wait_for("the info line", Duration::from_secs(10), || {
+        read(&e.dir.path("error.log")).contains("timed out in the TLS handshake")
+    });
+    let log = read(&e.dir.path("error.log"));
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("handshake"))
+            .all(|l| l.contains("[info]")),
+        "{log}"
+    );
 }
