@@ -127,44 +127,6 @@ impl Etcd {
         })
     }
 
-    /// The store's revision now.
-    fn revision(&self) -> i64 {
-        self.put_raw("/graygate-test/ping", "1").unwrap()
-    }
-
-    /// Every value written at `key` from revision `from` on, oldest first (etcd's history,
-    /// through a watch: nothing in between is missed).
-    fn history(&self, key: &str, from: i64) -> Vec<String> {
-        let now = self.revision();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut c = etcd_client::Client::connect([self.url()], None)
-                .await
-                .unwrap();
-            let opts = etcd_client::WatchOptions::new()
-                .with_start_revision(from)
-                .with_progress_notify();
-            let mut w = c.watch(key, Some(opts)).await.unwrap();
-            let mut out = Vec::new();
-            loop {
-                let m = tokio::time::timeout(Duration::from_secs(2), w.message()).await;
-                let Ok(Ok(Some(m))) = m else { break };
-                for e in m.events() {
-                    if let Some(kv) = e.kv() {
-                        out.push(String::from_utf8_lossy(kv.value()).into_owned());
-                    }
-                }
-                if m.header().map_or(0, |h| h.revision()) >= now && m.events().is_empty() {
-                    break;
-                }
-            }
-            out
-        })
-    }
-
     /// How many keys are under `prefix` now.
     fn count(&self, prefix: &str) -> usize {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -936,4 +898,63 @@ fn a_push_that_cannot_be_applied_yet_is_tried_again() {
         backend_of(extra) == "new"
     });
     assert!(read(&log).contains("trying again in"), "{}", read(&log));
+}
+
+/// Two gateways change one canary at the same time, over and over: each write goes to etcd
+/// first and every gateway applies values in etcd's revision order, so both end on the value
+/// etcd holds last, never on an older one that its watch delivered after its own newer write.
+#[test]
+fn concurrent_changes_on_two_gateways_end_on_the_stores_last_value() {
+    let dir = TempDir::new("fleet-order");
+    let etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
+    let mut gws = Vec::new();
+    let mut admins = Vec::new();
+    let mut confs = Vec::new();
+    for i in 0..2 {
+        let (listen, admin) = (free_port(), free_port());
+        let local = dir.write(
+            &format!("gw{i}.yaml"),
+            &local_yaml(&dir, i, listen, admin, &etcd),
+        );
+        gws.push(start(&local, &[listen, admin]));
+        admins.push(admin);
+        confs.push(local.display().to_string());
+    }
+    for &admin in &admins {
+        wait_for("etcd reachable", Duration::from_secs(15), || {
+            status(admin)["fleet"]["reachable"] == serde_json::Value::Bool(true)
+        });
+    }
+    let writers: Vec<_> = confs
+        .iter()
+        .enumerate()
+        .map(|(i, conf)| {
+            let conf = conf.clone();
+            std::thread::spawn(move || {
+                for step in 0..15 {
+                    let p = (2 * step + 1 + i).to_string();
+                    let (ok, out) = ctl(&["-c", &conf, "canary", "set", "split", &p]);
+                    assert!(ok, "gateway {i}, percent {p}: {out}");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer thread");
+    }
+    let stored = etcd
+        .get_raw(&format!("{PREFIX}/state/canary/split"))
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&stored).unwrap_or_default();
+    let last = v["percent_bp"].as_f64().unwrap_or(-100.0) / 100.0;
+    assert!((1.0..=30.0).contains(&last), "{stored}");
+    for &admin in &admins {
+        wait_for("the store's last value", Duration::from_secs(5), || {
+            percent(admin) == last
+        });
+    }
 }
