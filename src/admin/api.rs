@@ -21,10 +21,10 @@ use serde_json::{json, Value};
 
 use crate::canary::analysis::Numbers;
 use crate::canary::persist::{self, recompile, save};
-use crate::fleet::agent::Change;
 use crate::canary::store::{Lead, WeightOverride};
 use crate::canary::Store;
 use crate::canary::{percent_bp, percent_text, ramp, unix_now, Phase, Position, Status, BUCKETS};
+use crate::fleet::agent::Change;
 use crate::plan::{CanaryPlan, Plan, MAX_WEIGHT};
 use crate::snapshot::{Live, Snapshot};
 

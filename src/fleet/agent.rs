@@ -425,7 +425,9 @@ async fn session_inner(
 /// A fenced write that finds another leader is refused without ending the session.
 async fn write(a: &Shared, c: &mut Client, lease: i64, r: Request) -> Result<(), String> {
     let s = &a.settings;
-    let left = r.deadline.saturating_duration_since(tokio::time::Instant::now());
+    let left = r
+        .deadline
+        .saturating_duration_since(tokio::time::Instant::now());
     if left.is_zero() {
         let _ = r.reply.send(Err("it waited too long for the agent".into()));
         return Ok(());

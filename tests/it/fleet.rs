@@ -118,7 +118,9 @@ impl Etcd {
             let mut c = etcd_client::Client::connect([self.url()], None)
                 .await
                 .unwrap();
-            let opts = etcd_client::GetOptions::new().with_prefix().with_keys_only();
+            let opts = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_keys_only();
             let r = c.get(prefix, Some(opts)).await.unwrap();
             r.kvs()
                 .iter()
@@ -787,7 +789,10 @@ fn a_live_change_etcd_does_not_take_is_made_nowhere() {
     // second away and waits 2 s), so the change gets past the check and its write fails.
     etcd.freeze(true);
     let (ok, out) = ctl(&["-c", &conf, "canary", "set", "split", "60"]);
-    assert!(!ok, "a change etcd did not take was answered as made: {out}");
+    assert!(
+        !ok,
+        "a change etcd did not take was answered as made: {out}"
+    );
     assert!(
         out.contains("503") && out.contains(&etcd.url()) && out.contains("nothing changed")
             || out.contains("unreachable"),
@@ -851,9 +856,11 @@ fn each_generation_is_a_member_of_its_own_and_a_stopped_one_leaves_at_once() {
 
     // The upgraded master still watches: the first push applies.
     push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
-    wait_for("the first push after the upgrade", Duration::from_secs(15), || {
-        backend_of(listen) == "old"
-    });
+    wait_for(
+        "the first push after the upgrade",
+        Duration::from_secs(15),
+        || backend_of(listen) == "old",
+    );
 
     // A graceful stop revokes the lease: no member key is left once the gateway is gone.
     let (ok, out) = ctl(&["-s", "quit", "-c", &conf]);
@@ -913,7 +920,6 @@ fn concurrent_changes_on_two_gateways_end_on_the_stores_last_value() {
     push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
     let mut gws = Vec::new();
     let mut admins = Vec::new();
-    let mut confs = Vec::new();
     for i in 0..2 {
         let (listen, admin) = (free_port(), free_port());
         let local = dir.write(
@@ -922,23 +928,22 @@ fn concurrent_changes_on_two_gateways_end_on_the_stores_last_value() {
         );
         gws.push(start(&local, &[listen, admin]));
         admins.push(admin);
-        confs.push(local.display().to_string());
     }
     for &admin in &admins {
         wait_for("etcd reachable", Duration::from_secs(15), || {
             status(admin)["fleet"]["reachable"] == serde_json::Value::Bool(true)
         });
     }
-    let writers: Vec<_> = confs
-        .iter()
-        .enumerate()
-        .map(|(i, conf)| {
-            let conf = conf.clone();
+    // Four writers per gateway, straight to the admin API, so that writes of both overlap and
+    // each gateway's watch delivers several values while a change of its own holds the lock.
+    let writers: Vec<_> = (0..8)
+        .map(|t| {
+            let admin = admins[t % 2];
             std::thread::spawn(move || {
-                for step in 0..15 {
-                    let p = (2 * step + 1 + i).to_string();
-                    let (ok, out) = ctl(&["-c", &conf, "canary", "set", "split", &p]);
-                    assert!(ok, "gateway {i}, percent {p}: {out}");
+                for step in 0..10 {
+                    let p = (1 + t + 8 * step) as u32;
+                    let st = crate::canary::put_percent(admin, "split", p);
+                    assert_eq!(st, 200, "writer {t}, percent {p}");
                 }
             })
         })
@@ -951,7 +956,7 @@ fn concurrent_changes_on_two_gateways_end_on_the_stores_last_value() {
         .unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(&stored).unwrap_or_default();
     let last = v["percent_bp"].as_f64().unwrap_or(-100.0) / 100.0;
-    assert!((1.0..=30.0).contains(&last), "{stored}");
+    assert!((1.0..=80.0).contains(&last), "{stored}");
     for &admin in &admins {
         wait_for("the store's last value", Duration::from_secs(5), || {
             percent(admin) == last
