@@ -253,8 +253,9 @@ fn change(
         why,
     };
     let saved = persist::saved_canary(c, &new, &pos);
+    // Refused with 409 when another gateway changed the canary since this one last looked.
     if let Err(e) = crate::fleet::agent::publish(&[Change::Canary(name, &saved)], false) {
-        return error(503, "store", &e);
+        return error(e.status(), "store", &e.to_string());
     }
     *c.state.position() = pos;
     c.state.set(&new);
@@ -342,9 +343,11 @@ fn set_weight(live: &Live, pool: &str, addr: &str, w: f64, who: &Who) -> Respons
         Ok(s) => Arc::new(s),
         Err(e) => return error(500, "weight", &format!("cannot open a log file: {e}")),
     };
-    // In a fleet etcd takes the change first; refused there, it is made nowhere.
+    // In a fleet etcd takes the change first; refused there, it is made nowhere. The weights
+    // are one value: a change from another gateway since this one last looked (another
+    // server's weight) is refused with 409, not overwritten.
     if let Err(e) = crate::fleet::agent::publish(&[Change::Weights(&after)], false) {
-        return error(503, "store", &e);
+        return error(e.status(), "store", &e.to_string());
     }
     live.store(Arc::clone(&snap));
     snap.plan.commit();

@@ -171,7 +171,7 @@ pub fn tick(c: &CanaryPlan, now: Instant) -> Option<Status> {
             }
         }
         Verdict::Fail(reason) => {
-            pos.failures += 1;
+            pos.failures = pos.failures.saturating_add(1);
             if pos.failures > r.analysis.failures_allowed {
                 *pos = Position::default();
                 return new(0, Phase::RolledBack, reason);
@@ -237,6 +237,7 @@ impl Ramp {
                 lead.retire();
                 log::info!("canary ramps handed over: this worker generation drains");
             }
+            crate::fleet::agent::resign();
             return;
         }
         // While an older generation still leads (an upgrade's overlap), it alone decides.
@@ -262,8 +263,10 @@ impl Ramp {
         if changed.is_empty() {
             return;
         }
-        // In a fleet the step goes to etcd first, fenced on this gateway still leading: a
-        // leader that was stopped past its lease must not move its successor's ramp back.
+        // In a fleet the step goes to etcd first, fenced on this gateway still leading (a
+        // leader that was stopped past its lease must not move its successor's ramp back) and
+        // on the canary's value in etcd being the one this step was worked out from (an abort
+        // or pause from another gateway that this one has not applied yet is not undone).
         let saved: Vec<_> = changed
             .iter()
             .map(|(c, _, new, _)| {
@@ -280,11 +283,17 @@ impl Ramp {
                 if let Some(p) = before {
                     *c.state.position() = p.clone();
                 }
-                log::warn!(
-                    "canary \"{}\": ramp change not made (\"{}\"): {e}",
-                    c.name,
-                    new.why
-                );
+                // Changed meanwhile: the newer value applies here next; the ramp looks again
+                // from it.
+                if matches!(e, crate::fleet::agent::Refused::Conflict(_)) {
+                    log::debug!("canary \"{}\": ramp step dropped: {e}", c.name);
+                } else {
+                    log::warn!(
+                        "canary \"{}\": ramp change not made (\"{}\"): {e}",
+                        c.name,
+                        new.why
+                    );
+                }
             }
             return;
         }
