@@ -757,6 +757,8 @@ struct Read {
     all: BTreeMap<String, i64>,
     /// Values looked at before and not applied are tried again (after a reload).
     retry: bool,
+    /// The store's revision of the read.
+    at: i64,
 }
 
 /// Why a live value from etcd is not one graygate wrote, if it is not.
@@ -796,6 +798,7 @@ async fn read_state(a: &'static Shared, c: &mut Client, retry: bool) -> Result<i
     let weights_key = s.key("state/weights");
     let mut read = Read {
         retry,
+        at: r.header().map_or(0, |h| h.revision()),
         ..Read::default()
     };
     for kv in r.kvs() {
@@ -857,8 +860,9 @@ fn adopt(a: &Shared, live: &Live, read: Read) {
     let mut weights = None;
     {
         let mut revs = lock(&a.revs);
-        // A key deleted from etcd: a write expects it absent.
-        revs.retain(|k, _| read.all.contains_key(k));
+        // A key deleted from etcd: a write expects it absent (not one this gateway wrote
+        // after the read).
+        revs.retain(|k, r| read.all.contains_key(k) || r.seen > read.at);
         for (key, rev) in &read.all {
             let r = revs.entry(key.clone()).or_default();
             let first = *rev > r.seen;
