@@ -24,6 +24,7 @@ use crate::canary::persist::{self, recompile, save};
 use crate::canary::store::{Lead, WeightOverride};
 use crate::canary::Store;
 use crate::canary::{percent_bp, percent_text, ramp, unix_now, Phase, Position, Status, BUCKETS};
+use crate::fleet::agent::Change;
 use crate::plan::{CanaryPlan, Plan, MAX_WEIGHT};
 use crate::snapshot::{Live, Snapshot};
 
@@ -239,11 +240,9 @@ fn change(
         Err(e) => return e.into(),
     };
     let old = c.state.status();
-    let made = {
-        let mut pos = c.state.position();
-        f(c, &old, &mut pos)
-    };
-    let (bp, phase, why) = match made {
+    // Worked out on a copy: in a fleet nothing changes here until etcd has the change.
+    let mut pos = c.state.position().clone();
+    let (bp, phase, why) = match f(c, &old, &mut pos) {
         Ok(m) => m,
         Err(e) => return e.into(),
     };
@@ -253,6 +252,12 @@ fn change(
         since: unix_now(),
         why,
     };
+    let saved = persist::saved_canary(c, &new, &pos);
+    // Refused with 409 when another gateway changed the canary since this one last looked.
+    if let Err(e) = crate::fleet::agent::publish(&[Change::Canary(name, &saved)], false) {
+        return error(e.status(), "store", &e.to_string());
+    }
+    *c.state.position() = pos;
     c.state.set(&new);
     // The state file first: a change that was logged is one the next process finds.
     save(&snap.plan);
@@ -338,6 +343,12 @@ fn set_weight(live: &Live, pool: &str, addr: &str, w: f64, who: &Who) -> Respons
         Ok(s) => Arc::new(s),
         Err(e) => return error(500, "weight", &format!("cannot open a log file: {e}")),
     };
+    // In a fleet etcd takes the change first; refused there, it is made nowhere. The weights
+    // are one value: a change from another gateway since this one last looked (another
+    // server's weight) is refused with 409, not overwritten.
+    if let Err(e) = crate::fleet::agent::publish(&[Change::Weights(&after)], false) {
+        return error(e.status(), "store", &e.to_string());
+    }
     live.store(Arc::clone(&snap));
     snap.plan.commit();
     save(&snap.plan);

@@ -98,7 +98,8 @@ fn call(cmd: &Command, plan: &Plan, conf: &str) -> Result<String, String> {
     };
     let target = reachable(admin.listen);
     // 503: the worker that answered is handing over to a new generation (upgrade, reload with
-    // new listeners); the next connection reaches the new one.
+    // new listeners); the next connection reaches the new one. Not a fleet's refusal (field
+    // "store": etcd did not take the change), which is said at once.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let (status, v) = loop {
         let answer = request(
@@ -113,7 +114,8 @@ fn call(cmd: &Command, plan: &Plan, conf: &str) -> Result<String, String> {
                 "cannot reach the admin listener {target} of {conf}: {e} (is graygate running?)"
             )
         })?;
-        if answer.0 != 503 || std::time::Instant::now() >= deadline {
+        let store = answer.1.get("field").and_then(Value::as_str) == Some("store");
+        if answer.0 != 503 || store || std::time::Instant::now() >= deadline {
             break answer;
         }
         std::thread::sleep(Duration::from_millis(100));

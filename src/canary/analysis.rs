@@ -52,11 +52,12 @@ impl SideSnap {
     /// Both counts together (a fleet's gateways, issue 19).
     pub fn plus(&self, other: &SideSnap) -> SideSnap {
         let mut d = self.clone();
-        d.answered += other.answered;
-        d.errors += other.errors;
-        d.duration.sum_us += other.duration.sum_us;
+        // Saturating: another gateway's counts come from etcd, unchecked.
+        d.answered = d.answered.saturating_add(other.answered);
+        d.errors = d.errors.saturating_add(other.errors);
+        d.duration.sum_us = d.duration.sum_us.saturating_add(other.duration.sum_us);
         for (o, b) in d.duration.buckets.iter_mut().zip(&other.duration.buckets) {
-            *o += b;
+            *o = o.saturating_add(*b);
         }
         d
     }
@@ -259,6 +260,23 @@ pub fn judge(a: &Analysis, w: &[SideSnap; 2], percent: &str) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plus_saturates_on_counts_from_another_gateway() {
+        let mut big = SideSnap {
+            answered: u64::MAX,
+            errors: u64::MAX - 1,
+            ..SideSnap::default()
+        };
+        big.duration.sum_us = u64::MAX;
+        big.duration.buckets[0] = u64::MAX;
+        let one = side(1, 1, 5);
+        let sum = big.plus(&one);
+        assert_eq!(sum.answered, u64::MAX);
+        assert_eq!(sum.errors, u64::MAX);
+        assert_eq!(sum.duration.sum_us, u64::MAX);
+        assert_eq!(sum.duration.buckets[0], u64::MAX);
+    }
 
     fn side(n: u64, errors: u64, ms: u64) -> SideSnap {
         let s = SideStats::default();

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::config;
-use crate::plan::Plan;
+use crate::plan::{CanaryPlan, Plan};
 use crate::snapshot::{Live, Snapshot};
 
 use super::store::{Lead, Saved, SavedCanary, WeightOverride};
@@ -19,47 +19,41 @@ pub fn saved_of(plan: &Plan) -> Saved {
             .canaries
             .iter()
             .map(|c| {
-                let s = c.state.status();
-                let (step, failures) = {
-                    let p = c.state.position();
-                    (p.step, p.failures)
-                };
-                let saved = SavedCanary {
-                    step,
-                    failures,
-                    percent_bp: s.percent_bp,
-                    state: s.phase.name().to_string(),
-                    since: s.since,
-                    why: s.why,
-                    file_bp: c.file_bp,
-                };
-                (c.name.clone(), saved)
+                let pos = c.state.position().clone();
+                (c.name.clone(), saved_canary(c, &c.state.status(), &pos))
             })
             .collect(),
         weights: plan.weights.clone(),
     }
 }
 
-/// Writes the state file of `plan`, and in a fleet the changed values to etcd; a failure is
-/// logged (the live change stays in effect here).
-pub fn save(plan: &Plan) {
-    let saved = saved_of(plan);
-    if let Err(e) = plan.store.write(&saved) {
-        log::error!("{e}");
+/// Canary `c` as the state file and the fleet's store hold it, at status `s` and ramp
+/// position `pos` (which may not be applied yet: a fleet writes a change before applying it).
+pub fn saved_canary(c: &CanaryPlan, s: &Status, pos: &Position) -> SavedCanary {
+    SavedCanary {
+        step: pos.step,
+        failures: pos.failures,
+        percent_bp: s.percent_bp,
+        state: s.phase.name().to_string(),
+        since: s.since,
+        why: s.why.clone(),
+        file_bp: c.file_bp,
     }
-    if let Err(e) = crate::fleet::agent::publish(&saved) {
-        log::error!(
-            "fleet: live change not written to etcd, the other gateways do not have it: {e}"
-        );
+}
+
+/// Writes the state file of `plan`; a failure is logged (the live change stays in effect).
+/// In a fleet the change went to etcd before (`fleet::agent::publish`).
+pub fn save(plan: &Plan) {
+    if let Err(e) = plan.store.write(&saved_of(plan)) {
+        log::error!("{e}");
     }
 }
 
 /// Applies the live values the fleet's store holds (issue 19), those that differ from ours,
-/// under the store's lock, and keeps them in the state file too. `weights: false`: the store
-/// has no (valid) weights value, and the running weights stay as they are.
-pub fn adopt_fleet(live: &Live, fleet: &Saved, weights: bool) {
-    let store = Arc::clone(&live.load().plan.store);
-    let _changing = store.changing();
+/// and keeps them in the state file too. The caller holds the store's lock and passes only
+/// values newer than what runs here. `weights: false`: no newer (valid) weights value, the
+/// running weights stay as they are.
+pub fn adopt_fleet_locked(live: &Live, fleet: &Saved, weights: bool) {
     let snap = live.load_full();
     let ours = saved_of(&snap.plan);
     let changed = Saved {

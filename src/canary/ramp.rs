@@ -171,7 +171,7 @@ pub fn tick(c: &CanaryPlan, now: Instant) -> Option<Status> {
             }
         }
         Verdict::Fail(reason) => {
-            pos.failures += 1;
+            pos.failures = pos.failures.saturating_add(1);
             if pos.failures > r.analysis.failures_allowed {
                 *pos = Position::default();
                 return new(0, Phase::RolledBack, reason);
@@ -237,6 +237,7 @@ impl Ramp {
                 lead.retire();
                 log::info!("canary ramps handed over: this worker generation drains");
             }
+            crate::fleet::agent::resign();
             return;
         }
         // While an older generation still leads (an upgrade's overlap), it alone decides.
@@ -253,16 +254,54 @@ impl Ramp {
         let mut changed = Vec::new();
         for c in &plan.canaries {
             let old = c.state.status();
+            // The position before the look, to go back to if the fleet refuses the step.
+            let before = old.phase.ramping().then(|| c.state.position().clone());
             if let Some(new) = tick(c, now) {
-                c.state.set(&new);
-                changed.push((c, old, new));
+                changed.push((c, old, new, before));
             }
         }
         if changed.is_empty() {
             return;
         }
+        // In a fleet the step goes to etcd first, fenced on this gateway still leading (a
+        // leader that was stopped past its lease must not move its successor's ramp back) and
+        // on the canary's value in etcd being the one this step was worked out from (an abort
+        // or pause from another gateway that this one has not applied yet is not undone).
+        let saved: Vec<_> = changed
+            .iter()
+            .map(|(c, _, new, _)| {
+                let pos = c.state.position().clone();
+                (c.name.as_str(), super::persist::saved_canary(c, new, &pos))
+            })
+            .collect();
+        let writes: Vec<_> = saved
+            .iter()
+            .map(|(n, s)| crate::fleet::agent::Change::Canary(n, s))
+            .collect();
+        if let Err(e) = crate::fleet::agent::publish(&writes, true) {
+            for (c, _, new, before) in &changed {
+                if let Some(p) = before {
+                    *c.state.position() = p.clone();
+                }
+                // Changed meanwhile: the newer value applies here next; the ramp looks again
+                // from it.
+                if matches!(e, crate::fleet::agent::Refused::Conflict(_)) {
+                    log::debug!("canary \"{}\": ramp step dropped: {e}", c.name);
+                } else {
+                    log::warn!(
+                        "canary \"{}\": ramp change not made (\"{}\"): {e}",
+                        c.name,
+                        new.why
+                    );
+                }
+            }
+            return;
+        }
+        for (c, _, new, _) in &changed {
+            c.state.set(new);
+        }
         super::persist::save(plan);
-        for (c, old, new) in &changed {
+        for (c, old, new, _) in &changed {
             announce(c, old, new, "ramp");
         }
     }

@@ -9,9 +9,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
 
-use super::agent::{lock, member_id, timed, Shared};
+use super::agent::{is_own, lock, member_id, timed, Shared};
 use crate::canary::analysis::SideSnap;
 use crate::metrics::histogram::Counts;
 use crate::snapshot::Live;
@@ -62,7 +64,7 @@ pub(super) async fn counts(
     sent: &mut BTreeMap<String, String>,
 ) -> Result<(), String> {
     let s = &a.settings;
-    let me = member_id();
+    let me = member_id(a);
     let snap = live.load_full();
     let ramping = snap
         .plan
@@ -108,7 +110,8 @@ pub(super) async fn counts(
         else {
             continue;
         };
-        if id == me {
+        // Ours, this session's or (until its lease ends) an earlier one's.
+        if is_own(a, id) {
             continue;
         }
         let Ok([st, ca]) = serde_json::from_slice::<[Wire; 2]>(kv.value()) else {
@@ -121,34 +124,37 @@ pub(super) async fn counts(
     Ok(())
 }
 
-/// Takes `PREFIX/leader` if nobody holds it; notes who does.
+/// Takes `PREFIX/leader` if nobody holds it (unless this generation resigned); notes who
+/// does. This gateway leads while the key is under its lease: the value (a member id) is for
+/// people, the lease is what no other gateway can have.
 pub(super) async fn elect(a: &Shared, c: &mut Client, lease: i64) -> Result<(), String> {
     let s = &a.settings;
     let key = s.key("leader");
-    let me = member_id();
-    let txn = Txn::new()
-        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key.as_str(),
-            me.as_str(),
-            Some(PutOptions::new().with_lease(lease)),
-        )])
-        .or_else([TxnOp::get(key.as_str(), None)]);
+    let me = member_id(a);
+    let resigned = a.resigned.load(Ordering::Acquire);
+    let txn = if resigned {
+        Txn::new().and_then([TxnOp::get(key.as_str(), None)])
+    } else {
+        Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                me.as_str(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.as_str(), None)])
+    };
     let r = timed(s, c.txn(txn))
         .await?
         .map_err(|e| format!("etcd at {}: leader: {e}", s.endpoints()))?;
-    let holder = if r.succeeded() {
-        Some(me.clone())
+    let (holder, leads) = if r.succeeded() && !resigned {
+        (Some(me.clone()), true)
     } else {
-        r.op_responses().into_iter().find_map(|o| match o {
-            TxnOpResponse::Get(g) => g
-                .kvs()
-                .first()
-                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-            _ => None,
-        })
+        match holder(&r) {
+            Some((v, l)) => (Some(v), l == lease && !resigned),
+            None => (None, false),
+        }
     };
-    let leads = holder.as_deref() == Some(me.as_str());
     if leads && !a.leader.swap(true, Ordering::AcqRel) {
         log::info!("fleet: this gateway ({me}) now runs the fleet's canary ramps");
     } else if !leads {
@@ -156,4 +162,39 @@ pub(super) async fn elect(a: &Shared, c: &mut Client, lease: i64) -> Result<(), 
     }
     *lock(&a.leader_id) = holder;
     Ok(())
+}
+
+/// Gives `PREFIX/leader` up if this session holds it (this generation drains): deleted in a
+/// transaction that holds only while the key is under this session's lease, so that a
+/// successor's key is never deleted.
+pub(super) async fn resign(a: &Shared, c: &mut Client, lease: i64) -> Result<(), String> {
+    let s = &a.settings;
+    let key = s.key("leader");
+    a.leader.store(false, Ordering::Release);
+    let txn = Txn::new()
+        .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+        .and_then([TxnOp::delete(key.as_str(), None)]);
+    let r = timed(s, c.txn(txn))
+        .await?
+        .map_err(|e| format!("etcd at {}: leader: {e}", s.endpoints()))?;
+    if r.succeeded() {
+        log::info!(
+            "fleet: this gateway ({}) drains: it gave {key} up, another gateway runs the canary ramps",
+            member_id(a)
+        );
+        *lock(&a.leader_id) = None;
+    }
+    Ok(())
+}
+
+/// Who holds `PREFIX/leader` (its value) and under which lease, from a transaction that reads
+/// it.
+fn holder(r: &TxnResponse) -> Option<(String, i64)> {
+    r.op_responses().into_iter().find_map(|o| match o {
+        TxnOpResponse::Get(g) => g
+            .kvs()
+            .first()
+            .map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease())),
+        _ => None,
+    })
 }

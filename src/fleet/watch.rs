@@ -30,7 +30,21 @@ pub enum Event {
     Deleted(i64),
     Away(String),
     Back,
+    /// A value whose apply failed (not its compile: a new generation that did not start, a
+    /// worker that did not confirm), due for another try.
+    Retry(Shared),
 }
+
+/// A value to apply again, and when.
+struct Retry {
+    shared: Shared,
+    wait: Duration,
+    at: tokio::time::Instant,
+}
+
+/// First and longest wait before applying a value again.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The master's handle: the store, the last value applied, the watch's events.
 pub struct Fleet {
@@ -52,6 +66,9 @@ pub struct Fleet {
     rx: Option<UnboundedReceiver<Event>>,
     /// The revision the watch starts after.
     seen: i64,
+    /// A value whose apply failed, tried again with backoff until it applies or a newer one
+    /// comes.
+    retry: Option<Retry>,
 }
 
 /// The first line of a gateway's merged config: which revision it runs.
@@ -144,16 +161,20 @@ impl Fleet {
         true
     }
 
-    /// After a re-exec (upgrade): the new image goes on from the running config's revision.
+    /// After a re-exec (upgrade): the new image goes on from the running config's revision,
+    /// or, when nothing was pushed yet (the file alone runs), watches for the first push.
     pub fn resume(merged: &str, local: &str) -> Option<Fleet> {
         let settings = Settings::from_text(merged).ok()??;
         let pid_file = serde_yaml::from_str::<Local>(merged).ok()?.pid_file;
-        let revision = running_revision(merged)?;
-        let good = merge::shared_part(merged)
-            .ok()
-            .map(|text| Shared { text, revision });
+        let revision = running_revision(merged);
+        let good = revision.and_then(|revision| {
+            merge::shared_part(merged)
+                .ok()
+                .map(|text| Shared { text, revision })
+        });
         let cache = PathBuf::from(format!("{pid_file}.fleet.yaml"));
-        let mut f = Fleet::new(settings, good, None, cache, revision, local);
+        let seen = revision.unwrap_or(0);
+        let mut f = Fleet::new(settings, good, None, cache, seen, local);
         f.save();
         f.watch();
         Some(f)
@@ -178,6 +199,7 @@ impl Fleet {
             cached: None,
             rx: None,
             seen,
+            retry: None,
         }
     }
 
@@ -202,16 +224,48 @@ impl Fleet {
         }
     }
 
-    /// The next event; never ready without a fleet.
+    /// The next event (a retry when one is due); never ready without a fleet.
     pub async fn next(f: &mut Option<Fleet>) -> Event {
-        match f {
-            Some(Fleet { rx: Some(rx), .. }) => match rx.recv().await {
-                Some(e) => e,
+        let Some(f) = f else {
+            return std::future::pending().await;
+        };
+        let retry = f.retry.as_ref().map(|r| (r.at, r.shared.clone()));
+        let recv = async {
+            match f.rx.as_mut() {
+                Some(rx) => match rx.recv().await {
+                    Some(e) => e,
+                    None => std::future::pending().await,
+                },
                 None => std::future::pending().await,
+            }
+        };
+        match retry {
+            Some((at, s)) => tokio::select! {
+                e = recv => e,
+                _ = tokio::time::sleep_until(at) => Event::Retry(s),
             },
-            Some(_) => std::future::pending().await,
-            None => std::future::pending().await,
+            None => recv.await,
         }
+    }
+
+    /// The apply of `s` failed: try it again later, waiting twice as long as last time (1 s
+    /// up to 30 s). Returns the wait.
+    pub fn retry_later(&mut self, s: Shared) -> Duration {
+        let wait = match &self.retry {
+            Some(r) if r.shared == s => (r.wait * 2).min(RETRY_MAX),
+            _ => RETRY_MIN,
+        };
+        self.retry = Some(Retry {
+            shared: s,
+            wait,
+            at: tokio::time::Instant::now() + wait,
+        });
+        wait
+    }
+
+    /// No retry pending (a value applied, or a newer one came).
+    pub fn no_retry(&mut self) {
+        self.retry = None;
     }
 
     /// `local` (a gateway's own file) with `shared` (default: the config it runs).

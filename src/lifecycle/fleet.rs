@@ -39,7 +39,11 @@ impl Master {
         let key = f.settings.config_key();
         let running = f.good.as_ref().map_or(0, |s| s.revision);
         match ev {
-            Event::Config(s) => self.apply_shared(s).await,
+            Event::Config(s) => {
+                f.no_retry();
+                self.apply_shared(s).await
+            }
+            Event::Retry(s) => self.apply_shared(s).await,
             Event::Deleted(rev) => log::error!(
                 "fleet: {key} was deleted at revision {rev}: keeping the running config (revision {running})"
             ),
@@ -91,10 +95,21 @@ impl Master {
             Ok(what) => {
                 log::info!("fleet: {name} applied ({what}; {writer})");
                 if let Some(f) = self.fleet.as_mut() {
+                    f.no_retry();
                     f.applied(s);
                 }
             }
-            Err(e) => refuse(e.to_string()),
+            // The value compiled: what failed is this machine's side of the apply (a port
+            // taken, a worker that did not start), which may pass later without a new push.
+            Err(e) => {
+                if let Some(f) = self.fleet.as_mut() {
+                    let wait = f.retry_later(s);
+                    log::error!(
+                        "fleet: {name} not applied, the running config (revision {running}) keeps serving: {e}; trying again in {}s",
+                        wait.as_secs()
+                    );
+                }
+            }
         }
     }
 }

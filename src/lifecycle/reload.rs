@@ -22,7 +22,12 @@ impl Reloader {
     pub fn reload(&self) {
         let outcome = self.apply();
         match &outcome {
-            Ok(()) => log::info!("configuration reloaded"),
+            Ok(()) => {
+                log::info!("configuration reloaded");
+                // In a fleet: live values the old config could not take (a canary it did not
+                // have) apply now.
+                crate::fleet::agent::reread();
+            }
             Err(e) => log::error!("reload rejected, configuration unchanged: {e}"),
         }
         let pid = std::process::id() as i32;

@@ -74,7 +74,11 @@ impl ShutdownSignalWatch for Signals {
                         // The next generation drives the canaries from now on: give the lead
                         // up (after a change in progress is written), so it takes over at once.
                         let live = self.reloader.live.clone();
-                        let retire = move || live.load().plan.store.changing().retire();
+                        let retire = move || {
+                            live.load().plan.store.changing().retire();
+                            // In a fleet another gateway drives the ramps while this one drains.
+                            crate::fleet::agent::resign();
+                        };
                         if let Err(e) = tokio::task::spawn_blocking(retire).await {
                             log::error!("handing the canaries over: {e}");
                         }

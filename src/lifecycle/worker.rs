@@ -39,6 +39,8 @@ use crate::snapshot::Snapshot;
 /// ramp step in progress is written to the state file first (the next generation reads it).
 pub(crate) fn exit(code: i32) -> ! {
     crate::canary::store::retire_process();
+    // In a fleet: this generation's member key, counts and leadership go now.
+    crate::fleet::agent::leave();
     crate::logs::flush_all();
     std::process::exit(code)
 }

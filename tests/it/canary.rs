@@ -235,7 +235,7 @@ fn live_changes_under_load_fail_no_request() {
 }
 
 /// `PUT /api/canaries/NAME {"percent": P}` on the admin listener; the status.
-fn put_percent(admin_port: u16, name: &str, p: u32) -> u16 {
+pub fn put_percent(admin_port: u16, name: &str, p: u32) -> u16 {
     let body = format!("{{\"percent\": {p}}}");
     let req = format!(
         "PUT /api/canaries/{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",

@@ -84,6 +84,68 @@ impl Etcd {
         })
     }
 
+    /// The value at `key` now, if any.
+    fn get_raw(&self, key: &str) -> Option<String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([self.url()], None)
+                .await
+                .unwrap();
+            let r = c.get(key, None).await.unwrap();
+            r.kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+        })
+    }
+
+    /// The value at `key` now and the lease it is under, if any.
+    fn get_with_lease(&self, key: &str) -> Option<(String, i64)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([self.url()], None)
+                .await
+                .unwrap();
+            let r = c.get(key, None).await.unwrap();
+            r.kvs()
+                .first()
+                .map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease()))
+        })
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) etcd: its connections stay open, nothing
+    /// answers, as an etcd stalled in a disk or a network cut would.
+    fn freeze(&self, on: bool) {
+        let pid = self.proc.as_ref().expect("etcd runs").pid();
+        signal(pid, if on { libc::SIGSTOP } else { libc::SIGCONT }).unwrap();
+    }
+
+    /// The keys under `prefix` now.
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([self.url()], None)
+                .await
+                .unwrap();
+            let opts = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_keys_only();
+            let r = c.get(prefix, Some(opts)).await.unwrap();
+            r.kvs()
+                .iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                .collect()
+        })
+    }
+
     /// How many keys are under `prefix` now.
     fn count(&self, prefix: &str) -> usize {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -707,4 +769,476 @@ fn a_worker_that_lost_its_lease_joins_again() {
     wait_for("a member again", Duration::from_secs(15), || {
         etcd.count(&members) == 1
     });
+}
+
+fn weight_of(admin: u16, pool: &str) -> i64 {
+    let st = status(admin);
+    let pools = st["pools"].as_array().cloned().unwrap_or_default();
+    pools
+        .iter()
+        .find(|p| p["name"] == pool)
+        .and_then(|p| p["servers"][0]["weight"].as_i64())
+        .unwrap_or(-1)
+}
+
+/// etcd stops answering after the gateway last saw it: a live change is refused (503, with
+/// why) and made nowhere, not here either, and etcd never gets it.
+#[test]
+fn a_live_change_etcd_does_not_take_is_made_nowhere() {
+    let dir = TempDir::new("fleet-write-first");
+    let etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    let (listen, admin) = (free_port(), free_port());
+    let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
+    push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
+    let _gw = start(&local, &[listen, admin]);
+    wait_for("etcd reachable", Duration::from_secs(15), || {
+        status(admin)["fleet"]["reachable"] == serde_json::Value::Bool(true)
+    });
+    let conf = local.display().to_string();
+    let (ok, out) = ctl(&["-c", &conf, "canary", "set", "split", "20"]);
+    assert!(ok, "{out}");
+    assert_eq!(percent(admin), 20.0);
+
+    // Frozen right after: the gateway still counts it as reachable (its next look is up to a
+    // second away and waits 2 s), so the change gets past the check and its write fails.
+    etcd.freeze(true);
+    let (ok, out) = ctl(&["-c", &conf, "canary", "set", "split", "60"]);
+    assert!(
+        !ok,
+        "a change etcd did not take was answered as made: {out}"
+    );
+    assert!(
+        // Sent and not answered: etcd may have it, and the answer says so.
+        out.contains("503")
+            && out.contains(&etcd.url())
+            && out.contains("the outcome is unknown")
+            && out.contains("graygate canary status")
+            || out.contains("unreachable"),
+        "{out}"
+    );
+    assert_eq!(percent(admin), 20.0, "the refused change was made here");
+    let addr = format!("127.0.0.1:{old}");
+    let (ok, out) = ctl(&["-c", &conf, "weight", "old", &addr, "7"]);
+    assert!(!ok, "{out}");
+    assert_eq!(weight_of(admin, "old"), 1);
+
+    // Thawed: the store never had it, and the gateway still runs what the store has.
+    etcd.freeze(false);
+    wait_for("etcd reachable again", Duration::from_secs(20), || {
+        status(admin)["fleet"]["reachable"] == serde_json::Value::Bool(true)
+    });
+    let stored = etcd
+        .get_raw(&format!("{PREFIX}/state/canary/split"))
+        .unwrap_or_default();
+    assert!(stored.contains("\"percent_bp\":2000"), "{stored}");
+    assert_eq!(percent(admin), 20.0);
+    assert_eq!(weight_of(admin, "old"), 1);
+    let (ok, out) = ctl(&["-c", &conf, "canary", "set", "split", "60"]);
+    assert!(ok, "{out}");
+    assert_eq!(percent(admin), 60.0);
+}
+
+/// A worker generation is a member under a name of its own (an upgrade re-executes the master
+/// with the same pid, and its two generations overlap), a gateway that stops leaves the fleet
+/// at once (its lease revoked), and an upgrade before anything was pushed keeps watching.
+#[test]
+fn each_generation_is_a_member_of_its_own_and_a_stopped_one_leaves_at_once() {
+    let dir = TempDir::new("fleet-members");
+    let etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let (listen, admin) = (free_port(), free_port());
+    let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
+    let conf = local.display().to_string();
+    // Nothing pushed yet: the file alone runs.
+    let mut gw = start(&local, &[listen, admin]);
+    let members = format!("{PREFIX}/members/");
+    wait_for("a member", Duration::from_secs(10), || {
+        etcd.count(&members) == 1
+    });
+    let first = etcd.keys(&members);
+
+    let (ok, out) = ctl(&["-s", "upgrade", "-c", &conf]);
+    assert!(ok, "{out}");
+    // The new generation is a member under its own name; the old one left when it exited.
+    wait_for("the new generation alone", Duration::from_secs(20), || {
+        let now = etcd.keys(&members);
+        now.len() == 1 && now != first
+    });
+    let second = etcd.keys(&members);
+    let master = gw.pid();
+    assert!(
+        second[0].contains(&format!("-{master}-")) && first[0].contains(&format!("-{master}-")),
+        "{first:?} {second:?}"
+    );
+
+    // The upgraded master still watches: the first push applies.
+    push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
+    wait_for(
+        "the first push after the upgrade",
+        Duration::from_secs(15),
+        || backend_of(listen) == "old",
+    );
+
+    // A graceful stop revokes the lease: no member key is left once the gateway is gone.
+    let (ok, out) = ctl(&["-s", "quit", "-c", &conf]);
+    assert!(ok, "{out}");
+    wait_for("the gateway gone", Duration::from_secs(20), || gw.exited());
+    assert_eq!(
+        etcd.keys(&members),
+        Vec::<String>::new(),
+        "a stopped gateway is still a member"
+    );
+}
+
+/// A pushed value that compiles but cannot be applied yet (its new listener's port is taken)
+/// is tried again, without a new push, once it can be.
+#[test]
+fn a_push_that_cannot_be_applied_yet_is_tried_again() {
+    let dir = TempDir::new("fleet-retry");
+    let etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    let (listen, admin, extra) = (free_port(), free_port(), free_port());
+    let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
+    push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
+    let _gw = start(&local, &[listen, admin]);
+    wait_for("serves old", Duration::from_secs(10), || {
+        backend_of(listen) == "old"
+    });
+    let taken = std::net::TcpListener::bind(("127.0.0.1", extra)).unwrap();
+    let shared = format!(
+        "{}  extra:\n    listen: [\"127.0.0.1:{extra}\"]\n    locations: [{{ match: /, proxy_pass: new }}]\n",
+        shared_yaml(old, new, "old")
+    );
+    push_ops(&dir, &etcd, &shared, &[]);
+    let log = dir.path("gw0.log");
+    wait_for("the failed apply logged", Duration::from_secs(20), || {
+        read(&log).contains("not applied, the running config")
+    });
+    assert_eq!(backend_of(listen), "old");
+    drop(taken);
+    wait_for("applied on a retry", Duration::from_secs(40), || {
+        backend_of(extra) == "new"
+    });
+    assert!(read(&log).contains("trying again in"), "{}", read(&log));
+}
+
+/// Two gateways change one canary at the same time, over and over: each write goes to etcd
+/// first and every gateway applies values in etcd's revision order, so both end on the value
+/// etcd holds last, never on an older one that its watch delivered after its own newer write.
+#[test]
+fn concurrent_changes_on_two_gateways_end_on_the_stores_last_value() {
+    let dir = TempDir::new("fleet-order");
+    let etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
+    let mut gws = Vec::new();
+    let mut admins = Vec::new();
+    for i in 0..2 {
+        let (listen, admin) = (free_port(), free_port());
+        let local = dir.write(
+            &format!("gw{i}.yaml"),
+            &local_yaml(&dir, i, listen, admin, &etcd),
+        );
+        gws.push(start(&local, &[listen, admin]));
+        admins.push(admin);
+    }
+    for &admin in &admins {
+        wait_for("etcd reachable", Duration::from_secs(15), || {
+            status(admin)["fleet"]["reachable"] == serde_json::Value::Bool(true)
+        });
+    }
+    // Four writers per gateway, straight to the admin API, so that writes of both overlap and
+    // each gateway's watch delivers several values while a change of its own holds the lock.
+    // A write worked out on a value another gateway has replaced meanwhile is refused (409),
+    // never written over it.
+    let writers: Vec<_> = (0..8)
+        .map(|t| {
+            let admin = admins[t % 2];
+            std::thread::spawn(move || {
+                let mut conflicts = 0;
+                for step in 0..10 {
+                    let p = (1 + t + 8 * step) as u32;
+                    let (st, body) = put_json(
+                        admin,
+                        "/api/canaries/split",
+                        &format!("{{\"percent\": {p}}}"),
+                    );
+                    match st {
+                        200 => {}
+                        409 => {
+                            assert!(
+                                body.contains("changed meanwhile by another gateway"),
+                                "{body}"
+                            );
+                            conflicts += 1;
+                        }
+                        _ => panic!("writer {t}, percent {p}: {st} {body}"),
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    let conflicts: usize = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer thread"))
+        .sum();
+    assert!(conflicts < 80, "no write went through");
+    let stored = etcd
+        .get_raw(&format!("{PREFIX}/state/canary/split"))
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&stored).unwrap_or_default();
+    let last = v["percent_bp"].as_f64().unwrap_or(-100.0) / 100.0;
+    assert!((1.0..=80.0).contains(&last), "{stored}");
+    for &admin in &admins {
+        wait_for("the store's last value", Duration::from_secs(5), || {
+            percent(admin) == last
+        });
+    }
+}
+
+/// `PUT path` with a JSON body on an admin listener: status and body.
+fn put_json(admin: u16, path: &str, body: &str) -> (u16, String) {
+    use std::io::{BufReader, Write};
+    let req = format!(
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut c = connect(admin, None).expect("connect admin");
+    c.write_all(req.as_bytes()).expect("send");
+    let r = read_response(&mut BufReader::new(c)).expect("admin answer");
+    (r.status, r.body)
+}
+
+/// Two operators change the weights of different servers through two gateways at once: the
+/// weights are one value in etcd, and a change made from a value another gateway replaced
+/// meanwhile is refused (409) rather than written over it, so no server's change is lost.
+#[test]
+fn weight_changes_through_two_gateways_lose_none() {
+    let dir = TempDir::new("fleet-weights");
+    let etcd = Etcd::start(&dir);
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let _b = backend(&dir, "old", ports[0]);
+    let servers: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{{ addr: \"127.0.0.1:{p}\" }}"))
+        .collect();
+    let shared = format!(
+        "upstreams:
+  old: {{ servers: [{}] }}
+servers:
+  front:
+    listen: [\"127.0.0.1:1\"]
+    locations:
+      - {{ match: /, proxy_pass: old }}
+",
+        servers.join(", ")
+    );
+    push_ops(&dir, &etcd, &shared, &[]);
+    let mut gws = Vec::new();
+    let mut admins = Vec::new();
+    for i in 0..2 {
+        let (listen, admin) = (free_port(), free_port());
+        let local = dir.write(
+            &format!("gw{i}.yaml"),
+            &local_yaml(&dir, i, listen, admin, &etcd),
+        );
+        gws.push(start(&local, &[listen, admin]));
+        admins.push(admin);
+    }
+    for &admin in &admins {
+        wait_for("etcd reachable", Duration::from_secs(15), || {
+            status(admin)["fleet"]["reachable"] == serde_json::Value::Bool(true)
+        });
+    }
+    // Writer t sets server t's weight to 2..=12, each value until it is taken.
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let admin = admins[t % 2];
+            let port = ports[t];
+            std::thread::spawn(move || {
+                let mut conflicts = 0;
+                for w in 2..=12 {
+                    let path = format!("/api/upstreams/old/servers/127.0.0.1:{port}");
+                    loop {
+                        let (st, body) = put_json(admin, &path, &format!("{{\"weight\": {w}}}"));
+                        if st == 200 {
+                            break;
+                        }
+                        assert_eq!(st, 409, "{body}");
+                        assert!(body.contains("changed meanwhile"), "{body}");
+                        conflicts += 1;
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer thread");
+    }
+    let stored = etcd
+        .get_raw(&format!("{PREFIX}/state/weights"))
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&stored).unwrap_or_default();
+    for p in &ports {
+        let addr = format!("127.0.0.1:{p}");
+        let w = v
+            .as_array()
+            .and_then(|a| a.iter().find(|o| o["addr"] == addr.as_str()))
+            .map(|o| o["weight"].clone());
+        assert_eq!(
+            w,
+            Some(serde_json::json!(12)),
+            "server {addr} lost its change: {stored}"
+        );
+    }
+    for &admin in &admins {
+        wait_for("every weight 12", Duration::from_secs(5), || {
+            status(admin)["pools"][0]["servers"]
+                .as_array()
+                .is_some_and(|a| a.len() == 4 && a.iter().all(|s| s["weight"] == 12))
+        });
+    }
+}
+
+/// A canary's live value that etcd has before the gateway's config has the canary (another
+/// gateway, reloaded first, set it) is applied once the push that adds the canary reloads
+/// this one; a live value out of bounds is refused, named with its key and revision.
+#[test]
+fn a_live_value_for_a_canary_not_here_yet_applies_after_the_reload_that_brings_it() {
+    let dir = TempDir::new("fleet-later");
+    let etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    let (listen, admin) = (free_port(), free_port());
+    let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
+    push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
+    let _gw = start(&local, &[listen, admin]);
+    wait_for("etcd reachable", Duration::from_secs(15), || {
+        status(admin)["fleet"]["reachable"] == serde_json::Value::Bool(true)
+    });
+    let log = dir.path("gw0.log");
+    etcd.put_raw(
+        &format!("{PREFIX}/state/canary/later"),
+        r#"{"percent_bp":3000,"state":"manual","since":0,"why":"set on another gateway","file_bp":0}"#,
+    )
+    .unwrap();
+    wait_for("the value seen", Duration::from_secs(10), || {
+        read(&log).contains("no canary \"later\" yet")
+    });
+    // Out of bounds: refused, the running weights stay.
+    let bad =
+        format!(r#"[{{"pool":"old","addr":"127.0.0.1:{old}","weight":5000,"file_weight":1}}]"#);
+    let rev = etcd
+        .put_raw(&format!("{PREFIX}/state/weights"), &bad)
+        .unwrap();
+    wait_for("the weights refused", Duration::from_secs(10), || {
+        read(&log).contains(&format!("{PREFIX}/state/weights revision {rev} refused"))
+    });
+    assert_eq!(weight_of(admin, "old"), 1);
+
+    let shared = shared_yaml(old, new, "old").replace(
+        "servers:\n  front:",
+        "  later: { stable: old, canary: new, key: $remote_addr, percent: 0 }\nservers:\n  front:",
+    );
+    assert!(shared.contains("later:"), "{shared}");
+    push_ops(&dir, &etcd, &shared, &[]);
+    let later = || {
+        status(admin)["canaries"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == "later").cloned())
+            .unwrap_or_default()
+    };
+    wait_for("the canary added", Duration::from_secs(15), || {
+        !later().is_null()
+    });
+    wait_for("the fleet's 30% applied", Duration::from_secs(10), || {
+        later()["percent"] == 30.0
+    });
+    assert_eq!(later()["why"], "set on another gateway");
+}
+
+/// A gateway that leads the ramps and drains (quit, with a request still in flight) gives the
+/// leader key up at once: another gateway leads while the old worker still drains. The
+/// leader key's value is the holder's member id, which ends with the lease it is under.
+#[test]
+fn a_draining_leader_hands_the_ramps_over_at_once() {
+    let dir = TempDir::new("fleet-drain");
+    let etcd = Etcd::start(&dir);
+    let (old, new) = (free_port(), free_port());
+    let _b_old = backend(&dir, "old", old);
+    let _b_new = backend(&dir, "new", new);
+    // max_conns: the server's `in_flight` counts (the test waits for its slow request).
+    let shared = shared_yaml(old, new, "old").replace(
+        &format!("{{ addr: \"127.0.0.1:{old}\" }}"),
+        &format!("{{ addr: \"127.0.0.1:{old}\", max_conns: 10 }}"),
+    );
+    assert!(shared.contains("max_conns"), "{shared}");
+    push_ops(&dir, &etcd, &shared, &[]);
+    let mut gws = Vec::new();
+    let mut admins = Vec::new();
+    let mut listens = Vec::new();
+    let mut confs = Vec::new();
+    for i in 0..2 {
+        let (listen, admin) = (free_port(), free_port());
+        let text = local_yaml(&dir, i, listen, admin, &etcd)
+            .replace("grace_period: 1s", "grace_period: 60s");
+        let local = dir.write(&format!("gw{i}.yaml"), &text);
+        confs.push(local.display().to_string());
+        gws.push(start(&local, &[listen, admin]));
+        admins.push(admin);
+        listens.push(listen);
+    }
+    let mut leader = None;
+    wait_for("a leader", Duration::from_secs(15), || {
+        leader = (0..2).find(|&i| status(admins[i])["fleet"]["leads"] == true);
+        leader.is_some()
+    });
+    let l = leader.unwrap();
+    let other = 1 - l;
+    let (id, lease) = etcd
+        .get_with_lease(&format!("{PREFIX}/leader"))
+        .expect("a leader key");
+    assert!(
+        id.ends_with(&format!("-{lease:x}")),
+        "{id} is not under lease {lease:x}"
+    );
+    assert!(
+        etcd.keys(&format!("{PREFIX}/members/"))
+            .contains(&format!("{PREFIX}/members/{id}")),
+        "{id}"
+    );
+
+    // A request that takes 30 s keeps the leader's worker draining.
+    let worker = worker_of(gws[l].pid());
+    let port = listens[l];
+    let slow = std::thread::spawn(move || get_from(port, "/?delay_ms=30000", None, &[]));
+    wait_for("the slow request in flight", Duration::from_secs(5), || {
+        status(admins[l])["pools"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == "old").cloned())
+            .is_some_and(|p| p["servers"][0]["in_flight"] == 1)
+    });
+    let (ok, out) = ctl(&["-s", "quit", "-c", &confs[l]]);
+    assert!(ok, "{out}");
+    wait_for("the other gateway leads", Duration::from_secs(15), || {
+        status(admins[other])["fleet"]["leads"] == true
+    });
+    assert!(alive(worker), "the old worker is gone: nothing drained");
+    assert!(
+        !slow.is_finished(),
+        "the slow request ended: nothing drained"
+    );
+    let log = read(&dir.path(&format!("gw{l}.log")));
+    assert!(log.contains("drains: it gave"), "{log}");
 }
