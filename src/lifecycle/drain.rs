@@ -150,6 +150,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
+        // A plain connection of a proxy server block can send static files with sendfile.
+        if self.guard.is_some() {
+            stream = crate::proxy::sendfile::FileStream::wrap(stream);
+        }
         let mut close_idle = self.close_idle.subscribe();
         let mut settings: Option<HttpPersistentSettings> = None;
         let accepted = tokio::time::Instant::now();

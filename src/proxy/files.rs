@@ -21,6 +21,7 @@ use pingora_proxy::Session;
 
 use super::mime;
 use super::reply::{add_headers, page_response};
+use super::sendfile::{FileStream, MARK};
 use super::vars::SessionVars;
 use crate::plan::files::FilesPlan;
 use crate::plan::response::AddHeaderPlan;
@@ -281,11 +282,31 @@ async fn send_file(
     if no_body {
         return Ok(None);
     }
+    if let Some(stream) = FileStream::of(session) {
+        stream.arm(file, start, len);
+        return send_marked(session, len).await;
+    }
     send_body(session, &file, start, len).await
 }
 
-/// Sends `len` bytes of `file` from `start`, a chunk at a time: each chunk is read (pread,
-/// from the page cache) right before it is written, so memory stays at one chunk.
+/// The body of a plain HTTP/1 response: `len` bytes of the marker written through Pingora's
+/// body writer, which the connection's [`FileStream`] sends from the armed file with
+/// `sendfile` (no copy through user space, Pingora's byte count kept).
+async fn send_marked(session: &mut Session, len: u64) -> Result<Complaint> {
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(MARK.len() as u64) as usize;
+        left -= n as u64;
+        session
+            .write_response_body(Some(Bytes::from_static(&MARK[..n])), left == 0)
+            .await?;
+    }
+    Ok(None)
+}
+
+/// Sends `len` bytes of `file` from `start`, a chunk at a time (TLS and HTTP/2, where the
+/// bytes must pass through user space): each chunk is read (pread, from the page cache)
+/// right before it is written, so memory stays at one chunk.
 async fn send_body(
     session: &mut Session,
     file: &std::fs::File,

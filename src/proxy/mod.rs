@@ -32,6 +32,7 @@ pub mod head;
 mod mime;
 mod realip;
 mod reply;
+pub mod sendfile;
 pub mod uri;
 mod uwsgi;
 mod vars;

@@ -250,3 +250,132 @@ fn file_edge_cases_do_not_leak_or_hang() {
         "{loc}"
     );
 }
+
+/// A file body of several MB: a status line, the headers and `Content-Length` bytes, read
+/// exactly, so the next response on the connection starts where this one ends.
+fn get_file<R: BufRead, W: Write>(r: &mut R, w: &mut W, path: &str, extra: &str) -> Got {
+    write!(w, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n").unwrap();
+    w.flush().unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').unwrap();
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let mut got = Got {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let len: usize = got.h("Content-Length").unwrap().parse().unwrap();
+    got.body = vec![0; len];
+    std::io::Read::read_exact(r, &mut got.body).unwrap();
+    got
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    openssl::sha::sha256(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// Plain HTTP/1 bodies go out with sendfile (issue 17's 1 MB benchmark): a file larger than
+/// the socket buffers, so the gateway waits for room mid-file, twice on one keep-alive
+/// connection, then a range on it; a client that goes away mid-file is logged as nginx logs
+/// it (status 200, the bytes sent so far, no error line) and the next request is served whole.
+#[test]
+fn large_files_keep_alive_and_client_abort() {
+    let dir = TempDir::new("files-large");
+    let root = dir.path("www");
+    std::fs::create_dir_all(root.join("media")).unwrap();
+    // 8 MB of xorshift bytes: no run of zeros could pass for the body by accident.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(root.join("media/big.bin"), &data).unwrap();
+    let want = sha256_hex(&data);
+    let www = root.display().to_string();
+    let front = free_port();
+    let conf = format!(
+        "pid_file: {}\nerror_log: {}\nservers:\n  front:\n    listen: [\"127.0.0.1:{front}\"]\n    access_log: {}\n    error_log: {}\n    locations:\n\
+         \x20     - {{ match: /media/, root: {www} }}\n",
+        dir.s("gw.pid"),
+        dir.s("error.log"),
+        dir.s("access.log"),
+        dir.s("front.error.log"),
+    );
+    let _gw = start(&dir.write("gw.yaml", &conf), &[front]);
+
+    let s = connect(front, None).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    for i in 0..2 {
+        let g = get_file(&mut r, &mut w, "/media/big.bin", "");
+        assert_eq!(g.status, 200, "request {i}");
+        assert_eq!(sha256_hex(&g.body), want, "request {i}: body");
+    }
+    let g = get_file(&mut r, &mut w, "/media/big.bin", "Range: bytes=1000000-5999999\r\n");
+    assert_eq!(g.status, 206);
+    assert!(g.body == data[1_000_000..6_000_000], "range body");
+    drop((r, w));
+
+    // Gone after the head and 64 KiB of the body: the rest cannot fit in the socket buffers,
+    // so the gateway is mid-file when the connection goes.
+    let s = connect(front, None).unwrap();
+    let mut w = s.try_clone().unwrap();
+    write!(w, "GET /media/big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains(" 200 "), "{line}");
+    let mut some = vec![0; 64 << 10];
+    std::io::Read::read_exact(&mut r, &mut some).unwrap();
+    drop((r, w));
+
+    let s = connect(front, None).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let g = get_file(&mut r, &mut w, "/media/big.bin", "");
+    assert_eq!((g.status, sha256_hex(&g.body)), (200, want));
+
+    let log = dir.path("access.log");
+    wait_for("five access log lines", std::time::Duration::from_secs(10), || {
+        read(&log).lines().count() == 5
+    });
+    // `... "GET /media/big.bin HTTP/1.1" STATUS BYTES "-" "-"`
+    let fields: Vec<(u16, u64)> = read(&log)
+        .lines()
+        .map(|l| {
+            let after = l.split('"').nth(2).unwrap();
+            let mut f = after.split_whitespace();
+            (f.next().unwrap().parse().unwrap(), f.next().unwrap().parse().unwrap())
+        })
+        .collect();
+    // In the order the requests ended, which need not be the order they were sent.
+    let full = data.len() as u64;
+    let count = |want: (u16, u64)| fields.iter().filter(|&&f| f == want).count();
+    assert_eq!(count((200, full)), 3, "{fields:?}");
+    assert_eq!(count((206, 5_000_000)), 1, "{fields:?}");
+    // nginx logs an aborted body with the status sent and the bytes sent so far.
+    assert!(
+        fields.iter().any(|&(st, n)| st == 200 && n < full),
+        "{fields:?}"
+    );
+    let errors = read(&dir.path("front.error.log"));
+    assert!(errors.is_empty(), "a client going away is no error: {errors}");
+}
