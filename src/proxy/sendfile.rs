@@ -15,13 +15,25 @@
 //! Waiting for room in the socket: Pingora's stream does not expose its tokio registration,
 //! so the first `sendfile` that would block registers a duplicate of the socket's fd with
 //! tokio ([`AsyncFd`]; epoll keys a registration by fd and open file, so the duplicate gets
-//! the socket's own events). It is kept for the connection's life and closed with it.
+//! the socket's own events). It is kept for the connection's life and closed with it. The
+//! wait sits inside Pingora's body write, so a write timeout set on the session bounds it as
+//! it bounds any other write.
+//!
+//! When the body fails: a client gone mid-file (`EPIPE`, `ECONNRESET`) or a file that shrank
+//! (`sendfile` returns 0 before the end) fails Pingora's write, the file is closed at once and
+//! the connection is not reused (Pingora never reuses one whose body fell short). The bytes
+//! the socket took in the failed write are kept for `$body_bytes_sent` ([`State::uncounted`]),
+//! and a shrunk file is reported to `files` ([`FileStream::disarm`]) for nginx's alert.
+//!
+//! The marker must reach the socket as Pingora got it: graygate installs no downstream
+//! module (`init_downstream_modules`), since a body filter (compression) would turn the
+//! marker into other bytes that pass through as data.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use async_trait::async_trait;
@@ -49,13 +61,25 @@ struct Armed {
     left: u64,
 }
 
+/// The file side of one connection; behind a lock because Pingora hands out only `&Stream`
+/// (`arm`, the access log), while `poll_write` reaches it through `get_mut`, lock-free.
+#[derive(Debug, Default)]
+struct State {
+    armed: Option<Armed>,
+    /// File bytes the socket took within a body write that did not complete. Pingora counts a
+    /// write only once all of it is written, so without these a client that goes away
+    /// mid-file would be logged with fewer bytes than it was sent (nginx logs what the kernel
+    /// took).
+    uncounted: u64,
+    /// Where the file ended, if it shrank while being sent.
+    truncated_at: Option<u64>,
+}
+
 /// A plain client stream that can send file bytes with `sendfile`.
 pub struct FileStream {
     inner: Stream,
     fd: RawFd,
-    /// Set through a shared reference (Pingora hands out only `&Stream`); taken in
-    /// `poll_write` through `get_mut`, so the lock is never contended.
-    armed: Mutex<Option<Armed>>,
+    state: Mutex<State>,
     /// A duplicate of the socket, registered for writability when `sendfile` first blocks.
     writable: Option<AsyncFd<OwnedFd>>,
 }
@@ -66,6 +90,12 @@ impl std::fmt::Debug for FileStream {
             .field("inner", &self.inner)
             .finish()
     }
+}
+
+/// The lock's content even if a panic poisoned it: the state stays consistent (each field is
+/// written whole).
+fn unpoison<T>(r: Result<T, PoisonError<T>>) -> T {
+    r.unwrap_or_else(PoisonError::into_inner)
 }
 
 impl FileStream {
@@ -79,7 +109,7 @@ impl FileStream {
         Box::new(FileStream {
             inner,
             fd,
-            armed: Mutex::new(None),
+            state: Mutex::new(State::default()),
             writable: None,
         })
     }
@@ -96,56 +126,90 @@ impl FileStream {
     /// The next `len` bytes of [`MARK`] written are `file`'s from `at`. Call once the
     /// response head is written, right before the body.
     pub(super) fn arm(&self, file: File, at: u64, len: u64) {
-        let armed = Armed {
-            file,
-            at,
-            left: len,
+        *unpoison(self.state.lock()) = State {
+            armed: Some(Armed {
+                file,
+                at,
+                left: len,
+            }),
+            uncounted: 0,
+            truncated_at: None,
         };
-        match self.armed.lock() {
-            Ok(mut a) => *a = Some(armed),
-            Err(poisoned) => *poisoned.into_inner() = Some(armed),
-        }
     }
 
-    /// Sends up to `want` bytes of the armed file (an error if none is armed).
+    /// Ends the body: closes the file if a failed write left it armed, and says where the
+    /// file ended if it shrank while being sent.
+    pub(super) fn disarm(&self) -> Option<u64> {
+        let mut st = unpoison(self.state.lock());
+        st.armed = None;
+        st.truncated_at
+    }
+
+    /// File bytes sent in the last response that Pingora's body count misses (see
+    /// [`State::uncounted`]); 0 unless its last body write failed.
+    pub fn uncounted(session: &Session) -> u64 {
+        FileStream::of(session).map_or(0, |s| unpoison(s.state.lock()).uncounted)
+    }
+
+    /// Sends up to `want` bytes of the armed file, `want` being what is left of the marker
+    /// slice Pingora is writing (an error if no file is armed).
     fn poll_send(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         // The response head (and anything else Pingora buffered) goes first.
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
         let fd = self.fd;
-        let armed = match self.armed.get_mut() {
-            Ok(a) => a,
-            Err(poisoned) => poisoned.into_inner(),
+        let st = unpoison(self.state.get_mut());
+        let Some(a) = st.armed.as_mut() else {
+            return Poll::Ready(Err(io::Error::other("file body write without a file")));
         };
-        let Some(a) = armed.as_mut() else {
-            return Poll::Ready(Err(io::Error::other("no file armed")));
-        };
-        let want = want.min(usize::try_from(a.left).unwrap_or(usize::MAX));
-        let mut result = send(fd, a, want);
+        let n = want.min(usize::try_from(a.left).unwrap_or(usize::MAX));
+        let mut result = send(fd, a, n);
         if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
             if self.writable.is_none() {
-                self.writable = Some(register(fd)?);
-            }
-            let Some(w) = self.writable.as_ref() else {
-                return Poll::Ready(Err(io::Error::other("no registration")));
-            };
-            result = loop {
-                let mut guard = ready!(w.poll_write_ready(cx))?;
-                if let Ok(r) = guard.try_io(|_| send(fd, a, want)) {
-                    break r;
+                match register(fd) {
+                    Ok(w) => self.writable = Some(w),
+                    Err(e) => result = Err(e),
                 }
-            };
+            }
+            if let Some(w) = self.writable.as_ref() {
+                result = loop {
+                    let mut guard = match w.poll_write_ready(cx) {
+                        Poll::Ready(Ok(g)) => g,
+                        Poll::Ready(Err(e)) => break Err(e),
+                        // The bytes counted so far stay in `uncounted` for the access log if
+                        // the write is dropped here (a write timeout).
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    if let Ok(r) = guard.try_io(|_| send(fd, a, n)) {
+                        break r;
+                    }
+                };
+            }
         }
-        if a.left == 0 {
-            *armed = None;
+        match &result {
+            Ok(sent) => {
+                // The whole slice written: Pingora counts it.
+                st.uncounted = if *sent == want {
+                    0
+                } else {
+                    st.uncounted + *sent as u64
+                };
+                if a.left == 0 {
+                    st.armed = None;
+                }
+            }
+            Err(e) => {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    st.truncated_at = Some(a.at);
+                }
+                // The body ends here and its connection with it: the file need not wait.
+                st.armed = None;
+            }
         }
         Poll::Ready(result)
     }
 
     fn is_armed(&mut self) -> bool {
-        match self.armed.get_mut() {
-            Ok(a) => a.is_some(),
-            Err(poisoned) => poisoned.get_ref().is_some(),
-        }
+        unpoison(self.state.get_mut()).armed.is_some()
     }
 }
 
@@ -165,13 +229,14 @@ fn send(fd: RawFd, a: &mut Armed, want: usize) -> io::Result<usize> {
         // only advances.
         let n = unsafe { libc::sendfile(fd, a.file.as_raw_fd(), &mut off, want) };
         if n > 0 {
-            let n = n as usize;
+            let n = n.unsigned_abs();
             a.at += n as u64;
-            a.left -= n as u64;
+            a.left = a.left.saturating_sub(n as u64);
             return Ok(n);
         }
         if n == 0 {
-            // The file shrank under us: the response ends short, as nginx's does.
+            // The file shrank under us: the caller closes the connection (the client sees a
+            // body shorter than its `Content-Length`), as nginx does.
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "file truncated while being sent",
@@ -188,7 +253,9 @@ fn send(fd: RawFd, a: &mut Armed, want: usize) -> io::Result<usize> {
 fn register(fd: RawFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: `fd` is the socket the wrapper's `inner` keeps open during this call.
     let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
-    AsyncFd::with_interest(dup, Interest::WRITABLE)
+    // SAFETY: the `AsyncFd` owns `dup`, which stays open and the same until it is dropped.
+    unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) }
+        .map_err(|e| e.into_parts().1)
 }
 
 impl AsyncWrite for FileStream {
@@ -213,7 +280,10 @@ impl AsyncWrite for FileStream {
         let this = &mut *self;
         if this.is_armed() {
             // One slice at a time while a file is armed, so a marker slice is never copied.
-            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
             return Pin::new(this).poll_write(cx, first);
         }
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
