@@ -336,7 +336,9 @@ async fn send_marked(session: &mut Session, len: u64) -> Result<Complaint> {
 
 /// Sends `len` bytes of `file` from `start`, a chunk at a time (TLS and HTTP/2, where the
 /// bytes must pass through user space, and small files): each chunk is read (pread, from the
-/// page cache) right before it is written, so memory stays at one chunk.
+/// page cache) right before it is written, so memory stays at one chunk. One buffer serves
+/// the whole body: each chunk is split off and frozen, and once Pingora has written and
+/// dropped it the next chunk reclaims the same memory.
 async fn send_body(
     session: &mut Session,
     file: &std::fs::File,
@@ -347,9 +349,11 @@ async fn send_body(
     use std::os::unix::fs::FileExt;
     let mut at = start;
     let mut left = len;
+    let mut buf = BytesMut::with_capacity(left.min(CHUNK as u64) as usize);
     while left > 0 {
         let want = left.min(CHUNK as u64) as usize;
-        let mut buf = BytesMut::zeroed(want);
+        buf.clear();
+        buf.resize(want, 0);
         let mut got = 0;
         while got < want {
             match file.read_at(&mut buf[got..], at + got as u64) {
