@@ -263,6 +263,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Drained<A> {
             .await;
             return None;
         }
+        // A plain connection of a proxy server block can send static files with sendfile.
+        if self.guard.is_some() {
+            stream = crate::proxy::sendfile::FileStream::wrap(stream);
+        }
         let mut close_idle = self.close_idle.subscribe();
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;

@@ -33,3 +33,4 @@ pub use control::{send, Command};
 pub use error::Error;
 pub use master::run as run_master;
 pub use worker::run as run_worker;
+pub(crate) use worker::WRITE_BUFFER;

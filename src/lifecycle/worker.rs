@@ -93,11 +93,15 @@ impl<S: ServiceTrait> ServiceTrait for Inherited<S> {
     }
 }
 
+/// The write buffer of a client connection: one segment, so a small response (head and body)
+/// leaves in one `write`.
+pub const WRITE_BUFFER: usize = 1460;
+
 /// A TCP listener without Pingora's default 64 KiB read buffer per connection: the HTTP
 /// session reads into its own (per request) buffer anyway, and the fixed buffer would make
 /// every idle keep-alive connection cost 64 KiB (nginx: about 1 KiB).
 fn listener(addr: &std::net::SocketAddr) -> ListenerConfig {
-    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::new(0, 1460))
+    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::new(0, WRITE_BUFFER))
 }
 
 /// The config memfd and listening sockets the master handed down.

@@ -53,7 +53,7 @@ impl Imported {
 
 /// Tuning and housekeeping directives that have no effect on how graygate answers.
 const NO_EFFECT: &[(&str, &str)] = &[
-    ("sendfile", "graygate has no sendfile switch"),
+    ("sendfile", "always on for plain HTTP/1"),
     ("tcp_nopush", "socket tuning"),
     ("tcp_nodelay", "always on"),
     ("types_hash_max_size", "hash tuning"),

@@ -3,8 +3,9 @@
 //! `Range` (206/416), `HEAD`, 403/404/405.
 //!
 //! The path is the normalised one (no `..` can remain, see `uri`); a symlink that leads out of
-//! the root is refused unless `disable_symlinks: off`. Files are streamed in 256 KiB chunks,
-//! never read whole.
+//! the root is refused unless `disable_symlinks: off`. Bodies are never read whole: on a plain
+//! HTTP/1 connection they go out with `sendfile` (see `sendfile`), else (TLS, HTTP/2, a body
+//! of one segment) in 256 KiB chunks.
 //!
 //! A little over 400 lines: one request's way through the static module reads best in one file.
 
@@ -21,12 +22,19 @@ use pingora_proxy::Session;
 
 use super::mime;
 use super::reply::{add_headers, page_response};
+use super::sendfile::{FileStream, MARK};
 use super::vars::SessionVars;
 use crate::plan::files::FilesPlan;
 use crate::plan::response::AddHeaderPlan;
 
 /// Large enough that a 1 MB file is four writes, small enough to bound memory per response.
 const CHUNK: usize = 256 * 1024;
+
+/// Bodies at least this long go out with `sendfile` where the connection allows it. A smaller
+/// one fits with its head in Pingora's write buffer (one segment) and goes out in one `write`
+/// after a `pread`; `sendfile` would need the head flushed on its own first, so two segments
+/// and the same two system calls. From this size on the copying path also takes two writes.
+const SENDFILE_MIN: u64 = crate::lifecycle::WRITE_BUFFER as u64;
 
 /// What went wrong, for the server block's error log (nginx's wording).
 pub(super) type Complaint = Option<String>;
@@ -281,23 +289,71 @@ async fn send_file(
     if no_body {
         return Ok(None);
     }
-    send_body(session, &file, start, len).await
+    match FileStream::of(session) {
+        Some(stream) if len >= SENDFILE_MIN => {
+            stream.arm(file, start, len);
+            let sent = send_marked(session, len).await;
+            // The file is closed here, whatever happened to the body.
+            let truncated = FileStream::of(session).and_then(|s| s.disarm());
+            match truncated {
+                Some(at) => Ok(truncated_body(
+                    session,
+                    format!(
+                        "sendfile() reported that \"{}\" was truncated at {at}",
+                        path.display()
+                    ),
+                )),
+                None => sent,
+            }
+        }
+        _ => send_body(session, &file, path, start, len).await,
+    }
 }
 
-/// Sends `len` bytes of `file` from `start`, a chunk at a time: each chunk is read (pread,
-/// from the page cache) right before it is written, so memory stays at one chunk.
+/// A body cut short because its file shrank: the connection must close (the client sees
+/// fewer bytes than `Content-Length`; keeping it would desynchronise the next response).
+/// Pingora closes it too, its body count being short of the length; keep-alive is turned off
+/// so that does not rest on Pingora alone. Returns nginx's alert for the error log.
+fn truncated_body(session: &mut Session, alert: String) -> Complaint {
+    session.set_keepalive(None);
+    Some(alert)
+}
+
+/// The body of a plain HTTP/1 response: `len` bytes of the marker written through Pingora's
+/// body writer, which the connection's [`FileStream`] sends from the armed file with
+/// `sendfile` (no copy through user space, Pingora's byte count kept).
+async fn send_marked(session: &mut Session, len: u64) -> Result<Complaint> {
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(MARK.len() as u64) as usize;
+        left -= n as u64;
+        session
+            .write_response_body(Some(Bytes::from_static(&MARK[..n])), left == 0)
+            .await?;
+    }
+    Ok(None)
+}
+
+/// Sends `len` bytes of `file` from `start`, a chunk at a time (TLS and HTTP/2, where the
+/// bytes must pass through user space, and small files): each chunk is read (pread, from the
+/// page cache) right before it is written, so memory stays at one chunk. One buffer serves
+/// the whole body: each chunk is split off and frozen, and once Pingora has written and
+/// dropped it the next chunk reclaims the same memory.
 async fn send_body(
     session: &mut Session,
     file: &std::fs::File,
+    path: &Path,
     start: u64,
     len: u64,
 ) -> Result<Complaint> {
     use std::os::unix::fs::FileExt;
     let mut at = start;
     let mut left = len;
+    let mut buf = BytesMut::with_capacity(left.min(CHUNK as u64) as usize);
     while left > 0 {
         let want = left.min(CHUNK as u64) as usize;
-        let mut buf = BytesMut::zeroed(want);
+        buf.clear();
+        buf.resize(want, 0);
         let mut got = 0;
         while got < want {
             match file.read_at(&mut buf[got..], at + got as u64) {
@@ -313,18 +369,23 @@ async fn send_body(
                 }
             }
         }
-        if got == 0 {
+        if got < want {
             // The file shrank under us: end the response short, as nginx does.
-            return Err(pingora::Error::explain(
-                pingora::ErrorType::ReadError,
-                "file truncated while being sent",
-            ));
+            let alert = format!(
+                "pread() read only {got} of {want} from \"{}\"",
+                path.display()
+            );
+            if got > 0 {
+                session
+                    .write_response_body(Some(buf.split_to(got).freeze()), false)
+                    .await?;
+            }
+            return Ok(truncated_body(session, alert));
         }
-        buf.truncate(got);
         at += got as u64;
         left -= got as u64;
         session
-            .write_response_body(Some(Bytes::from(buf)), left == 0)
+            .write_response_body(Some(buf.split_to(got).freeze()), left == 0)
             .await?;
     }
     Ok(None)

@@ -33,6 +33,7 @@ pub mod head;
 mod mime;
 mod realip;
 mod reply;
+pub mod sendfile;
 pub mod uri;
 mod uwsgi;
 mod vars;
@@ -115,7 +116,8 @@ impl ProxyHttp for Gateway {
 
     /// No downstream modules: Pingora's default (disabled) compression module still costs a
     /// box and a filter call per request, and graygate does not compress, like nginx without
-    /// `gzip`.
+    /// `gzip`. Static files rely on it: their plain HTTP/1 bodies are marker bytes that
+    /// `sendfile::FileStream` replaces with the file's, and a body filter must never see them.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     /// Takes the current snapshot for the whole request, applies `real_ip`, routes the path to

@@ -132,11 +132,11 @@ impl Vars for LogVars<'_> {
         Some(self.status)
     }
     fn body_bytes_sent(&self) -> Option<usize> {
-        Some(self.session.body_bytes_sent())
+        Some(body_sent(self.session))
     }
     fn bytes_sent(&self) -> Option<usize> {
         let head = self.session.response_written().map_or(0, head_len);
-        Some(head + self.session.body_bytes_sent())
+        Some(head + body_sent(self.session))
     }
     fn request_time(&self) -> Option<Duration> {
         self.ctx.started.map(|t| t.elapsed())
@@ -153,6 +153,15 @@ impl Vars for LogVars<'_> {
             .and_then(|r| r.headers.get(name))
             .map(|v| v.as_bytes())
     }
+}
+
+/// `$body_bytes_sent`: Pingora's count, and the file bytes `sendfile` sent in a body write
+/// that failed (a client gone mid-file), which Pingora does not count.
+fn body_sent(session: &Session) -> usize {
+    let extra = super::sendfile::FileStream::uncounted(session);
+    session
+        .body_bytes_sent()
+        .saturating_add(usize::try_from(extra).unwrap_or(usize::MAX))
 }
 
 /// The size of a response head on the wire: status line, header lines, blank line.
@@ -183,7 +192,7 @@ pub fn access_line(
                 authorization: h(http::header::AUTHORIZATION),
                 request: request_line(session),
                 status,
-                body_bytes_sent: session.body_bytes_sent(),
+                body_bytes_sent: body_sent(session),
                 referer: h(http::header::REFERER),
                 user_agent: h(http::header::USER_AGENT),
             };
