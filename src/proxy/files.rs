@@ -322,10 +322,15 @@ fn truncated_body(session: &mut Session, alert: String) -> Complaint {
 /// The body of a plain HTTP/1 response: `len` bytes of the marker written through Pingora's
 /// body writer, which the connection's [`FileStream`] sends from the armed file with
 /// `sendfile` (no copy through user space, Pingora's byte count kept).
+///
+/// At most [`CHUNK`] per write: Pingora times each body write as a whole with the send
+/// timeout (nginx restarts it on any progress), so a bigger write would cut off a slow
+/// client that the copying path, and nginx, serve to the end; it also bounds the disk read
+/// one `sendfile` may do on the worker thread when the file is not in the page cache.
 async fn send_marked(session: &mut Session, len: u64) -> Result<Complaint> {
     let mut left = len;
     while left > 0 {
-        let n = left.min(MARK.len() as u64) as usize;
+        let n = left.min(CHUNK.min(MARK.len()) as u64) as usize;
         left -= n as u64;
         session
             .write_response_body(Some(Bytes::from_static(&MARK[..n])), left == 0)

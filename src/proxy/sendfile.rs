@@ -15,9 +15,10 @@
 //! Waiting for room in the socket: Pingora's stream does not expose its tokio registration,
 //! so the first `sendfile` that would block registers a duplicate of the socket's fd with
 //! tokio ([`AsyncFd`]; epoll keys a registration by fd and open file, so the duplicate gets
-//! the socket's own events). It is kept for the connection's life and closed with it. The
-//! wait sits inside Pingora's body write, so a write timeout set on the session bounds it as
-//! it bounds any other write.
+//! the socket's own events). It is closed when the body ends (or fails). The
+//! wait sits inside Pingora's body write, whose send timeout covers the whole write: `files`
+//! writes the marker a chunk (256 KiB) at a time, so a client must take a chunk per timeout,
+//! as on the copying path.
 //!
 //! When the body fails: a client gone mid-file (`EPIPE`, `ECONNRESET`) or a file that shrank
 //! (`sendfile` returns 0 before the end) fails Pingora's write, the file is closed at once and
@@ -50,8 +51,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// Stands for file bytes in Pingora's body writer. Zeroed and never read or written, so it
-/// costs address space only (`.bss`); 4 MiB lets a file of up to that size go in one call.
-pub(super) static MARK: [u8; 4 << 20] = [0; 4 << 20];
+/// costs address space only (`.bss`); `files` writes at most one chunk of it at a time.
+pub(super) static MARK: [u8; 256 << 10] = [0; 256 << 10];
 
 /// The file part still to send.
 #[derive(Debug)]
@@ -185,7 +186,7 @@ impl FileStream {
                 };
             }
         }
-        match &result {
+        let done = match &result {
             Ok(sent) => {
                 // The whole slice written: Pingora counts it.
                 st.uncounted = if *sent == want {
@@ -193,17 +194,21 @@ impl FileStream {
                 } else {
                     st.uncounted + *sent as u64
                 };
-                if a.left == 0 {
-                    st.armed = None;
-                }
+                a.left == 0
             }
             Err(e) => {
                 if e.kind() == io::ErrorKind::UnexpectedEof {
                     st.truncated_at = Some(a.at);
                 }
                 // The body ends here and its connection with it: the file need not wait.
-                st.armed = None;
+                true
             }
+        };
+        if done {
+            st.armed = None;
+            // The duplicate descriptor goes with the body: an idle keep-alive connection holds
+            // one descriptor, as `worker_connections` assumes, not two.
+            self.writable = None;
         }
         Poll::Ready(result)
     }
@@ -278,6 +283,10 @@ impl AsyncWrite for FileStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if !this.is_armed() && bufs.iter().any(|b| is_mark(b)) {
+            // Never the marker's zeros, even through a vectored write.
+            return this.poll_send(cx, bufs.iter().map(|b| b.len()).sum());
+        }
         if this.is_armed() {
             // One slice at a time while a file is armed, so a marker slice is never copied.
             let first = bufs
