@@ -28,6 +28,7 @@ mod source;
 mod tunnel;
 mod upgrade;
 mod worker;
+pub(crate) mod wrap;
 
 pub use control::{send, Command};
 pub use error::Error;

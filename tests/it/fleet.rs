@@ -224,6 +224,30 @@ fn backend_of(port: u16) -> String {
         .unwrap_or_default()
 }
 
+/// Waits until the gateway whose admin listener is on `admin` has its etcd session.
+fn wait_reachable(admin: u16) {
+    wait_for("etcd reachable", Duration::from_secs(15), || {
+        status(admin)["fleet"]["reachable"] == serde_json::Value::Bool(true)
+    });
+}
+
+/// Gateway `i` of a fleet: its file (from `local_yaml`, passed through `edit`) written and the
+/// gateway started. Returns the gateway, its listen and admin ports and its file.
+fn fleet_gateway(
+    dir: &TempDir,
+    etcd: &Etcd,
+    i: usize,
+    edit: impl Fn(String) -> String,
+) -> (Proc, u16, u16, String) {
+    let (listen, admin) = (free_port(), free_port());
+    let local = dir.write(
+        &format!("gw{i}.yaml"),
+        &edit(local_yaml(dir, i, listen, admin, etcd)),
+    );
+    let gw = start(&local, &[listen, admin]);
+    (gw, listen, admin, local.display().to_string())
+}
+
 /// `/api/status` of the gateway whose admin listener is on `admin`.
 fn status(admin: u16) -> serde_json::Value {
     get_from(admin, "/api/status", None, &[])
@@ -794,9 +818,7 @@ fn a_live_change_etcd_does_not_take_is_made_nowhere() {
     let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
     push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
     let _gw = start(&local, &[listen, admin]);
-    wait_for("etcd reachable", Duration::from_secs(15), || {
-        status(admin)["fleet"]["reachable"] == serde_json::Value::Bool(true)
-    });
+    wait_reachable(admin);
     let conf = local.display().to_string();
     let (ok, out) = ctl(&["-c", &conf, "canary", "set", "split", "20"]);
     assert!(ok, "{out}");
@@ -942,18 +964,12 @@ fn concurrent_changes_on_two_gateways_end_on_the_stores_last_value() {
     let mut gws = Vec::new();
     let mut admins = Vec::new();
     for i in 0..2 {
-        let (listen, admin) = (free_port(), free_port());
-        let local = dir.write(
-            &format!("gw{i}.yaml"),
-            &local_yaml(&dir, i, listen, admin, &etcd),
-        );
-        gws.push(start(&local, &[listen, admin]));
+        let (gw, _, admin, _) = fleet_gateway(&dir, &etcd, i, |t| t);
+        gws.push(gw);
         admins.push(admin);
     }
     for &admin in &admins {
-        wait_for("etcd reachable", Duration::from_secs(15), || {
-            status(admin)["fleet"]["reachable"] == serde_json::Value::Bool(true)
-        });
+        wait_reachable(admin);
     }
     // Four writers per gateway, straight to the admin API, so that writes of both overlap and
     // each gateway's watch delivers several values while a change of its own holds the lock.
@@ -1046,18 +1062,12 @@ servers:
     let mut gws = Vec::new();
     let mut admins = Vec::new();
     for i in 0..2 {
-        let (listen, admin) = (free_port(), free_port());
-        let local = dir.write(
-            &format!("gw{i}.yaml"),
-            &local_yaml(&dir, i, listen, admin, &etcd),
-        );
-        gws.push(start(&local, &[listen, admin]));
+        let (gw, _, admin, _) = fleet_gateway(&dir, &etcd, i, |t| t);
+        gws.push(gw);
         admins.push(admin);
     }
     for &admin in &admins {
-        wait_for("etcd reachable", Duration::from_secs(15), || {
-            status(admin)["fleet"]["reachable"] == serde_json::Value::Bool(true)
-        });
+        wait_reachable(admin);
     }
     // Writer t sets server t's weight to 2..=12, each value until it is taken.
     let writers: Vec<_> = (0..4)
@@ -1124,9 +1134,7 @@ fn a_live_value_for_a_canary_not_here_yet_applies_after_the_reload_that_brings_i
     let local = dir.write("gw0.yaml", &local_yaml(&dir, 0, listen, admin, &etcd));
     push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
     let _gw = start(&local, &[listen, admin]);
-    wait_for("etcd reachable", Duration::from_secs(15), || {
-        status(admin)["fleet"]["reachable"] == serde_json::Value::Bool(true)
-    });
+    wait_reachable(admin);
     let log = dir.path("gw0.log");
     etcd.put_raw(
         &format!("{PREFIX}/state/canary/later"),
@@ -1190,12 +1198,11 @@ fn a_draining_leader_hands_the_ramps_over_at_once() {
     let mut listens = Vec::new();
     let mut confs = Vec::new();
     for i in 0..2 {
-        let (listen, admin) = (free_port(), free_port());
-        let text = local_yaml(&dir, i, listen, admin, &etcd)
-            .replace("grace_period: 1s", "grace_period: 60s");
-        let local = dir.write(&format!("gw{i}.yaml"), &text);
-        confs.push(local.display().to_string());
-        gws.push(start(&local, &[listen, admin]));
+        let (gw, listen, admin, conf) = fleet_gateway(&dir, &etcd, i, |t| {
+            t.replace("grace_period: 1s", "grace_period: 60s")
+        });
+        confs.push(conf);
+        gws.push(gw);
         admins.push(admin);
         listens.push(listen);
     }
