@@ -56,29 +56,11 @@ fn ask(port: u16, method: &str, path: &str, extra: &str) -> Got {
     )
     .unwrap();
     let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).unwrap();
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':').unwrap();
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    let mut body = Vec::new();
+    let mut got = read_head(&mut r);
     if method != "HEAD" {
-        std::io::Read::read_to_end(&mut r, &mut body).unwrap();
+        std::io::Read::read_to_end(&mut r, &mut got.body).unwrap();
     }
-    Got {
-        status,
-        headers,
-        body,
-    }
+    got
 }
 
 #[test]

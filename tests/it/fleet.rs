@@ -248,6 +248,20 @@ fn fleet_gateway(
     (gw, listen, admin, local.display().to_string())
 }
 
+/// Two gateways of one fleet, each with its etcd session: the gateways and their admin ports.
+fn two_gateways(dir: &TempDir, etcd: &Etcd) -> (Vec<Proc>, Vec<u16>) {
+    let (gws, admins): (Vec<Proc>, Vec<u16>) = (0..2)
+        .map(|i| {
+            let (gw, _, admin, _) = fleet_gateway(dir, etcd, i, |t| t);
+            (gw, admin)
+        })
+        .unzip();
+    for &admin in &admins {
+        wait_reachable(admin);
+    }
+    (gws, admins)
+}
+
 /// `/api/status` of the gateway whose admin listener is on `admin`.
 fn status(admin: u16) -> serde_json::Value {
     get_from(admin, "/api/status", None, &[])
@@ -961,16 +975,7 @@ fn concurrent_changes_on_two_gateways_end_on_the_stores_last_value() {
     let _b_old = backend(&dir, "old", old);
     let _b_new = backend(&dir, "new", new);
     push_ops(&dir, &etcd, &shared_yaml(old, new, "old"), &[]);
-    let mut gws = Vec::new();
-    let mut admins = Vec::new();
-    for i in 0..2 {
-        let (gw, _, admin, _) = fleet_gateway(&dir, &etcd, i, |t| t);
-        gws.push(gw);
-        admins.push(admin);
-    }
-    for &admin in &admins {
-        wait_reachable(admin);
-    }
+    let (_gws, admins) = two_gateways(&dir, &etcd);
     // Four writers per gateway, straight to the admin API, so that writes of both overlap and
     // each gateway's watch delivers several values while a change of its own holds the lock.
     // A write worked out on a value another gateway has replaced meanwhile is refused (409),
@@ -1059,16 +1064,7 @@ servers:
         servers.join(", ")
     );
     push_ops(&dir, &etcd, &shared, &[]);
-    let mut gws = Vec::new();
-    let mut admins = Vec::new();
-    for i in 0..2 {
-        let (gw, _, admin, _) = fleet_gateway(&dir, &etcd, i, |t| t);
-        gws.push(gw);
-        admins.push(admin);
-    }
-    for &admin in &admins {
-        wait_reachable(admin);
-    }
+    let (_gws, admins) = two_gateways(&dir, &etcd);
     // Writer t sets server t's weight to 2..=12, each value until it is taken.
     let writers: Vec<_> = (0..4)
         .map(|t| {
