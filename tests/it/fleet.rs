@@ -409,6 +409,9 @@ fn three_gateways_follow_one_etcd() {
         all.extend_from_slice(args);
         ctl(&all)
     };
+    for &a in &admins {
+        wait_reachable(a);
+    }
     let (ok, out) = cli(0, &["canary", "set", "split", "30"]);
     assert!(ok, "{out}");
     for &a in &admins {
@@ -625,6 +628,10 @@ fn one_gateway_leads_the_ramp_on_the_fleets_numbers_and_another_takes_over() {
         .iter()
         .map(|&i| Load::start(listens[i], 3, false))
         .collect();
+    // A gateway takes changes once its etcd session is up (before, it answers 503).
+    for &a in &admins {
+        wait_reachable(a);
+    }
     let conf = locals[others[0]].display().to_string();
     let (ok, out) = ctl(&["-c", &conf, "canary", "start", "ramp"]);
     assert!(ok, "{out}");
