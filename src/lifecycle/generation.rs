@@ -65,6 +65,10 @@ impl Worker {
             c.arg("-c").arg(p);
         }
         c.env(CTL_ENV, ctl)
+            .env(
+                super::worker::MASTER_PID_ENV,
+                std::process::id().to_string(),
+            )
             .env(CONF_FD_ENV, conf.as_raw_fd().to_string())
             .env(LISTEN_FDS_ENV, env)
             .stdin(Stdio::null());

@@ -67,6 +67,12 @@ pub fn die_with_parent(sig: libc::c_int) {
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) };
 }
 
+/// The pid of this process's parent now (the master's, or a reaper's once the master died).
+pub fn parent_pid() -> i32 {
+    // SAFETY: getppid(2) takes no arguments and cannot fail.
+    unsafe { libc::getppid() }
+}
+
 /// Names this process `graygate` for `ps -C` and `pgrep` (a worker started through
 /// `/proc/self/exe` would otherwise be called `exe`).
 pub fn set_name() {

@@ -130,12 +130,27 @@ fn inherited() -> Result<(std::fs::File, Vec<(String, i32)>), Error> {
     Ok((std::fs::File::from(conf), listen))
 }
 
+/// The master's pid, for a worker to tell whether its master still lives when it starts.
+pub const MASTER_PID_ENV: &str = "GRAYGATE_MASTER_PID";
+
 /// Runs one worker generation until a signal ends it. Returns only on a start-up error.
 pub fn run() -> Result<(), Error> {
     // Until our handlers are installed, a reload or reopen signal must not kill us.
     os::ignore_signals(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2]);
     // A worker must not outlive its master (a SIGKILLed master would leave it serving).
     os::die_with_parent(libc::SIGQUIT);
+    // A master that died before the line above sends no signal: then this worker has already
+    // been handed to a reaper, and must not start serving unmanaged (prctl(2)'s advice).
+    let master = std::env::var(MASTER_PID_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok());
+    if master.is_some_and(|m| m != os::parent_pid()) {
+        eprintln!(
+            "graygate: worker {}: its master is gone; exiting",
+            std::process::id()
+        );
+        std::process::exit(0);
+    }
     os::set_name();
     let (conf_file, listen) = inherited()?;
     let source = Source::read_from(&conf_file).map_err(|err| Error::Os {

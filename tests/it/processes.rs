@@ -668,3 +668,19 @@ fn an_upgrade_runs_the_new_symlink_target_with_the_checked_bytes() {
     assert!(serving(g.port));
     assert_eq!(read(&g.dir.path("gw.pid")).trim(), master.to_string());
 }
+
+/// A worker whose master died before it could ask to die with it (the race `PR_SET_PDEATHSIG`
+/// leaves open) finds its parent is no longer the master and exits at once instead of serving
+/// unmanaged.
+#[test]
+fn a_worker_whose_master_is_already_gone_exits_at_once() {
+    let out = std::process::Command::new(graygate())
+        .arg("--worker")
+        // Not this test's pid, the worker's real parent: as if its master had died.
+        .env("GRAYGATE_MASTER_PID", "1")
+        .output()
+        .expect("run the worker");
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("its master is gone; exiting"), "{err}");
+}
