@@ -66,13 +66,16 @@ impl Etcd {
         });
     }
 
+    /// A plain etcd client of this etcd (not graygate's).
+    async fn connect(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.url()], None)
+            .await
+            .unwrap()
+    }
+
     /// Writes `value` at `key` as any etcd client would (not through graygate).
     fn put_raw(&self, key: &str, value: &str) -> Result<i64, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let opts = etcd_client::ConnectOptions::new()
                 .with_connect_timeout(Duration::from_secs(1))
                 .with_timeout(Duration::from_secs(2));
@@ -86,31 +89,13 @@ impl Etcd {
 
     /// The value at `key` now, if any.
     fn get_raw(&self, key: &str) -> Option<String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut c = etcd_client::Client::connect([self.url()], None)
-                .await
-                .unwrap();
-            let r = c.get(key, None).await.unwrap();
-            r.kvs()
-                .first()
-                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
-        })
+        self.get_with_lease(key).map(|(v, _)| v)
     }
 
     /// The value at `key` now and the lease it is under, if any.
     fn get_with_lease(&self, key: &str) -> Option<(String, i64)> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut c = etcd_client::Client::connect([self.url()], None)
-                .await
-                .unwrap();
+        block_on(async {
+            let mut c = self.connect().await;
             let r = c.get(key, None).await.unwrap();
             r.kvs()
                 .first()
@@ -127,14 +112,8 @@ impl Etcd {
 
     /// The keys under `prefix` now.
     fn keys(&self, prefix: &str) -> Vec<String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut c = etcd_client::Client::connect([self.url()], None)
-                .await
-                .unwrap();
+        block_on(async {
+            let mut c = self.connect().await;
             let opts = etcd_client::GetOptions::new()
                 .with_prefix()
                 .with_keys_only();
@@ -148,20 +127,23 @@ impl Etcd {
 
     /// How many keys are under `prefix` now.
     fn count(&self, prefix: &str) -> usize {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut c = etcd_client::Client::connect([self.url()], None)
-                .await
-                .unwrap();
+        block_on(async {
+            let mut c = self.connect().await;
             let opts = etcd_client::GetOptions::new()
                 .with_prefix()
                 .with_count_only();
             c.get(prefix, Some(opts)).await.unwrap().count() as usize
         })
     }
+}
+
+/// Runs `f` to its end on a runtime of its own (the tests' threads have none).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 const PREFIX: &str = "/graygate/itest";
